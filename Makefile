@@ -1,0 +1,35 @@
+# The two commands of the quick start: `make serve` and `make test`. Everything else is set up here.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install serve test lint typecheck unit bench-micro clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Until the HTTP server lands, `serve` deploys the hello sample into .isolate/ and invokes it.
+serve: install
+	$(VENV)/bin/isolate demo
+
+lint: install
+	$(PY) -m ruff check isolate tests bench
+
+typecheck: install
+	$(PY) -m mypy
+
+unit: install
+	$(PY) -m pytest
+
+test: lint typecheck unit
+
+bench-micro: install
+	$(PY) bench/micro.py
+
+clean:
+	rm -rf $(VENV) .isolate .pytest_cache .mypy_cache .ruff_cache

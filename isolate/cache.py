@@ -1,0 +1,65 @@
+"""Caches: the bounded LRU of pre-linked modules, keyed by module digest, with its statistics."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from cachetools import LRUCache
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStatistics:
+    hits: int
+    misses: int
+    evictions: int
+    size: int
+    capacity: int
+
+
+class _CountingLRU(LRUCache[str, V]):
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.evictions = 0
+
+    def popitem(self) -> tuple[str, V]:
+        self.evictions += 1
+        return super().popitem()
+
+
+class ModuleCache(Generic[V]):
+    """Thread-safe LRU; a miss calls `load` outside the lock so one slow load blocks no hits."""
+
+    def __init__(self, capacity: int) -> None:
+        self._lru: _CountingLRU[V] = _CountingLRU(capacity)
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str, load: Callable[[str], V]) -> V:
+        with self._lock:
+            value = self._lru.get(key)
+            if value is not None:
+                self.hits += 1
+                return value
+            self.misses += 1
+        value = load(key)
+        with self._lock:
+            self._lru[key] = value
+        return value
+
+    def put(self, key: str, value: V) -> None:
+        with self._lock:
+            self._lru[key] = value
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._lru.pop(key, None)
+
+    def statistics(self) -> CacheStatistics:
+        with self._lock:
+            return CacheStatistics(self.hits, self.misses, self._lru.evictions, len(self._lru), int(self._lru.maxsize))

@@ -1,0 +1,133 @@
+"""Configuration as values: `Config` for the host, `Limits` for one request, and the defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidConfig
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+DEFAULT_MEMORY_LIMIT = 128 * MiB
+DEFAULT_TIMEOUT = 0.100  # seconds of wall time per request, enforced by epoch interruption
+DEFAULT_RESPONSE_LIMIT = 10 * MiB
+DEFAULT_MAX_MODULE_SIZE = 64 * MiB
+DEFAULT_MAX_WASM_STACK = 512 * KiB  # wasmtime's own default
+DEFAULT_EPOCH_TICK = 0.005  # seconds; a timeout fires within one tick after it is due
+DEFAULT_POOL_INSTANCES = 1000  # as Spin: concurrent isolates the pooling allocator reserves
+DEFAULT_MAX_MEMORY_LIMIT = 1 * GiB  # the largest per-module memory override accepted
+DEFAULT_MAX_TIMEOUT = 60.0
+DEFAULT_MODULE_CACHE_SIZE = 1024  # pre-linked modules kept hot (1,000 tenants fit)
+DEFAULT_LOG_LIMIT = 64 * KiB  # guest log bytes kept per request (stdout + stderr + log calls)
+DEFAULT_DATA_DIR = Path(".isolate")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Hard limits applied to every request of a module; per-module overrides replace fields."""
+
+    memory: int = DEFAULT_MEMORY_LIMIT
+    """Bytes of linear memory the guest may have, declared or grown."""
+    timeout: float = DEFAULT_TIMEOUT
+    """Seconds of wall time from instantiation until the response is read back."""
+    response_size: int = DEFAULT_RESPONSE_LIMIT
+    """Bytes of the encoded response envelope the guest may hand back."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.memory, int) or self.memory < 64 * KiB:
+            raise InvalidConfig(f"limits.memory must be an integer of at least 65536 bytes, got {self.memory!r}")
+        if not isinstance(self.timeout, (int, float)) or not 0 < self.timeout:
+            raise InvalidConfig(f"limits.timeout must be a positive number of seconds, got {self.timeout!r}")
+        if not isinstance(self.response_size, int) or self.response_size < 16:
+            raise InvalidConfig(
+                f"limits.response_size must be an integer of at least 16 bytes, got {self.response_size!r}"
+            )
+
+    def merged(self, overrides: Mapping[str, Any] | None) -> Limits:
+        """These limits with the fields named in `overrides` replaced (unknown names are an error)."""
+        if not overrides:
+            return self
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise InvalidConfig(f"unknown limit(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        return replace(self, **dict(overrides))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Everything a `Host` needs; fields mirror the CLI flags and `ISOLATE_*` variables."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    limits: Limits = field(default_factory=Limits)
+    """Defaults for every module; a module's own overrides replace single fields."""
+    max_module_size: int = DEFAULT_MAX_MODULE_SIZE
+    max_memory_limit: int = DEFAULT_MAX_MEMORY_LIMIT
+    """Ceiling for per-module memory overrides; also the size of one pooled memory slot."""
+    max_timeout: float = DEFAULT_MAX_TIMEOUT
+    max_wasm_stack: int = DEFAULT_MAX_WASM_STACK
+    """Engine-wide: wasmtime fixes the wasm stack per engine, so it cannot vary per module."""
+    epoch_tick: float = DEFAULT_EPOCH_TICK
+    pool_instances: int = DEFAULT_POOL_INSTANCES
+    module_cache_size: int = DEFAULT_MODULE_CACHE_SIZE
+    log_limit: int = DEFAULT_LOG_LIMIT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        checks = [
+            (self.max_module_size > 0, "max_module_size must be positive"),
+            (self.max_memory_limit >= self.limits.memory, "max_memory_limit must be at least limits.memory"),
+            (self.max_memory_limit % (64 * KiB) == 0, "max_memory_limit must be a multiple of 64 KiB"),
+            (self.max_timeout >= self.limits.timeout, "max_timeout must be at least limits.timeout"),
+            (self.max_wasm_stack >= 64 * KiB, "max_wasm_stack must be at least 64 KiB"),
+            (0 < self.epoch_tick <= 1, "epoch_tick must be within (0, 1] seconds"),
+            (self.pool_instances >= 1, "pool_instances must be at least 1"),
+            (self.module_cache_size >= 1, "module_cache_size must be at least 1"),
+            (self.log_limit >= 0, "log_limit must not be negative"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidConfig(message)
+
+    def check_limits(self, limits: Limits) -> Limits:
+        """Reject per-module limits above what this host allows."""
+        if limits.memory > self.max_memory_limit:
+            raise InvalidConfig(f"limits.memory {limits.memory} exceeds the host maximum {self.max_memory_limit}")
+        if limits.timeout > self.max_timeout:
+            raise InvalidConfig(f"limits.timeout {limits.timeout} exceeds the host maximum {self.max_timeout}")
+        return limits
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """A config from `ISOLATE_*` variables (read here only), then explicit overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if "ISOLATE_DATA_DIR" in env:
+            values["data_dir"] = Path(env["ISOLATE_DATA_DIR"])
+        for name, conv in (
+            ("max_module_size", int),
+            ("max_memory_limit", int),
+            ("max_timeout", float),
+            ("max_wasm_stack", int),
+            ("epoch_tick", float),
+            ("pool_instances", int),
+            ("module_cache_size", int),
+            ("log_limit", int),
+        ):
+            key = "ISOLATE_" + name.upper()
+            if key in env:
+                try:
+                    values[name] = conv(env[key])
+                except ValueError as exc:
+                    raise InvalidConfig(f"{key}={env[key]!r}: {exc}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

@@ -1,0 +1,134 @@
+"""The host side of the import namespace: WASI preview 1, the `isolate` host functions, and the
+deploy-time check that a module imports only these and exports what ABI v1 requires."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import wasmtime
+from wasmtime import FuncType, MemoryType, ValType
+
+from ..abi import (
+    ABI_VERSION,
+    EXPORT_ABI_PREFIX,
+    EXPORT_ALLOC,
+    EXPORT_HANDLE,
+    EXPORT_INITIALIZE,
+    EXPORT_MEMORY,
+    HOST_NAMESPACE,
+)
+from ..errors import InvalidModule
+from . import _output
+
+WASI_NAMESPACE = "wasi_snapshot_preview1"
+_I32, _I64 = ValType.i32(), ValType.i64()
+_MAX_LOG_MESSAGE = 16 * 1024
+
+# name -> (params, results) of every host function in the `isolate` namespace
+HOST_FUNCTIONS: dict[str, tuple[list[ValType], list[ValType]]] = {
+    "log": ([_I32, _I32, _I32], []),  # (level, ptr, len): a UTF-8 message at a level 0-3
+}
+_REQUIRED_EXPORTS: dict[str, tuple[list[ValType], list[ValType]]] = {
+    EXPORT_ALLOC: ([_I32], [_I32]),
+    EXPORT_HANDLE: ([_I32, _I32], [_I64]),
+}
+_ABI_MARKER = re.compile(re.escape(EXPORT_ABI_PREFIX) + r"(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleShape:
+    """What the deploy-time check learned about a module, needed again on every request."""
+
+    abi_version: int
+    uses_wasi: bool
+    has_initialize: bool
+    memory_min: int  # bytes declared as the memory's minimum
+
+
+def _log(caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
+    capture = getattr(_output.current, "capture", None)
+    if capture is None:
+        return
+    memory = caller.get(EXPORT_MEMORY)
+    size = memory.data_len(caller) if isinstance(memory, wasmtime.Memory) else 0
+    ptr &= 0xFFFFFFFF
+    length &= 0xFFFFFFFF
+    if ptr + length > size:
+        capture.abi_error = f"isolate.log: message at {ptr}+{length} is outside guest memory ({size} bytes)"
+        raise wasmtime.WasmtimeError(capture.abi_error)
+    data = bytes(memory.read(caller, ptr, ptr + min(length, _MAX_LOG_MESSAGE)))  # type: ignore[union-attr]
+    name = _output.LEVELS[level] if 0 <= level < len(_output.LEVELS) else "info"
+    capture.add("log", name, data)
+
+
+def build_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
+    """One linker per engine: WASI preview 1 plus the `isolate` host functions."""
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    linker.define_func(HOST_NAMESPACE, "log", FuncType(*HOST_FUNCTIONS["log"]), _log, access_caller=True)
+    return linker
+
+
+def _signature(ty: FuncType) -> tuple[list[str], list[str]]:
+    return [str(p) for p in ty.params], [str(r) for r in ty.results]
+
+
+def _describe(sig: tuple[list[ValType], list[ValType]]) -> str:
+    params, results = sig
+    return f"({', '.join(map(str, params))}) -> ({', '.join(map(str, results))})"
+
+
+def inspect_module(module: wasmtime.Module) -> ModuleShape:
+    """Check imports and exports against ABI v1; every problem found is named in one error."""
+    problems: list[str] = []
+    uses_wasi = False
+    for imp in module.imports:
+        where = f"{imp.module}.{imp.name}"
+        if imp.module == WASI_NAMESPACE and isinstance(imp.type, FuncType):
+            uses_wasi = True  # signatures are checked by the linker in instantiate_pre
+        elif imp.module == HOST_NAMESPACE and imp.name in HOST_FUNCTIONS and isinstance(imp.type, FuncType):
+            want = HOST_FUNCTIONS[imp.name or ""]
+            if _signature(imp.type) != ([str(p) for p in want[0]], [str(r) for r in want[1]]):
+                problems.append(f"import {where} has the wrong signature; expected {_describe(want)}")
+        else:
+            problems.append(
+                f"unknown import {where}: the host provides {WASI_NAMESPACE}.* and "
+                f"{HOST_NAMESPACE}.{{{', '.join(sorted(HOST_FUNCTIONS))}}}"
+            )
+
+    exports = {exp.name: exp.type for exp in module.exports}
+    versions = sorted(int(m.group(1)) for name in exports if (m := _ABI_MARKER.fullmatch(name)))
+    if not versions:
+        problems.append(f"missing ABI version marker: export a function named {EXPORT_ABI_PREFIX}{ABI_VERSION}")
+    elif versions != [ABI_VERSION]:
+        problems.append(
+            f"unsupported ABI version {', '.join(map(str, versions))}: this host speaks ABI v{ABI_VERSION}"
+        )
+
+    memory = exports.get(EXPORT_MEMORY)
+    memory_min = 0
+    if not isinstance(memory, MemoryType):
+        problems.append(f"missing export {EXPORT_MEMORY!r} (a linear memory)")
+    elif memory.is_64:
+        problems.append("memory64 is not supported: export a 32-bit memory")
+    else:
+        memory_min = memory.limits.min * 65536
+    for name, want in _REQUIRED_EXPORTS.items():
+        ty = exports.get(name)
+        if not isinstance(ty, FuncType):
+            problems.append(f"missing export {name!r}, a function {_describe(want)}")
+        elif _signature(ty) != ([str(p) for p in want[0]], [str(r) for r in want[1]]):
+            problems.append(f"export {name!r} has the wrong signature; expected {_describe(want)}")
+    init = exports.get(EXPORT_INITIALIZE)
+    if init is not None and not (isinstance(init, FuncType) and _signature(init) == ([], [])):
+        problems.append(f"export {EXPORT_INITIALIZE!r} must be a function () -> ()")
+
+    if problems:
+        raise InvalidModule("; ".join(problems), problems=problems)
+    return ModuleShape(
+        abi_version=ABI_VERSION,
+        uses_wasi=uses_wasi,
+        has_initialize=init is not None,
+        memory_min=memory_min,
+    )

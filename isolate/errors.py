@@ -1,0 +1,149 @@
+"""The documented error tree: every failure has a stable `kind`, one HTTP status and a JSON diagnostic.
+
+    IsolateError                      kind               status
+    ├── InvalidConfig                 invalid_config     400   a limit or setting is out of range
+    ├── InvalidName                   invalid_name       400   module name breaks NAME_PATTERN
+    ├── InvalidRequest                invalid_request    400   the request cannot be encoded for the guest
+    ├── NotFound                      not_found          404   no such module or version
+    ├── ModuleTooLarge                module_too_large   413   upload over Config.max_module_size
+    ├── InvalidModule                 invalid_module     422   not valid wasm, or breaks ABI v1 (imports/exports)
+    ├── GuestError                                             the guest failed while serving a request
+    │   ├── Timeout                   timeout            504   ran past limits.timeout (epoch deadline)
+    │   ├── MemoryLimit               memory_limit       500   needed more than limits.memory
+    │   ├── StackOverflow             stack_overflow     500   exhausted the wasm stack
+    │   ├── Trap                      trap               500   any other trap; `trap_code` says which
+    │   ├── AbiViolation              abi                502   broke the ABI: bad pointer, msgpack, status, header
+    │   └── ResponseTooLarge          response_too_large 502   response over limits.response_size
+    ├── Overloaded                    overloaded         503   every pooled isolate slot is busy
+    └── StorageError                  storage            500   the data directory is damaged or unwritable
+
+Statuses follow a gateway's view of the guest as its upstream: a guest that answers wrongly is a
+502, one that answers too late a 504. `to_dict()` is the machine-readable diagnostic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class IsolateError(Exception):
+    """Base of every error `isolate` raises on purpose."""
+
+    kind: ClassVar[str] = "internal"
+    status: ClassVar[int] = 500
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra: dict[str, Any] = extra
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON diagnostic: `{"error": kind, "detail": ..., **extra}`."""
+        return {"error": self.kind, "detail": self.detail, **self.extra}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.detail!r})"
+
+
+class InvalidConfig(IsolateError):
+    kind = "invalid_config"
+    status = 400
+
+
+class InvalidName(IsolateError):
+    kind = "invalid_name"
+    status = 400
+
+
+class InvalidRequest(IsolateError):
+    kind = "invalid_request"
+    status = 400
+
+
+class NotFound(IsolateError):
+    kind = "not_found"
+    status = 404
+
+
+class ModuleTooLarge(IsolateError):
+    kind = "module_too_large"
+    status = 413
+
+
+class InvalidModule(IsolateError):
+    kind = "invalid_module"
+    status = 422
+
+
+class GuestError(IsolateError):
+    """The guest failed during a request; `logs` holds what it wrote before failing."""
+
+    kind = "guest"
+    status = 500
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.logs: tuple[Any, ...] = ()
+
+
+class Timeout(GuestError):
+    kind = "timeout"
+    status = 504
+
+
+class MemoryLimit(GuestError):
+    kind = "memory_limit"
+    status = 500
+
+
+class StackOverflow(GuestError):
+    kind = "stack_overflow"
+    status = 500
+
+
+class Trap(GuestError):
+    kind = "trap"
+    status = 500
+
+    @property
+    def trap_code(self) -> str:
+        return str(self.extra.get("trap_code", "unknown"))
+
+
+class AbiViolation(GuestError):
+    kind = "abi"
+    status = 502
+
+
+class ResponseTooLarge(GuestError):
+    kind = "response_too_large"
+    status = 502
+
+
+class Overloaded(IsolateError):
+    kind = "overloaded"
+    status = 503
+
+
+class StorageError(IsolateError):
+    kind = "storage"
+    status = 500
+
+
+ERRORS: tuple[type[IsolateError], ...] = (
+    InvalidConfig,
+    InvalidName,
+    InvalidRequest,
+    NotFound,
+    ModuleTooLarge,
+    InvalidModule,
+    Timeout,
+    MemoryLimit,
+    StackOverflow,
+    Trap,
+    AbiViolation,
+    ResponseTooLarge,
+    Overloaded,
+    StorageError,
+)
+"""Every concrete error, for documentation and for the table test that keeps kinds unique."""

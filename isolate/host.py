@@ -1,0 +1,283 @@
+"""`Host`: the library entry point that deploys, versions and invokes modules in fresh isolates."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from .abi import Request, Response, decode_response, encode_request
+from .cache import CacheStatistics, ModuleCache
+from .config import Config, Limits
+from .engine import Prepared, Runtime, run
+from .errors import GuestError, InvalidConfig, InvalidModule, IsolateError, ModuleTooLarge, NotFound
+from .registry import ModuleRecord, ModuleStore, VersionRecord, sha256, validate_name
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One immutable deployed version of a module."""
+
+    name: str
+    version: int
+    digest: str
+    size: int
+    created: float
+    compile_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleInfo:
+    """A module name: its versions, the active one, and its effective settings."""
+
+    name: str
+    active_version: int
+    versions: tuple[VersionInfo, ...]
+    limits: Limits
+    limit_overrides: Mapping[str, Any]
+    variables: Mapping[str, str]
+
+    @property
+    def active(self) -> VersionInfo:
+        return next(v for v in self.versions if v.version == self.active_version)
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatistics:
+    modules: int
+    invocations: int
+    failures: Mapping[str, int]
+    module_cache: CacheStatistics
+    artifact_recompiles: int
+    pool_instances: int
+    engine_fingerprint: str
+
+
+class Host:
+    """Deploys modules into a data directory and runs each request in a fresh, limited isolate.
+
+    Thread-safe: `invoke` may run on many threads at once (guests run with the GIL released).
+    """
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or Config()
+        self._runtime = Runtime(self.config)
+        try:
+            self._store = ModuleStore(self.config.data_dir, self._runtime.fingerprint)
+        except BaseException:
+            self._runtime.close()
+            raise
+        self._cache: ModuleCache[Prepared] = ModuleCache(self.config.module_cache_size)
+        self._limits: dict[str, Limits] = {}  # effective limits per module name, derived from records
+        self._lock = threading.Lock()
+        self._invocations = 0
+        self._failures: Counter[str] = Counter()
+        self._recompiles = 0
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._runtime.close()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        self.close()
+
+    # -- control plane ------------------------------------------------------------------------
+
+    def deploy(
+        self,
+        name: str,
+        wasm: bytes,
+        *,
+        limits: Mapping[str, Any] | Limits | None = None,
+        variables: Mapping[str, str] | None = None,
+    ) -> VersionInfo:
+        """Validate, compile and store `wasm` as a new active version of `name`.
+
+        `limits`/`variables` replace the module's settings; None keeps those of the previous version.
+        """
+        if len(wasm) > self.config.max_module_size:
+            raise ModuleTooLarge(
+                f"module of {len(wasm)} bytes exceeds the {self.config.max_module_size}-byte limit",
+                limit=self.config.max_module_size,
+            )
+        validate_name(name)
+        previous = self._store.find(name)
+        overrides = self._overrides(limits) if limits is not None else dict(previous.limits if previous else {})
+        effective = self._effective(overrides)
+        if variables is not None:
+            variables = _check_variables(variables)
+        module, shape, compile_s = self._runtime.compile(bytes(wasm))
+        if shape.memory_min > effective.memory:
+            raise InvalidModule(
+                f"module declares {shape.memory_min} bytes of initial memory, over its memory limit of "
+                f"{effective.memory} bytes",
+                limit="memory",
+            )
+        digest = sha256(wasm)
+        prepared = self._runtime.prepare(digest, module, shape)
+        artifact = self._runtime.serialize(module)
+        with self._lock:
+            self._store.put_wasm(digest, wasm)
+            self._store.put_artifact(digest, artifact)
+            record = self._store.add_version(name, digest, len(wasm), compile_s * 1000, overrides, variables)
+            self._limits[name] = effective
+        self._cache.put(digest, prepared)
+        return _version_info(name, record.version(record.active))
+
+    def configure(
+        self,
+        name: str,
+        *,
+        limits: Mapping[str, Any] | Limits | None = None,
+        variables: Mapping[str, str] | None = None,
+    ) -> ModuleInfo:
+        """Change a module's limit overrides or variables without a new version."""
+        changes: dict[str, Any] = {}
+        if limits is not None:
+            changes["limits"] = self._overrides(limits)
+            self._effective(changes["limits"])
+        if variables is not None:
+            changes["variables"] = _check_variables(variables)
+        with self._lock:
+            record = self._store.update(name, **changes)
+            self._limits.pop(name, None)
+        return self._info(record)
+
+    def rollback(self, name: str, version: int | None = None) -> ModuleInfo:
+        """Make `version` (default: the one before the active version) active again."""
+        with self._lock:
+            record = self._store.get(name)
+            if version is None:
+                older = [v.version for v in record.versions if v.version < record.active]
+                if not older:
+                    raise NotFound(f"module {name!r} has no version before {record.active}", module=name)
+                version = max(older)
+            record.version(version)  # raises NotFound for an unknown version
+            record = self._store.update(name, active=version)
+        return self._info(record)
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            self._store.delete(name)
+            self._limits.pop(name, None)
+
+    def modules(self) -> list[ModuleInfo]:
+        return [self._info(record) for record in self._store.records()]
+
+    def module(self, name: str) -> ModuleInfo:
+        return self._info(self._store.get(name))
+
+    # -- data plane ---------------------------------------------------------------------------
+
+    def invoke(self, name: str, request: Request | None = None) -> Response:
+        """Run `request` through module `name`'s active version in a fresh isolate."""
+        request = request or Request()
+        started = time.perf_counter()
+        try:
+            record = self._store.get(name)
+            version = record.version()
+            limits = self._limits.get(name) or self._limits_for(record)
+            prepared = self._cache.get(version.digest, self._load)
+            outcome = run(self._runtime, prepared, encode_request(request, record.variables), limits,
+                          self.config.log_limit)
+            try:
+                status, headers, body = decode_response(outcome.payload)
+            except GuestError as exc:
+                exc.logs = outcome.logs
+                raise
+        except IsolateError as exc:
+            exc.extra.setdefault("module", name)
+            with self._lock:
+                self._invocations += 1
+                self._failures[exc.kind] += 1
+            raise
+        self._invocations += 1  # a lost increment under a race only skews a statistic
+        info = {
+            "module": name,
+            "version": version.version,
+            "digest": version.digest,
+            "instantiate_us": outcome.instantiate_us,
+            "run_us": outcome.run_us,
+            "total_us": (time.perf_counter() - started) * 1e6,
+            "memory_bytes": outcome.memory_bytes,
+        }
+        return Response(status, headers, body, outcome.logs, info)
+
+    def statistics(self) -> HostStatistics:
+        with self._lock:
+            failures = dict(self._failures)
+        return HostStatistics(
+            modules=len(self._store.names()),
+            invocations=self._invocations,
+            failures=failures,
+            module_cache=self._cache.statistics(),
+            artifact_recompiles=self._recompiles,
+            pool_instances=self.config.pool_instances,
+            engine_fingerprint=self._runtime.fingerprint,
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _load(self, digest: str) -> Prepared:
+        """Cache miss: map the verified artifact, or recompile from the stored `.wasm` and reseal."""
+        path = self._store.verified_artifact(digest)
+        module = None
+        if path is not None:
+            try:
+                module = self._runtime.load(path)
+            except Exception:  # wasmtime refuses an artifact from another build: recompile below
+                module = None
+        if module is None:
+            module, shape, _ = self._runtime.compile(self._store.read_wasm(digest))
+            self._store.put_artifact(digest, self._runtime.serialize(module))
+            with self._lock:
+                self._recompiles += 1
+            return self._runtime.prepare(digest, module, shape)
+        return self._runtime.prepare(digest, module)
+
+    def _overrides(self, limits: Mapping[str, Any] | Limits) -> dict[str, Any]:
+        if isinstance(limits, Limits):
+            return {k: v for k, v in limits.as_dict().items() if v != self.config.limits.as_dict()[k]}
+        overrides = dict(limits)
+        self._effective(overrides)
+        return overrides
+
+    def _effective(self, overrides: Mapping[str, Any]) -> Limits:
+        return self.config.check_limits(self.config.limits.merged(overrides))
+
+    def _limits_for(self, record: ModuleRecord) -> Limits:
+        limits = self._effective(record.limits)
+        self._limits[record.name] = limits
+        return limits
+
+    def _info(self, record: ModuleRecord) -> ModuleInfo:
+        return ModuleInfo(
+            name=record.name,
+            active_version=record.active,
+            versions=tuple(_version_info(record.name, v) for v in record.versions),
+            limits=self._effective(record.limits),
+            limit_overrides=dict(record.limits),
+            variables=dict(record.variables),
+        )
+
+
+def _version_info(name: str, v: VersionRecord) -> VersionInfo:
+    return VersionInfo(name, v.version, v.digest, v.size, v.created, v.compile_ms)
+
+
+def _check_variables(variables: Mapping[str, str]) -> dict[str, str]:
+    for key, value in variables.items():
+        if not isinstance(key, str) or not key or not isinstance(value, str):
+            raise InvalidConfig(f"variables must map non-empty strings to strings; got {key!r}: {value!r}")
+    return dict(variables)

@@ -1,0 +1,226 @@
+"""The embedded module store: content-addressed `.wasm` and precompiled artifacts plus per-name
+metadata (versions, active version, settings) in a local data directory.
+
+Layout under the data directory:
+
+    wasm/<sha256>.wasm                       the uploaded bytes, named by their digest
+    compiled/<fingerprint>/<sha256>.cwasm    precompiled code for one engine fingerprint
+    compiled/<fingerprint>/<sha256>.json     {"wasm_sha256", "artifact_sha256"}: written by this host
+    modules/<name>.json                      versions, active version, limits, variables
+
+A deploy writes the blob, then the artifact, then the metadata; only the metadata's atomic rename
+makes a version visible, so a crash at any point leaves the previous version serving.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import NotFound, StorageError
+from ._files import atomic_write, fsync_dir, remove_temporaries, sha256, sha256_file
+from ._names import validate_name
+
+_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    version: int
+    digest: str
+    size: int
+    created: float
+    compile_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleRecord:
+    name: str
+    active: int
+    next_version: int
+    versions: tuple[VersionRecord, ...]
+    limits: Mapping[str, Any] = field(default_factory=dict)  # overrides of the host defaults
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+    def version(self, number: int | None = None) -> VersionRecord:
+        wanted = self.active if number is None else number
+        for record in self.versions:
+            if record.version == wanted:
+                return record
+        raise NotFound(f"module {self.name!r} has no version {wanted}", module=self.name, version=wanted)
+
+    def to_json(self) -> bytes:
+        body = {
+            "format": _FORMAT,
+            "name": self.name,
+            "active": self.active,
+            "next_version": self.next_version,
+            "versions": [
+                {"version": v.version, "digest": v.digest, "size": v.size, "created": v.created,
+                 "compile_ms": v.compile_ms}
+                for v in self.versions
+            ],
+            "limits": dict(self.limits),
+            "variables": dict(self.variables),
+        }
+        return json.dumps(body, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ModuleRecord:
+        body = json.loads(data)
+        if body.get("format") != _FORMAT:
+            raise ValueError(f"unknown metadata format {body.get('format')!r}")
+        return cls(
+            name=body["name"],
+            active=int(body["active"]),
+            next_version=int(body["next_version"]),
+            versions=tuple(VersionRecord(**v) for v in body["versions"]),
+            limits=dict(body.get("limits", {})),
+            variables=dict(body.get("variables", {})),
+        )
+
+
+class ModuleStore:
+    """Files on disk plus an in-memory index of every module's metadata, loaded at start-up."""
+
+    def __init__(self, root: Path, fingerprint: str) -> None:
+        self.root = root
+        self.fingerprint = fingerprint
+        self._wasm_dir = root / "wasm"
+        self._compiled_dir = root / "compiled" / fingerprint
+        self._modules_dir = root / "modules"
+        self._lock = threading.RLock()
+        try:
+            for directory in (self._wasm_dir, self._compiled_dir, self._modules_dir):
+                directory.mkdir(parents=True, exist_ok=True)
+                remove_temporaries(directory)
+        except OSError as exc:
+            raise StorageError(f"cannot use data directory {root}: {exc}") from None
+        self._records: dict[str, ModuleRecord] = {}
+        self.skipped: list[str] = []  # metadata files that could not be read at start-up
+        for path in sorted(self._modules_dir.glob("*.json")):
+            try:
+                record = ModuleRecord.from_json(path.read_bytes())
+                if record.name != path.stem:
+                    raise ValueError(f"file holds module {record.name!r}")
+                self._records[record.name] = record
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                self.skipped.append(f"{path.name}: {exc}")
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted(self._records)
+
+    def records(self) -> list[ModuleRecord]:
+        return [self._records[name] for name in sorted(self._records)]
+
+    def get(self, name: str) -> ModuleRecord:
+        record = self._records.get(name)
+        if record is None:
+            raise NotFound(f"no module named {name!r}", module=name)
+        return record
+
+    def find(self, name: str) -> ModuleRecord | None:
+        return self._records.get(name)
+
+    def add_version(
+        self,
+        name: str,
+        digest: str,
+        size: int,
+        compile_ms: float,
+        limits: Mapping[str, Any] | None,
+        variables: Mapping[str, str] | None,
+    ) -> ModuleRecord:
+        """Append a version and make it active; settings given replace the module's, None keeps them."""
+        validate_name(name)
+        with self._lock:
+            old = self._records.get(name)
+            number = old.next_version if old else 1
+            version = VersionRecord(number, digest, size, round(time.time(), 3), round(compile_ms, 3))
+            record = ModuleRecord(
+                name=name,
+                active=number,
+                next_version=number + 1,
+                versions=(old.versions if old else ()) + (version,),
+                limits=dict(limits) if limits is not None else dict(old.limits if old else {}),
+                variables=dict(variables) if variables is not None else dict(old.variables if old else {}),
+            )
+            return self._commit(record)
+
+    def update(self, name: str, **changes: Any) -> ModuleRecord:
+        """Replace fields of a module's record (active version, limits, variables) durably."""
+        with self._lock:
+            return self._commit(replace(self.get(name), **changes))
+
+    def delete(self, name: str) -> ModuleRecord:
+        with self._lock:
+            record = self.get(name)
+            path = self._modules_dir / f"{name}.json"
+            try:
+                path.unlink()
+                fsync_dir(self._modules_dir)
+            except OSError as exc:
+                raise StorageError(f"cannot delete module {name!r}: {exc}") from None
+            del self._records[name]
+            return record
+
+    def _commit(self, record: ModuleRecord) -> ModuleRecord:
+        """The commit point of every change: the metadata file's atomic rename."""
+        try:
+            atomic_write(self._modules_dir / f"{record.name}.json", record.to_json())
+        except OSError as exc:
+            raise StorageError(f"cannot write metadata of module {record.name!r}: {exc}") from None
+        self._records[record.name] = record
+        return record
+
+    # -- blobs --------------------------------------------------------------------------------
+
+    def put_wasm(self, digest: str, wasm: bytes) -> None:
+        path = self._wasm_dir / f"{digest}.wasm"
+        try:
+            if path.exists() and path.stat().st_size == len(wasm) and sha256_file(path) == digest:
+                return
+            atomic_write(path, wasm)
+        except OSError as exc:
+            raise StorageError(f"cannot store module bytes: {exc}") from None
+
+    def read_wasm(self, digest: str) -> bytes:
+        path = self._wasm_dir / f"{digest}.wasm"
+        try:
+            wasm = path.read_bytes()
+        except OSError as exc:
+            raise StorageError(f"stored module {digest[:12]} is missing: {exc}") from None
+        if sha256(wasm) != digest:
+            raise StorageError(f"stored module {digest[:12]} is corrupt (digest mismatch)", digest=digest)
+        return wasm
+
+    def put_artifact(self, digest: str, artifact: bytes) -> Path:
+        """Write precompiled code and, after it, the record of its digest that vouches for it."""
+        path = self._compiled_dir / f"{digest}.cwasm"
+        seal = {"wasm_sha256": digest, "artifact_sha256": sha256(artifact), "fingerprint": self.fingerprint}
+        try:
+            atomic_write(path, artifact)
+            atomic_write(self._compiled_dir / f"{digest}.json", json.dumps(seal).encode())
+        except OSError as exc:
+            raise StorageError(f"cannot store compiled module: {exc}") from None
+        return path
+
+    def verified_artifact(self, digest: str) -> Path | None:
+        """The artifact for `digest` if this host wrote it for this engine and it is intact, else None."""
+        path = self._compiled_dir / f"{digest}.cwasm"
+        try:
+            seal = json.loads((self._compiled_dir / f"{digest}.json").read_bytes())
+            if seal.get("wasm_sha256") != digest or seal.get("fingerprint") != self.fingerprint:
+                return None
+            if sha256_file(path) != seal.get("artifact_sha256"):
+                return None
+        except (OSError, ValueError, AttributeError):
+            return None
+        return path
