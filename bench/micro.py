@@ -48,12 +48,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, Host(Config(data_dir=Path(tmp))) as host:
         host.deploy("hello", guests.wasm(guests.HELLO))
         host.deploy("echo", guests.wasm(guests.ECHO))
-        prepared = host._cache.get(host.module("hello").active.digest, host._load)  # bench-only peek
         limits = host.module("hello").limits
+        key = f"{host.module('hello').active.digest}/{limits.stack}"
+        prepared = host._cache.get(key, host._load)  # bench-only peek at the pre-linked module
         request = Request(method="POST", path="/hello", headers=[("content-type", "text/plain")], body=b"x" * 100)
         big = Request(method="POST", path="/hello", body=b"x" * 65536)
         results = {
-            "instantiate": measure(lambda: instantiate_once(host._runtime, prepared, limits), args.iterations),
+            "instantiate": measure(lambda: instantiate_once(prepared, limits), args.iterations),
             "invoke": measure(lambda: host.invoke("hello", request), args.iterations),
             "invoke_echo_64k": measure(lambda: host.invoke("echo", big), args.iterations // 5),
         }

@@ -18,7 +18,8 @@ DEFAULT_MEMORY_LIMIT = 128 * MiB
 DEFAULT_TIMEOUT = 0.100  # seconds of wall time per request, enforced by epoch interruption
 DEFAULT_RESPONSE_LIMIT = 10 * MiB
 DEFAULT_MAX_MODULE_SIZE = 64 * MiB
-DEFAULT_MAX_WASM_STACK = 512 * KiB  # wasmtime's own default
+DEFAULT_STACK_LIMIT = 512 * KiB  # wasmtime's own default
+DEFAULT_MAX_STACK_LIMIT = 4 * MiB  # stays well inside the 8 MiB native stack of the calling thread
 DEFAULT_EPOCH_TICK = 0.005  # seconds; a timeout fires within one tick after it is due
 DEFAULT_POOL_INSTANCES = 1000  # as Spin: concurrent isolates the pooling allocator reserves
 DEFAULT_MAX_MEMORY_LIMIT = 1 * GiB  # the largest per-module memory override accepted
@@ -38,6 +39,8 @@ class Limits:
     """Seconds of wall time from instantiation until the response is read back."""
     response_size: int = DEFAULT_RESPONSE_LIMIT
     """Bytes of the encoded response envelope the guest may hand back."""
+    stack: int = DEFAULT_STACK_LIMIT
+    """Bytes of wasm stack; each distinct value gets its own engine, since wasmtime fixes it per engine."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.memory, int) or self.memory < 64 * KiB:
@@ -48,6 +51,8 @@ class Limits:
             raise InvalidConfig(
                 f"limits.response_size must be an integer of at least 16 bytes, got {self.response_size!r}"
             )
+        if not isinstance(self.stack, int) or self.stack < 64 * KiB:
+            raise InvalidConfig(f"limits.stack must be an integer of at least 65536 bytes, got {self.stack!r}")
 
     def merged(self, overrides: Mapping[str, Any] | None) -> Limits:
         """These limits with the fields named in `overrides` replaced (unknown names are an error)."""
@@ -74,8 +79,8 @@ class Config:
     max_memory_limit: int = DEFAULT_MAX_MEMORY_LIMIT
     """Ceiling for per-module memory overrides; also the size of one pooled memory slot."""
     max_timeout: float = DEFAULT_MAX_TIMEOUT
-    max_wasm_stack: int = DEFAULT_MAX_WASM_STACK
-    """Engine-wide: wasmtime fixes the wasm stack per engine, so it cannot vary per module."""
+    max_stack_limit: int = DEFAULT_MAX_STACK_LIMIT
+    """Ceiling for per-module stack overrides."""
     epoch_tick: float = DEFAULT_EPOCH_TICK
     pool_instances: int = DEFAULT_POOL_INSTANCES
     module_cache_size: int = DEFAULT_MODULE_CACHE_SIZE
@@ -88,7 +93,7 @@ class Config:
             (self.max_memory_limit >= self.limits.memory, "max_memory_limit must be at least limits.memory"),
             (self.max_memory_limit % (64 * KiB) == 0, "max_memory_limit must be a multiple of 64 KiB"),
             (self.max_timeout >= self.limits.timeout, "max_timeout must be at least limits.timeout"),
-            (self.max_wasm_stack >= 64 * KiB, "max_wasm_stack must be at least 64 KiB"),
+            (self.max_stack_limit >= self.limits.stack, "max_stack_limit must be at least limits.stack"),
             (0 < self.epoch_tick <= 1, "epoch_tick must be within (0, 1] seconds"),
             (self.pool_instances >= 1, "pool_instances must be at least 1"),
             (self.module_cache_size >= 1, "module_cache_size must be at least 1"),
@@ -104,6 +109,8 @@ class Config:
             raise InvalidConfig(f"limits.memory {limits.memory} exceeds the host maximum {self.max_memory_limit}")
         if limits.timeout > self.max_timeout:
             raise InvalidConfig(f"limits.timeout {limits.timeout} exceeds the host maximum {self.max_timeout}")
+        if limits.stack > self.max_stack_limit:
+            raise InvalidConfig(f"limits.stack {limits.stack} exceeds the host maximum {self.max_stack_limit}")
         return limits
 
     @classmethod
@@ -117,7 +124,7 @@ class Config:
             ("max_module_size", int),
             ("max_memory_limit", int),
             ("max_timeout", float),
-            ("max_wasm_stack", int),
+            ("max_stack_limit", int),
             ("epoch_tick", float),
             ("pool_instances", int),
             ("module_cache_size", int),

@@ -54,7 +54,8 @@ class HostStatistics:
     module_cache: CacheStatistics
     artifact_recompiles: int
     pool_instances: int
-    engine_fingerprint: str
+    engine_fingerprint: str  # of the engine for the default stack size
+    engines: int  # one per distinct wasm stack size in use
 
 
 class Host:
@@ -65,12 +66,9 @@ class Host:
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
+        self._store = ModuleStore(self.config.data_dir)
         self._runtime = Runtime(self.config)
-        try:
-            self._store = ModuleStore(self.config.data_dir, self._runtime.fingerprint)
-        except BaseException:
-            self._runtime.close()
-            raise
+        self._runtimes = {self._runtime.stack: self._runtime}  # stack size -> engine; created on demand
         self._cache: ModuleCache[Prepared] = ModuleCache(self.config.module_cache_size)
         self._limits: dict[str, Limits] = {}  # effective limits per module name, derived from records
         self._lock = threading.Lock()
@@ -84,7 +82,8 @@ class Host:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._runtime.close()
+            for runtime in self._runtimes.values():
+                runtime.close()
 
     def __enter__(self) -> Host:
         return self
@@ -117,7 +116,8 @@ class Host:
         effective = self._effective(overrides)
         if variables is not None:
             variables = _check_variables(variables)
-        module, shape, compile_s = self._runtime.compile(bytes(wasm))
+        runtime = self._runtime_for(effective.stack)
+        module, shape, compile_s = runtime.compile(bytes(wasm))
         if shape.memory_min > effective.memory:
             raise InvalidModule(
                 f"module declares {shape.memory_min} bytes of initial memory, over its memory limit of "
@@ -125,14 +125,14 @@ class Host:
                 limit="memory",
             )
         digest = sha256(wasm)
-        prepared = self._runtime.prepare(digest, module, shape)
-        artifact = self._runtime.serialize(module)
+        prepared = runtime.prepare(digest, module, shape)
+        artifact = runtime.serialize(module)
         with self._lock:
             self._store.put_wasm(digest, wasm)
-            self._store.put_artifact(digest, artifact)
+            self._store.put_artifact(digest, runtime.fingerprint, artifact)
             record = self._store.add_version(name, digest, len(wasm), compile_s * 1000, overrides, variables)
             self._limits[name] = effective
-        self._cache.put(digest, prepared)
+        self._cache.put(_cache_key(digest, effective.stack), prepared)
         return _version_info(name, record.version(record.active))
 
     def configure(
@@ -188,9 +188,8 @@ class Host:
             record = self._store.get(name)
             version = record.version()
             limits = self._limits.get(name) or self._limits_for(record)
-            prepared = self._cache.get(version.digest, self._load)
-            outcome = run(self._runtime, prepared, encode_request(request, record.variables), limits,
-                          self.config.log_limit)
+            prepared = self._cache.get(_cache_key(version.digest, limits.stack), self._load)
+            outcome = run(prepared, encode_request(request, record.variables), limits, self.config.log_limit)
             try:
                 status, headers, body = decode_response(outcome.payload)
             except GuestError as exc:
@@ -225,26 +224,38 @@ class Host:
             artifact_recompiles=self._recompiles,
             pool_instances=self.config.pool_instances,
             engine_fingerprint=self._runtime.fingerprint,
+            engines=len(self._runtimes),
         )
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _load(self, digest: str) -> Prepared:
+    def _runtime_for(self, stack: int) -> Runtime:
+        runtime = self._runtimes.get(stack)
+        if runtime is None:
+            with self._lock:
+                runtime = self._runtimes.get(stack)
+                if runtime is None:
+                    runtime = self._runtimes[stack] = Runtime(self.config, stack)
+        return runtime
+
+    def _load(self, key: str) -> Prepared:
         """Cache miss: map the verified artifact, or recompile from the stored `.wasm` and reseal."""
-        path = self._store.verified_artifact(digest)
+        digest, stack = key.split("/")
+        runtime = self._runtime_for(int(stack))
+        path = self._store.verified_artifact(digest, runtime.fingerprint)
         module = None
         if path is not None:
             try:
-                module = self._runtime.load(path)
+                module = runtime.load(path)
             except Exception:  # wasmtime refuses an artifact from another build: recompile below
                 module = None
         if module is None:
-            module, shape, _ = self._runtime.compile(self._store.read_wasm(digest))
-            self._store.put_artifact(digest, self._runtime.serialize(module))
+            module, shape, _ = runtime.compile(self._store.read_wasm(digest))
+            self._store.put_artifact(digest, runtime.fingerprint, runtime.serialize(module))
             with self._lock:
                 self._recompiles += 1
-            return self._runtime.prepare(digest, module, shape)
-        return self._runtime.prepare(digest, module)
+            return runtime.prepare(digest, module, shape)
+        return runtime.prepare(digest, module)
 
     def _overrides(self, limits: Mapping[str, Any] | Limits) -> dict[str, Any]:
         if isinstance(limits, Limits):
@@ -270,6 +281,11 @@ class Host:
             limit_overrides=dict(record.limits),
             variables=dict(record.variables),
         )
+
+
+def _cache_key(digest: str, stack: int) -> str:
+    """Pre-linked code belongs to one engine, and there is one engine per stack size."""
+    return f"{digest}/{stack}"
 
 
 def _version_info(name: str, v: VersionRecord) -> VersionInfo:

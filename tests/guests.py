@@ -125,3 +125,14 @@ RECURSE_EXTRA = """
 GROW_BOMB = """
     (loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
     unreachable"""
+
+# $down(n) recurses n frames deep and returns: depth 5000 needs more than 64 KiB of wasm stack and
+# far less than the 512 KiB default.
+BOUNDED_RECURSION = module(
+    f"(drop (call $down (i32.const 5000))) {returns(response_bytes())}",
+    extra="""
+    (func $down (param i32) (result i32)
+      (if (result i32) (i32.eqz (local.get 0))
+        (then (i32.const 0))
+        (else (i32.add (call $down (i32.sub (local.get 0) (i32.const 1))) (i32.const 1)))))""",
+)

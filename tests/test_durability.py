@@ -12,7 +12,7 @@ import guests as g
 import pytest
 from conftest import HostFactory
 
-from isolate import StorageError
+from isolate import Limits, StorageError
 
 
 def body(text: str) -> bytes:
@@ -78,7 +78,7 @@ def test_changed_engine_fingerprint_recompiles(make_host: HostFactory, tmp_path:
     first = make_host()
     first.deploy("m", body("x"))
     first.close()
-    second = make_host(max_wasm_stack=1 << 20)  # different engine settings
+    second = make_host(limits=Limits(stack=1 << 20))  # different engine settings
     assert second.statistics().engine_fingerprint != first.statistics().engine_fingerprint
     assert second.invoke("m").body == b"x"
     assert second.statistics().artifact_recompiles == 1

@@ -194,3 +194,29 @@ def test_unknown_module(host: Host) -> None:
     with pytest.raises(Exception) as info:
         host.invoke("nope")
     assert getattr(info.value, "kind", None) == "not_found"
+
+
+def test_stack_limit_per_module(host: Host) -> None:
+    host.deploy("deep", g.wasm(g.BOUNDED_RECURSION))
+    assert host.invoke("deep").status == 200  # fits the 512 KiB default
+    host.configure("deep", limits={"stack": 64 << 10})
+    with pytest.raises(GuestError) as info:
+        host.invoke("deep")
+    assert info.value.kind == "stack_overflow"
+    host.deploy("small", g.wasm(g.BOUNDED_RECURSION), limits={"stack": 64 << 10})
+    with pytest.raises(GuestError):
+        host.invoke("small")
+    host.configure("deep", limits={"stack": 1 << 20})
+    assert host.invoke("deep").status == 200
+    assert host.statistics().engines == 3  # one engine per distinct stack size in use
+
+
+def test_module_cache_evicts_and_reloads(make_host: HostFactory) -> None:
+    host = make_host(module_cache_size=2)
+    for name in ("a", "b", "c"):
+        host.deploy(name, g.wasm(g.module(response=g.response_bytes(body=name.encode()))))
+    # deploys leave [b, c] hot (a was evicted); a comes back on a miss and evicts b, the oldest
+    assert [host.invoke(name).body for name in ("b", "c", "a", "a")] == [b"b", b"c", b"a", b"a"]
+    stats = host.statistics().module_cache
+    assert (stats.size, stats.capacity) == (2, 2)
+    assert (stats.hits, stats.misses, stats.evictions) == (3, 1, 2)

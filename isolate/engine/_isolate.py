@@ -27,7 +27,7 @@ from ..errors import (
     Trap,
 )
 from . import _output, _raw
-from ._runtime import Prepared, Runtime
+from ._runtime import Prepared
 
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
@@ -56,8 +56,9 @@ def _scratch() -> _raw.Scratch:
     return scratch
 
 
-def run(runtime: Runtime, prepared: Prepared, payload: bytes, limits: Limits, log_limit: int) -> Outcome:
+def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int) -> Outcome:
     """Run the guest's handler on `payload` (an encoded request) in a fresh isolate."""
+    runtime = prepared.runtime
     s = _scratch()
     capture = _output.Capture(log_limit)
     shape = prepared.shape
@@ -214,8 +215,9 @@ def _backtrace(text: str) -> list[str]:
     return frames[:16]
 
 
-def instantiate_once(runtime: Runtime, prepared: Prepared, limits: Limits) -> None:
+def instantiate_once(prepared: Prepared, limits: Limits) -> None:
     """Create a store, apply limits and deadline, instantiate, drop: the isolate cost alone (for bench/)."""
+    runtime = prepared.runtime
     s = _scratch()
     store = _raw.store_new(runtime.engine_ptr, None, None)
     try:

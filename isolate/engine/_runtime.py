@@ -25,6 +25,7 @@ WASM_MAGIC = b"\0asm"
 class Prepared:
     """A module ready to instantiate per request: deserialized, checked, and pre-linked once."""
 
+    runtime: Runtime
     digest: str
     module: wasmtime.Module
     pre: wasmtime.InstancePre
@@ -33,14 +34,15 @@ class Prepared:
 
 
 class Runtime:
-    """One per process: owns the wasmtime engine, its linker and the epoch ticker."""
+    """Owns a wasmtime engine, its linker and epoch ticker: one per process and wasm stack size."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, stack: int | None = None) -> None:
         self.config = config
+        self.stack = config.limits.stack if stack is None else stack
         wasm_config = wasmtime.Config()
         wasm_config.epoch_interruption = True
         wasm_config.cranelift_opt_level = "speed"
-        wasm_config.max_wasm_stack = config.max_wasm_stack
+        wasm_config.max_wasm_stack = self.stack
         _raw.configure_pooling(
             wasm_config,
             instances=config.pool_instances,
@@ -51,17 +53,17 @@ class Runtime:
         self.engine_ptr = _raw.engine_pointer(self.engine)
         self.linker = build_linker(self.engine)
         self.ticker = EpochTicker(self.engine, config.epoch_tick)
-        self.fingerprint = self._fingerprint(config)
+        self.fingerprint = self._fingerprint(config, self.stack)
 
     @staticmethod
-    def _fingerprint(config: Config) -> str:
+    def _fingerprint(config: Config, stack: int) -> str:
         """Identifies compiled code: an artifact from another fingerprint is recompiled, never loaded."""
         settings = {
             "wasmtime": version("wasmtime"),
             "machine": platform.machine(),
             "opt": "speed",
             "epoch_interruption": True,
-            "max_wasm_stack": config.max_wasm_stack,
+            "max_wasm_stack": stack,
             "pooling_max_memory": config.max_memory_limit,
         }
         blob = json.dumps(settings, sort_keys=True).encode()
@@ -97,7 +99,7 @@ class Runtime:
             pre = self.linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as exc:
             raise InvalidModule(f"cannot link module: {_first_line(exc)}") from None
-        return Prepared(digest, module, pre, _raw.instance_pre_pointer(pre), shape)
+        return Prepared(self, digest, module, pre, _raw.instance_pre_pointer(pre), shape)
 
     def close(self) -> None:
         self.ticker.close()

@@ -88,17 +88,19 @@ class ModuleRecord:
 class ModuleStore:
     """Files on disk plus an in-memory index of every module's metadata, loaded at start-up."""
 
-    def __init__(self, root: Path, fingerprint: str) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.fingerprint = fingerprint
         self._wasm_dir = root / "wasm"
-        self._compiled_dir = root / "compiled" / fingerprint
+        self._compiled_root = root / "compiled"
         self._modules_dir = root / "modules"
         self._lock = threading.RLock()
         try:
-            for directory in (self._wasm_dir, self._compiled_dir, self._modules_dir):
+            for directory in (self._wasm_dir, self._compiled_root, self._modules_dir):
                 directory.mkdir(parents=True, exist_ok=True)
                 remove_temporaries(directory)
+            for directory in self._compiled_root.iterdir():
+                if directory.is_dir():
+                    remove_temporaries(directory)
         except OSError as exc:
             raise StorageError(f"cannot use data directory {root}: {exc}") from None
         self._records: dict[str, ModuleRecord] = {}
@@ -201,23 +203,26 @@ class ModuleStore:
             raise StorageError(f"stored module {digest[:12]} is corrupt (digest mismatch)", digest=digest)
         return wasm
 
-    def put_artifact(self, digest: str, artifact: bytes) -> Path:
+    def put_artifact(self, digest: str, fingerprint: str, artifact: bytes) -> Path:
         """Write precompiled code and, after it, the record of its digest that vouches for it."""
-        path = self._compiled_dir / f"{digest}.cwasm"
-        seal = {"wasm_sha256": digest, "artifact_sha256": sha256(artifact), "fingerprint": self.fingerprint}
+        directory = self._compiled_root / fingerprint
+        path = directory / f"{digest}.cwasm"
+        seal = {"wasm_sha256": digest, "artifact_sha256": sha256(artifact), "fingerprint": fingerprint}
         try:
+            directory.mkdir(exist_ok=True)
             atomic_write(path, artifact)
-            atomic_write(self._compiled_dir / f"{digest}.json", json.dumps(seal).encode())
+            atomic_write(directory / f"{digest}.json", json.dumps(seal).encode())
         except OSError as exc:
             raise StorageError(f"cannot store compiled module: {exc}") from None
         return path
 
-    def verified_artifact(self, digest: str) -> Path | None:
+    def verified_artifact(self, digest: str, fingerprint: str) -> Path | None:
         """The artifact for `digest` if this host wrote it for this engine and it is intact, else None."""
-        path = self._compiled_dir / f"{digest}.cwasm"
+        directory = self._compiled_root / fingerprint
+        path = directory / f"{digest}.cwasm"
         try:
-            seal = json.loads((self._compiled_dir / f"{digest}.json").read_bytes())
-            if seal.get("wasm_sha256") != digest or seal.get("fingerprint") != self.fingerprint:
+            seal = json.loads((directory / f"{digest}.json").read_bytes())
+            if seal.get("wasm_sha256") != digest or seal.get("fingerprint") != fingerprint:
                 return None
             if sha256_file(path) != seal.get("artifact_sha256"):
                 return None
