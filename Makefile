@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Until the HTTP server lands, `serve` deploys the hello sample into .isolate/ and invokes it.
+# The edge listener on :8787 and the admin API on :8788, with the samples of isolate.toml deployed.
 serve: install
-	$(VENV)/bin/isolate demo
+	$(VENV)/bin/isolate serve --manifest isolate.toml
 
 lint: install
 	$(PY) -m ruff check isolate tests bench

@@ -1,152 +1,274 @@
-"""The `isolate` command line: deploy, list, roll back, delete and invoke modules in a data directory."""
+"""The `isolate` command: `serve` runs the host; other commands talk to it through the admin API,
+except `invoke` (one request in-process) and `token` (read from the data directory)."""
 
 from __future__ import annotations
 
 import json
-import re
+import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import quote
 
 import click
+import httpx
 
 from . import Config, Host, IsolateError, Request
-from .engine import wat_to_wasm
+from .config import DEFAULT_ADMIN_PORT, ServerConfig, parse_duration, parse_size
+from .http import load_or_create_token, token_path
+from .registry import validate_name
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def _host(data_dir: str | None) -> Host:
-    return Host(Config.from_env(data_dir=Path(data_dir) if data_dir else None))
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(9), *range(11, 32), 127)}
 
 
 def _clean(text: str) -> str:
     """Guest output is never written raw to a terminal: control characters are escaped."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text.translate(_CONTROL)
 
 
-def _fail(exc: IsolateError) -> None:
-    click.echo(f"error: {exc.kind}: {exc.detail}", err=True)
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
     sys.exit(1)
 
 
-def _read_module(path: str) -> bytes:
-    """Read a `.wasm` file, or compile a `.wat` text module first."""
-    data = Path(path).read_bytes()
-    if path.endswith(".wat"):
-        try:
-            return wat_to_wasm(data.decode())
-        except IsolateError as exc:
-            raise click.ClickException(f"{path}: {exc.detail}") from None
-    return data
+def _config(data_dir: str | None) -> Config:
+    try:
+        return Config.from_env(data_dir=Path(data_dir) if data_dir else None)
+    except IsolateError as exc:
+        _fail(f"{exc.kind}: {exc.detail}")
 
 
 data_dir_option = click.option(
-    "--data-dir", envvar="ISOLATE_DATA_DIR", default=None, help="Data directory (default: ./.isolate)."
+    "--data-dir", envvar="ISOLATE_DATA_DIR", default=None,
+    help="Data directory [env ISOLATE_DATA_DIR; default .isolate].",
+)
+admin_url_option = click.option(
+    "--admin-url", envvar="ISOLATE_ADMIN_URL", default=f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}", show_default=True,
+    help="Admin API of the running server [env ISOLATE_ADMIN_URL].",
+)
+admin_token_option = click.option(
+    "--admin-token", envvar="ISOLATE_ADMIN_TOKEN", default=None,
+    help="Admin bearer token [env ISOLATE_ADMIN_TOKEN; default: read from the data directory].",
 )
 
 
-@click.group()
+def _module_path(name: str, suffix: str = "") -> str:
+    """The admin URL of a module; names are checked here, since a URL would normalise `../`."""
+    try:
+        validate_name(name)
+    except IsolateError as exc:
+        _fail(f"{exc.kind}: {exc.detail}")
+    return f"/v1/modules/{quote(name, safe='')}{suffix}"
+
+
+class Admin:
+    """A small client of the admin API that turns every failure into one line and exit 1."""
+
+    def __init__(self, url: str, token: str | None, data_dir: str | None) -> None:
+        if token is None:
+            path = token_path(_config(data_dir).data_dir)
+            try:
+                token = path.read_text().strip()
+            except OSError:
+                _fail(f"no admin token at {path}: start `isolate serve` once, or pass --admin-token")
+        self.url = url.rstrip("/")
+        self.client = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {token}"}, timeout=120)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            _fail(f"cannot reach the admin API at {self.url} ({exc}); is `isolate serve` running?")
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": "http_error", "detail": response.text[:200]}
+        if response.is_error:
+            _fail(f"{body.get('error', response.status_code)}: {body.get('detail', '')}")
+        return body
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="isolate")
 def main() -> None:
-    """isolate: run WebAssembly request handlers in fresh, limited isolates."""
+    """isolate: an edge runtime that runs every request in a fresh WebAssembly isolate.
+
+    Start the host with `isolate serve`, deploy with `isolate deploy NAME FILE --route /path`, then
+    send requests to the edge listener (default http://127.0.0.1:8787).
+    """
 
 
 @main.command()
 @data_dir_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Edge listener address.")
+@click.option("--port", default=8787, show_default=True, type=int, help="Edge listener port.")
+@click.option("--admin-host", default="127.0.0.1", show_default=True, help="Admin listener address.")
+@click.option("--admin-port", default=DEFAULT_ADMIN_PORT, show_default=True, type=int, help="Admin listener port.")
+@admin_token_option
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="isolate.toml to deploy at start-up.")
+@click.option("--max-body-size", default="10MiB", show_default=True, help="Largest request body (413 beyond).")
+@click.option("--workers", type=int, default=None, help="Threads running guests off the event loop.")
+@click.option("--queue-limit", type=int, default=64, show_default=True, help="Guests waiting before 503.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]), help="Host log level.")
+@click.option("--no-access-log", is_flag=True, help="Do not log one line per request.")
+def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_port: int, admin_token: str | None,
+          manifest: str | None, max_body_size: str, workers: int | None, queue_limit: int, log_level: str,
+          no_access_log: bool) -> None:
+    """Run the edge and admin listeners until interrupted."""
+    from . import manifest as manifests
+    from .http import build, run
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = _config(data_dir)
+    try:
+        server = ServerConfig(
+            host=host, port=port, admin_host=admin_host, admin_port=admin_port, admin_token=admin_token,
+            max_body_size=parse_size(max_body_size), queue_limit=queue_limit, access_log=not no_access_log,
+            manifest=Path(manifest) if manifest else None,
+            **({"workers": workers} if workers else {}),
+        )
+        loaded = manifests.load(Path(manifest)) if manifest else None
+        apps = build(config, server)
+    except IsolateError as exc:
+        _fail(f"{exc.kind}: {exc.detail}")
+    if loaded is not None:
+        try:
+            deployed, table = manifests.apply(loaded, apps.host)
+            apps.state.replace_routes(table)
+        except IsolateError as exc:
+            apps.close()
+            _fail(f"{exc.kind}: {exc.detail}")
+        logging.getLogger("isolate.server").info("manifest %s: deployed %s; %d routes", manifest,
+                                                 ", ".join(deployed) or "nothing new", len(table.routes))
+    try:
+        run(apps, server)
+    except IsolateError as exc:
+        _fail(exc.detail)
+
+
+@main.command()
+@data_dir_option
+@admin_url_option
+@admin_token_option
 @click.argument("name")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--memory", type=int, help="Memory limit in bytes.")
-@click.option("--timeout", type=float, help="Time limit in seconds.")
-@click.option("--response-size", type=int, help="Response size limit in bytes.")
+@click.option("--route", "routes", multiple=True, metavar="[HOST]/PATH",
+              help="Route to this module, e.g. /hello, /users/:id, /static/..., api.example.com/v1/...")
+@click.option("--memory", help="Memory limit, e.g. 64MiB.")
+@click.option("--timeout", help="Time limit, e.g. 200ms.")
+@click.option("--response-size", help="Response size limit, e.g. 1MiB.")
+@click.option("--stack", help="Wasm stack limit, e.g. 1MiB.")
 @click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="A variable for the guest.")
-def deploy(
-    data_dir: str | None,
-    name: str,
-    file: str,
-    memory: int | None,
-    timeout: float | None,
-    response_size: int | None,
-    variables: tuple[str, ...],
-) -> None:
-    """Deploy FILE (.wasm, or .wat text) as a new version of module NAME."""
-    limits = {k: v for k, v in (("memory", memory), ("timeout", timeout), ("response_size", response_size)) if v}
-    pairs = dict(v.split("=", 1) for v in variables if "=" in v)
-    if len(pairs) != len(variables):
-        raise click.BadParameter("variables are KEY=VALUE", param_hint="--var")
-    wasm = _read_module(file)
+def deploy(data_dir: str | None, admin_url: str, admin_token: str | None, name: str, file: str,
+           routes: tuple[str, ...], memory: str | None, timeout: str | None, response_size: str | None,
+           stack: str | None, variables: tuple[str, ...]) -> None:
+    """Upload FILE (.wasm, or .wat text) as a new version of module NAME."""
+    from .manifest import read_module
+
+    params: list[tuple[str, str]] = []
     try:
-        with _host(data_dir) as host:
-            info = host.deploy(name, wasm, limits=limits or None, variables=pairs or None)
+        for key, value, parse in (("memory", memory, parse_size), ("timeout", timeout, parse_duration),
+                                  ("response_size", response_size, parse_size), ("stack", stack, parse_size)):
+            if value is not None:
+                params.append((key, str(parse(value))))
+        wasm = read_module(Path(file))
     except IsolateError as exc:
-        _fail(exc)
-    click.echo(f"deployed {info.name} v{info.version} sha256:{info.digest[:12]} {info.size} bytes "
-               f"(compiled in {info.compile_ms:.1f} ms)")
+        _fail(f"{exc.kind}: {exc.detail}")
+    for pair in variables:
+        if "=" not in pair:
+            _fail(f"--var {pair!r}: expected KEY=VALUE")
+        params.append(("var", pair))
+    module_path = _module_path(name)
+    admin = Admin(admin_url, admin_token, data_dir)
+    info = admin.call("PUT", module_path, content=wasm, params=params)
+    click.echo(f"deployed {info['name']} v{info['version']} sha256:{info['digest'][:12]} {info['size']} bytes "
+               f"(compiled in {info['compile_ms']:.1f} ms)")
+    if routes:
+        table = admin.call("GET", "/v1/routes")["routes"]
+        for spec in routes:
+            host, slash, path = spec.partition("/")
+            table.append({"host": host or "*", "path": slash + path, "module": name})
+        admin.call("PUT", "/v1/routes", json={"routes": table})
+        click.echo(f"routed {', '.join(routes)} → {name}")
 
 
 @main.command()
 @data_dir_option
-def modules(data_dir: str | None) -> None:
-    """List deployed modules and their active versions."""
-    with _host(data_dir) as host:
-        for info in host.modules():
-            active = info.active
-            click.echo(f"{info.name}\tv{info.active_version}/{len(info.versions)}\t{active.size} bytes\t"
-                       f"sha256:{active.digest[:12]}")
+@admin_url_option
+@admin_token_option
+def modules(data_dir: str | None, admin_url: str, admin_token: str | None) -> None:
+    """List deployed modules of the running server."""
+    for info in Admin(admin_url, admin_token, data_dir).call("GET", "/v1/modules")["modules"]:
+        active = next(v for v in info["versions"] if v["version"] == info["active_version"])
+        click.echo(f"{info['name']}\tv{info['active_version']}/{len(info['versions'])}\t{active['size']} bytes\t"
+                   f"sha256:{active['digest'][:12]}")
 
 
 @main.command()
 @data_dir_option
+@admin_url_option
+@admin_token_option
+def routes(data_dir: str | None, admin_url: str, admin_token: str | None) -> None:
+    """List the route table of the running server."""
+    for route in Admin(admin_url, admin_token, data_dir).call("GET", "/v1/routes")["routes"]:
+        methods = ",".join(route.get("methods", [])) or "*"
+        click.echo(f"{route['host']}{route['path']}\t{methods}\t→ {route['module']}")
+
+
+@main.command()
+@data_dir_option
+@admin_url_option
+@admin_token_option
 @click.argument("name")
 @click.argument("version", type=int, required=False)
-def rollback(data_dir: str | None, name: str, version: int | None) -> None:
+def rollback(data_dir: str | None, admin_url: str, admin_token: str | None, name: str, version: int | None) -> None:
     """Make VERSION (default: the previous one) the active version of NAME."""
-    try:
-        with _host(data_dir) as host:
-            info = host.rollback(name, version)
-    except IsolateError as exc:
-        _fail(exc)
-    click.echo(f"{info.name} now serves v{info.active_version}")
+    body = {"version": version} if version is not None else {}
+    info = Admin(admin_url, admin_token, data_dir).call("POST", _module_path(name, "/rollback"), json=body)
+    click.echo(f"{info['name']} now serves v{info['active_version']}")
 
 
 @main.command()
 @data_dir_option
+@admin_url_option
+@admin_token_option
 @click.argument("name")
-def delete(data_dir: str | None, name: str) -> None:
+def delete(data_dir: str | None, admin_url: str, admin_token: str | None, name: str) -> None:
     """Delete module NAME and all its versions."""
-    try:
-        with _host(data_dir) as host:
-            host.delete(name)
-    except IsolateError as exc:
-        _fail(exc)
+    Admin(admin_url, admin_token, data_dir).call("DELETE", _module_path(name))
     click.echo(f"deleted {name}")
 
 
 @main.command()
 @data_dir_option
+def token(data_dir: str | None) -> None:
+    """Print the admin bearer token (generated into the data directory on first use)."""
+    click.echo(load_or_create_token(_config(data_dir).data_dir))
+
+
+@main.command()
+@data_dir_option
 @click.argument("name")
-@click.option("--method", default="GET")
-@click.option("--path", default="/")
+@click.option("--method", default="GET", show_default=True)
+@click.option("--path", default="/", show_default=True, help="Path and query, e.g. /users/7?x=1.")
 @click.option("--body", default="", help="Request body (text).")
 @click.option("--header", "headers", multiple=True, metavar="NAME:VALUE")
 def invoke(data_dir: str | None, name: str, method: str, path: str, body: str, headers: tuple[str, ...]) -> None:
-    """Run one request through NAME in-process; print the response and the guest's logs."""
+    """Run one request through NAME in-process (no server); print the response and guest logs."""
     pairs = [tuple(part.strip() for part in h.split(":", 1)) for h in headers if ":" in h]
     path_only, _, query = path.partition("?")
     request = Request(method=method.upper(), path=path_only, query=query, body=body.encode(),
                       headers=[(k.lower(), v) for k, v in pairs])
     try:
-        with _host(data_dir) as host:
+        with Host(_config(data_dir)) as host:
             response = host.invoke(name, request)
     except IsolateError as exc:
         for record in getattr(exc, "logs", ()):
             click.echo(f"[{record.stream} {record.level}] {_clean(record.message).rstrip()}", err=True)
         click.echo(json.dumps(exc.to_dict()), err=True)
         sys.exit(1)
-    _print_response(response)
-
-
-def _print_response(response: Any) -> None:
     for record in response.logs:
         click.echo(f"[{record.stream} {record.level}] {_clean(record.message).rstrip()}", err=True)
     click.echo(f"HTTP {response.status}")
@@ -154,23 +276,9 @@ def _print_response(response: Any) -> None:
         click.echo(f"{key}: {value}")
     click.echo()
     click.echo(_clean(response.body.decode("utf-8", "replace")))
-
-
-@main.command()
-@data_dir_option
-def demo(data_dir: str | None) -> None:
-    """Deploy samples/hello-wat and run a request through it (what `make serve` does for now)."""
-    sample = Path(__file__).resolve().parent.parent / "samples" / "hello-wat" / "hello.wat"
-    try:
-        with _host(data_dir) as host:
-            info = host.deploy("hello", _read_module(str(sample)))
-            click.echo(f"deployed hello v{info.version} into {host.config.data_dir}")
-            response = host.invoke("hello", Request(path="/"))
-    except IsolateError as exc:
-        _fail(exc)
-    _print_response(response)
-    click.echo(f"instantiate {response.info['instantiate_us']:.1f} µs, "
-               f"total {response.info['total_us']:.1f} µs (first request; see bench/ for medians)")
+    info = response.info
+    click.echo(f"instantiate {info['instantiate_us']:.1f} µs, run {info['run_us']:.1f} µs, "
+               f"memory {info['memory_bytes']} bytes", err=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -27,6 +28,56 @@ DEFAULT_MAX_TIMEOUT = 60.0
 DEFAULT_MODULE_CACHE_SIZE = 1024  # pre-linked modules kept hot (1,000 tenants fit)
 DEFAULT_LOG_LIMIT = 64 * KiB  # guest log bytes kept per request (stdout + stderr + log calls)
 DEFAULT_DATA_DIR = Path(".isolate")
+
+DEFAULT_EDGE_PORT = 8787
+DEFAULT_ADMIN_PORT = 8788
+DEFAULT_MAX_BODY_SIZE = 10 * MiB
+DEFAULT_MAX_URL_LENGTH = 16 * KiB
+DEFAULT_QUEUE_LIMIT = 64  # guests waiting for a worker thread before requests get 503
+DEFAULT_INLINE_THRESHOLD = 0.001  # seconds: guests consistently faster run on the event loop
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": KiB, "mib": MiB, "gib": GiB}
+_TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "us": 0.000001, "µs": 0.000001}
+_QUANTITY = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zµ]*)\s*", re.IGNORECASE)
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string such as "64MiB", "512 KiB", "10MB", "4096"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _QUANTITY.fullmatch(str(value))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise InvalidConfig(f"not a size: {value!r} (use bytes or a unit: KiB, MiB, GiB, KB, MB, GB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(value: float | int | str) -> float:
+    """Seconds from a number or a string such as "200ms", "1.5s", "250us"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    match = _QUANTITY.fullmatch(str(value))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _TIME_UNITS:
+        raise InvalidConfig(f"not a duration: {value!r} (use seconds or a unit: s, ms, us)")
+    return float(match.group(1)) * _TIME_UNITS[unit]
+
+
+LIMIT_PARSERS: dict[str, Any] = {
+    "memory": parse_size,
+    "timeout": parse_duration,
+    "response_size": parse_size,
+    "stack": parse_size,
+}
+"""How each limit is read from text (CLI flags, query parameters, manifests)."""
+
+
+def parse_limits(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Limit overrides from text or numbers, keyed by limit name; unknown names are an error."""
+    unknown = set(raw) - set(LIMIT_PARSERS)
+    if unknown:
+        raise InvalidConfig(f"unknown limit(s): {', '.join(sorted(unknown))}; known: {', '.join(LIMIT_PARSERS)}")
+    return {key: LIMIT_PARSERS[key](value) for key, value in raw.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,3 +189,33 @@ class Config:
                     raise InvalidConfig(f"{key}={env[key]!r}: {exc}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """The HTTP side: two listeners (edge and admin), request bounds and the guest thread pool."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_EDGE_PORT
+    admin_host: str = "127.0.0.1"
+    admin_port: int = DEFAULT_ADMIN_PORT
+    admin_token: str | None = None
+    """None: read the token from the data directory, generating it on first start."""
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    max_url_length: int = DEFAULT_MAX_URL_LENGTH
+    workers: int = field(default_factory=lambda: min(32, (os.cpu_count() or 1) * 4))
+    """Threads that run guests off the event loop (wasm releases the GIL, so they run in parallel)."""
+    queue_limit: int = DEFAULT_QUEUE_LIMIT
+    inline_threshold: float = DEFAULT_INLINE_THRESHOLD
+    access_log: bool = True
+    manifest: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("port", "admin_port"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= 65535:
+                raise InvalidConfig(f"{name} must be a TCP port, got {value!r}")
+        if self.max_body_size < 0 or self.max_url_length < 1:
+            raise InvalidConfig("max_body_size and max_url_length must be positive")
+        if self.workers < 1 or self.queue_limit < 0:
+            raise InvalidConfig("workers must be at least 1 and queue_limit not negative")

@@ -1,11 +1,15 @@
 """The documented error tree: every failure has a stable `kind`, one HTTP status and a JSON diagnostic.
 
     IsolateError                      kind               status
-    ├── InvalidConfig                 invalid_config     400   a limit or setting is out of range
+    ├── InvalidConfig                 invalid_config     400   a limit, setting, route or manifest is invalid
+    │   └── RouteConflict             route_conflict     409   two routes match the same requests
     ├── InvalidName                   invalid_name       400   module name breaks NAME_PATTERN
-    ├── InvalidRequest                invalid_request    400   the request cannot be encoded for the guest
-    ├── NotFound                      not_found          404   no such module or version
+    ├── InvalidRequest                invalid_request    400   a malformed request (bad JSON, bad parameter)
+    ├── Unauthorized                  unauthorized       401   missing or wrong admin bearer token
+    ├── NotFound                      not_found          404   no such module, version or route
     ├── ModuleTooLarge                module_too_large   413   upload over Config.max_module_size
+    ├── PayloadTooLarge               payload_too_large  413   request body over ServerConfig.max_body_size
+    ├── UriTooLong                    uri_too_long       414   URL over ServerConfig.max_url_length
     ├── InvalidModule                 invalid_module     422   not valid wasm, or breaks ABI v1 (imports/exports)
     ├── GuestError                                             the guest failed while serving a request
     │   ├── Timeout                   timeout            504   ran past limits.timeout (epoch deadline)
@@ -50,6 +54,11 @@ class InvalidConfig(IsolateError):
     status = 400
 
 
+class RouteConflict(InvalidConfig):
+    kind = "route_conflict"
+    status = 409
+
+
 class InvalidName(IsolateError):
     kind = "invalid_name"
     status = 400
@@ -58,6 +67,21 @@ class InvalidName(IsolateError):
 class InvalidRequest(IsolateError):
     kind = "invalid_request"
     status = 400
+
+
+class Unauthorized(IsolateError):
+    kind = "unauthorized"
+    status = 401
+
+
+class PayloadTooLarge(IsolateError):
+    kind = "payload_too_large"
+    status = 413
+
+
+class UriTooLong(IsolateError):
+    kind = "uri_too_long"
+    status = 414
 
 
 class NotFound(IsolateError):
@@ -132,10 +156,14 @@ class StorageError(IsolateError):
 
 ERRORS: tuple[type[IsolateError], ...] = (
     InvalidConfig,
+    RouteConflict,
     InvalidName,
     InvalidRequest,
+    Unauthorized,
     NotFound,
     ModuleTooLarge,
+    PayloadTooLarge,
+    UriTooLong,
     InvalidModule,
     Timeout,
     MemoryLimit,

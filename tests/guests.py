@@ -71,7 +71,7 @@ def module(
 
 
 def wasm(wat: str) -> bytes:
-    return wasmtime.wat2wasm(wat)
+    return bytes(wasmtime.wat2wasm(wat))
 
 
 HELLO = module()

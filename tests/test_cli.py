@@ -1,4 +1,4 @@
-"""The `isolate` command line against a real data directory."""
+"""The `isolate` command line: against a live server, and in-process `invoke`."""
 
 from __future__ import annotations
 
@@ -8,70 +8,93 @@ import sys
 from pathlib import Path
 
 import guests as g
-from click.testing import CliRunner
+import pytest
+from live import ROOT, LiveServer
 
-from isolate.cli import main
-
-SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "hello-wat" / "hello.wat"
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.stdout, result.stderr
+SAMPLE = ROOT / "samples" / "hello-wat" / "hello.wat"
 
 
-def test_deploy_invoke_list_rollback_delete(tmp_path: Path) -> None:
-    data = str(tmp_path / "data")
-    code, out, _ = run("deploy", "hello", str(SAMPLE), "--data-dir", data, "--timeout", "0.5", "--var", "a=b")
-    assert code == 0 and out.startswith("deployed hello v1 sha256:")
-    wasm = tmp_path / "echo.wasm"
-    wasm.write_bytes(g.wasm(g.ECHO))
-    assert run("deploy", "hello", str(wasm), "--data-dir", data)[0] == 0
-    code, out, _ = run("modules", "--data-dir", data)
-    assert code == 0 and out.startswith("hello\tv2/2\t")
-    code, out, err = run("rollback", "hello", "--data-dir", data)
-    assert code == 0 and "v1" in out
-    code, out, err = run("invoke", "hello", "--data-dir", data, "--path", "/x?y=1")
-    assert code == 0 and out.startswith("HTTP 200\ncontent-type: text/plain\n") and "hello from isolate" in out
-    assert "[log info] hello-wat handled a request" in err
-    assert run("delete", "hello", "--data-dir", data)[0] == 0
-    assert run("modules", "--data-dir", data)[1] == ""
+def isolate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "isolate.cli", *args], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
 
 
-def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
-    data = str(tmp_path / "data")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
+    with LiveServer(tmp_path_factory.mktemp("cli") / "data") as live:
+        yield live  # type: ignore[misc]
+
+
+def test_deploy_with_route_then_manage(server: LiveServer, tmp_path: Path) -> None:
+    cli = server.cli_args()
+    result = isolate("deploy", "hello", str(SAMPLE), "--route", "/hi", "--route", "/hi/:name",
+                     "--timeout", "200ms", "--memory", "16MiB", "--var", "a=b", *cli)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("deployed hello v1 sha256:") and "routed /hi, /hi/:name → hello" in result.stdout
+    with server.edge() as edge:
+        assert edge.get("/hi/bob").text == "hello from isolate\n"
+    echo = tmp_path / "echo.wasm"
+    echo.write_bytes(g.wasm(g.ECHO))
+    assert isolate("deploy", "hello", str(echo), *cli).returncode == 0
+    listed = isolate("modules", *cli)
+    assert listed.returncode == 0 and listed.stdout.startswith("hello\tv2/2\t")
+    routes = isolate("routes", *cli).stdout.splitlines()
+    assert routes == ["*/hi\t*\t→ hello", "*/hi/:name\t*\t→ hello"]
+    assert isolate("rollback", "hello", *cli).stdout.strip() == "hello now serves v1"
+    assert isolate("rollback", "hello", "2", *cli).stdout.strip() == "hello now serves v2"
+    info = server.admin().get("/v1/modules/hello").json()
+    assert info["limits"]["timeout"] == 0.2 and info["variables"] == {"a": "b"}
+    assert isolate("delete", "hello", *cli).stdout.strip() == "deleted hello"
+    assert isolate("modules", *cli).stdout == ""
+
+
+def test_token_and_invoke_in_process(server: LiveServer) -> None:
+    result = isolate("token", "--data-dir", str(server.data_dir))
+    assert result.returncode == 0 and result.stdout.strip() == server.token
+    isolate("deploy", "greeter", str(SAMPLE), *server.cli_args())
+    result = isolate("invoke", "greeter", "--data-dir", str(server.data_dir), "--path", "/x?y=1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("HTTP 200\ncontent-type: text/plain\n") and "hello from isolate" in result.stdout
+    assert "[log info] hello-wat handled a request" in result.stderr
+
+
+def test_errors_are_one_line_and_non_zero(server: LiveServer, tmp_path: Path) -> None:
     bad = tmp_path / "bad.wasm"
     bad.write_bytes(b"not wasm")
-    code, _, err = run("deploy", "../evil", str(bad), "--data-dir", data)
-    assert code == 1 and err.startswith("error: invalid_name:") and err.count("\n") == 1
-    code, _, err = run("deploy", "ok", str(bad), "--data-dir", data)
-    assert code == 1 and err.startswith("error: invalid_module:")
-    code, _, err = run("invoke", "missing", "--data-dir", data)
-    assert code == 1 and json.loads(err.strip().splitlines()[-1])["error"] == "not_found"
+    for args, prefix in [
+        (("deploy", "../evil", str(bad)), "error: invalid_name:"),
+        (("deploy", "ok", str(bad)), "error: invalid_module:"),
+        (("rollback", "missing"), "error: not_found:"),
+        (("deploy", "ok", str(SAMPLE), "--memory", "lots"), "error: invalid_config:"),
+        (("modules", "--admin-token", "wrong"), "error: unauthorized:"),
+    ]:
+        result = isolate(*args, *server.cli_args())
+        assert result.returncode == 1 and result.stderr.startswith(prefix), (args, result.stderr)
+        assert result.stderr.count("\n") == 1
+    down = isolate("modules", "--admin-url", "http://127.0.0.1:9", "--admin-token", "x")
+    assert down.returncode == 1 and "is `isolate serve` running?" in down.stderr
+    no_token = isolate("modules", "--data-dir", str(tmp_path / "empty"))
+    assert no_token.returncode == 1 and "no admin token" in no_token.stderr
 
 
-def test_guest_failure_prints_the_diagnostic(tmp_path: Path) -> None:
-    data = str(tmp_path / "data")
+def test_invoke_failure_prints_the_diagnostic(server: LiveServer, tmp_path: Path) -> None:
     wasm = tmp_path / "loop.wasm"
     wasm.write_bytes(g.wasm(g.module(g.LOOP)))
-    assert run("deploy", "loop", str(wasm), "--data-dir", data, "--timeout", "0.05")[0] == 0
-    code, _, err = run("invoke", "loop", "--data-dir", data)
-    assert code == 1 and json.loads(err.strip())["error"] == "timeout"
+    assert isolate("deploy", "loop", str(wasm), "--timeout", "50ms", *server.cli_args()).returncode == 0
+    result = isolate("invoke", "loop", "--data-dir", str(server.data_dir))
+    assert result.returncode == 1 and json.loads(result.stderr.strip())["error"] == "timeout"
 
 
-def test_guest_output_control_characters_are_escaped(tmp_path: Path) -> None:
-    data = str(tmp_path / "data")
+def test_guest_output_control_characters_are_escaped(server: LiveServer, tmp_path: Path) -> None:
     wasm = tmp_path / "ansi.wasm"
     wasm.write_bytes(g.wasm(g.module(response=g.response_bytes(body=b"\x1b[31mred\x07"))))
-    assert run("deploy", "ansi", str(wasm), "--data-dir", data)[0] == 0
-    code, out, _ = run("invoke", "ansi", "--data-dir", data)
-    assert code == 0 and "\x1b" not in out and "\\x1b[31mred\\x07" in out
+    assert isolate("deploy", "ansi", str(wasm), *server.cli_args()).returncode == 0
+    result = isolate("invoke", "ansi", "--data-dir", str(server.data_dir))
+    assert result.returncode == 0 and "\x1b" not in result.stdout and "\\x1b[31mred\\x07" in result.stdout
 
 
-def test_demo_runs_as_a_real_process(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "isolate.cli", "demo", "--data-dir", str(tmp_path / "d")],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "HTTP 200" in result.stdout and "hello from isolate" in result.stdout
+def test_help_documents_every_command() -> None:
+    result = isolate("--help")
+    for command in ("serve", "deploy", "modules", "routes", "rollback", "delete", "token", "invoke"):
+        assert command in result.stdout
+    assert "--admin-port" in isolate("serve", "--help").stdout

@@ -1,0 +1,10 @@
+"""The HTTP side: edge and admin apps, metrics, the admin token, and the two-listener server."""
+
+from ._admin import build_admin_app
+from ._auth import load_or_create_token, token_path
+from ._edge import EdgeApp
+from ._server import Apps, build, run, serve_apps
+from ._state import ServerState
+
+__all__ = ["Apps", "EdgeApp", "ServerState", "build", "build_admin_app", "load_or_create_token", "run",
+           "serve_apps", "token_path"]

@@ -1,0 +1,71 @@
+"""Where a guest runs: inline on the event loop when it is known to be quick, else on a bounded pool.
+
+A thread hop costs tens of microseconds, more than a quick guest takes, so a module that has
+finished its last `PROMOTE_AFTER` runs each under `inline_threshold` runs inline. Any slower run
+sends it back to the pool. Slow or unknown modules always run on worker threads, where wasm runs
+with the GIL released, so a CPU-heavy guest never stalls the event loop. When every worker is busy
+and `queue_limit` more are waiting, new work is refused (`Overloaded`, 503) instead of queued.
+The price of the inline path: a module that was quick and suddenly is not can hold the loop once,
+for at most its own timeout, before it is demoted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from ..errors import Overloaded
+
+T = TypeVar("T")
+PROMOTE_AFTER = 16
+
+
+class Dispatcher:
+    def __init__(self, workers: int, queue_limit: int, inline_threshold: float) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolate-guest")
+        self._capacity = workers + queue_limit
+        self._threshold = inline_threshold
+        self._streak: dict[str, int] = {}  # module -> consecutive quick runs
+        self.inflight = 0
+
+    def is_inline(self, module: str) -> bool:
+        return self._streak.get(module, 0) >= PROMOTE_AFTER
+
+    def record(self, module: str, seconds: float) -> None:
+        if seconds < self._threshold:
+            self._streak[module] = self._streak.get(module, 0) + 1
+        else:
+            self._streak[module] = 0
+
+    async def run(self, module: str, fn: Callable[[], T]) -> T:
+        """Run `fn` (one guest invocation) inline or on the pool, and learn from how long it took."""
+        if self.is_inline(module):
+            started = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                self.record(module, time.perf_counter() - started)
+        if self.inflight >= self._capacity:
+            raise Overloaded(f"server busy: {self.inflight} guests running or queued", limit=self._capacity)
+        self.inflight += 1
+        took = [0.0]
+
+        def timed() -> T:
+            # Only the guest's own time counts: queueing under load must not block promotion.
+            started = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                took[0] = time.perf_counter() - started
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
+        finally:
+            self.inflight -= 1
+            self.record(module, took[0] if took[0] else self._threshold)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,175 @@
+"""`isolate.toml`, the manifest: modules (a `.wasm` or `.wat` file), their limits and variables, and routes.
+
+    [modules.hello]
+    path = "samples/hello-wat/hello.wat"       # relative to the manifest
+    limits = { timeout = "200ms", memory = "64MiB" }
+    variables = { greeting = "hi" }
+
+    [[routes]]
+    path = "/hello"
+    module = "hello"
+    methods = ["GET"]                          # optional; host = "*" by default
+
+Errors name the file, the line and the reason. Applying a manifest deploys only modules whose bytes
+or settings changed, so restarting with the same manifest creates no new versions.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import parse_limits
+from .engine import wat_to_wasm
+from .errors import InvalidConfig, IsolateError
+from .host import Host
+from .registry import sha256, validate_name
+from .routing import RouteTable
+
+
+class ManifestError(InvalidConfig):
+    """A manifest problem, located: `path:line: where: reason`."""
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    name: str
+    path: Path
+    limits: dict[str, Any] = field(default_factory=dict)
+    variables: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    modules: tuple[ModuleSpec, ...]
+    routes: tuple[dict[str, Any], ...]
+
+
+def load(path: Path) -> Manifest:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read manifest: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None) or _line_in_message(str(exc))
+        raise ManifestError(f"{path}:{line}: invalid TOML: {str(exc).split(' (at')[0]}", line=line) from None
+
+    def fail(reason: str, *, module: str | None = None, route: int | None = None, key: str | None = None) -> None:
+        line = _locate(text, module=module, route=route, key=key)
+        where = f"modules.{module}" if module is not None else (f"routes[{route}]" if route is not None else "")
+        if key:
+            where = f"{where}.{key}" if where else key
+        raise ManifestError(f"{path}:{line}: {where}: {reason}" if where else f"{path}:{line}: {reason}", line=line)
+
+    unknown = set(data) - {"modules", "routes"}
+    if unknown:
+        fail(f"unknown table(s) {', '.join(sorted(unknown))}; a manifest has [modules.NAME] and [[routes]]",
+             key=sorted(unknown)[0])
+    modules: list[ModuleSpec] = []
+    raw_modules = data.get("modules", {})
+    if not isinstance(raw_modules, dict):
+        fail("must be a table of modules", key="modules")
+    for name, spec in raw_modules.items():
+        try:
+            validate_name(name)
+        except IsolateError as exc:
+            fail(exc.detail, module=name)
+        if not isinstance(spec, dict):
+            fail("must be a table with a path", module=name)
+        extra = set(spec) - {"path", "limits", "variables"}
+        if extra:
+            fail(f"unknown key(s) {', '.join(sorted(extra))}; use path, limits, variables", module=name,
+                 key=sorted(extra)[0])
+        if not isinstance(spec.get("path"), str):
+            fail("path (a .wasm or .wat file) is required", module=name, key="path")
+        limits = spec.get("limits", {})
+        if not isinstance(limits, dict):
+            fail("must be a table", module=name, key="limits")
+        parsed: dict[str, Any] = {}
+        for limit, value in limits.items():
+            try:
+                parsed.update(parse_limits({limit: value}))
+            except IsolateError as exc:
+                fail(f"{limit}: {exc.detail}", module=name, key="limits")
+        variables = spec.get("variables", {})
+        if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
+            fail("must be a table of strings", module=name, key="variables")
+        modules.append(ModuleSpec(name, (path.parent / spec["path"]).resolve(), parsed, dict(variables)))
+
+    routes = data.get("routes", [])
+    if not isinstance(routes, list):
+        fail("must be an array of tables: [[routes]]", key="routes")
+    declared = {m.name for m in modules}
+    for index, route in enumerate(routes):
+        try:
+            RouteTable.build([route])
+        except IsolateError as exc:
+            fail(exc.detail.removeprefix("route 0: "), route=index)
+        if route["module"] not in declared:
+            fail(f"module {route['module']!r} is not declared in [modules]", route=index, key="module")
+    try:
+        RouteTable.build(routes)
+    except IsolateError as exc:
+        fail(exc.detail, route=exc.extra.get("routes", [None, None])[1])
+    return Manifest(path, tuple(modules), tuple(routes))
+
+
+def read_module(path: Path) -> bytes:
+    """A module's bytes: a `.wasm` file as is, a `.wat` file compiled from text."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidConfig(f"{path}: cannot read module: {exc.strerror}") from None
+    return wat_to_wasm(data.decode()) if str(path).endswith(".wat") else data
+
+
+def apply(manifest: Manifest, host: Host) -> tuple[list[str], RouteTable]:
+    """Deploy what changed; returns the names deployed and the manifest's route table (not yet applied)."""
+    deployed = []
+    for spec in manifest.modules:
+        wasm = read_module(spec.path)
+        try:
+            current = host.module(spec.name)
+        except IsolateError:
+            current = None
+        if (current is None or current.active.digest != sha256(wasm)
+                or dict(current.limit_overrides) != spec.limits or dict(current.variables) != spec.variables):
+            try:
+                host.deploy(spec.name, wasm, limits=spec.limits, variables=spec.variables)
+            except IsolateError as exc:
+                raise ManifestError(f"{manifest.path}: module {spec.name} ({spec.path}): {exc.kind}: {exc.detail}",
+                                    module=spec.name) from None
+            deployed.append(spec.name)
+    return deployed, RouteTable.build(manifest.routes)
+
+
+def _line_in_message(message: str) -> int:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else 1
+
+
+def _locate(text: str, *, module: str | None, route: int | None, key: str | None) -> int:
+    """Best-effort line of a key in a table (tomllib gives no positions for valid TOML)."""
+    lines = text.splitlines()
+    start = 0
+    if module is not None:
+        header = re.compile(r'\s*\[\s*modules\s*\.\s*"?' + re.escape(module) + r'"?\s*\]')
+        start = next((i for i, line in enumerate(lines) if header.match(line)), 0)
+    elif route is not None:
+        headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*routes\s*\]\]", line)]
+        start = headers[route] if route < len(headers) else 0
+    if key:
+        pattern = re.compile(r"\s*" + re.escape(key) + r"\s*[=.]")
+        for offset, line in enumerate(lines[start + 1 if (module or route is not None) else 0:]):
+            if (module or route is not None) and line.lstrip().startswith("["):
+                break
+            if pattern.match(line) or (key in line and "=" in line):
+                return start + offset + (2 if (module or route is not None) else 1)
+    return start + 1
