@@ -2,7 +2,7 @@
 
 from .abi import ABI_VERSION, LogRecord, Request, Response
 from .cache import CacheStatistics
-from .config import Config, Limits
+from .config import Config, Limits, ServerConfig
 from .errors import (
     AbiViolation,
     GuestError,
@@ -50,6 +50,7 @@ __all__ = [
     "Request",
     "Response",
     "ResponseTooLarge",
+    "ServerConfig",
     "StackOverflow",
     "StorageError",
     "Timeout",
