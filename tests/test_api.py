@@ -15,8 +15,8 @@ def test_public_api_is_curated() -> None:
             "ABI_VERSION", "NAME_PATTERN", "AbiViolation", "CacheStatistics", "Config", "GuestError", "Host",
             "HostStatistics", "InvalidConfig", "InvalidModule", "InvalidName", "InvalidRequest", "IsolateError",
             "Limits", "LogRecord", "MemoryLimit", "ModuleInfo", "ModuleTooLarge", "NotFound", "Overloaded",
-            "Request", "Response", "ResponseTooLarge", "ServerConfig", "StackOverflow", "StorageError", "Timeout", "Trap",
-            "VersionInfo",
+            "Request", "Response", "ResponseTooLarge", "ServerConfig", "StackOverflow", "StorageError", "Timeout",
+            "Trap", "VersionInfo",
         ]
     )
     for name in isolate.__all__:
