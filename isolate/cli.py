@@ -248,6 +248,37 @@ def token(data_dir: str | None) -> None:
     click.echo(load_or_create_token(_config(data_dir).data_dir))
 
 
+@main.command("build")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--lang", type=click.Choice(["c", "rust", "assemblyscript"]), help="Skip language detection.")
+@click.option("--force", is_flag=True, help="Rebuild even if the output is up to date.")
+def build_command(path: str, lang: str | None, force: bool) -> None:
+    """Build the guest in PATH into PATH/build/NAME.wasm (C, Rust or AssemblyScript)."""
+    from .build import build
+
+    try:
+        result = build(Path(path), lang, force=force)
+    except IsolateError as exc:
+        _fail(f"{exc.kind}: {exc.detail}")
+    state = "up to date" if result.cached else f"built in {result.seconds:.2f} s"
+    click.echo(f"{result.output} ({result.language}, {result.size} bytes, {state})")
+
+
+@main.command("new")
+@click.argument("lang", type=click.Choice(["c", "rust", "assemblyscript"]))
+@click.argument("name")
+@click.option("--dir", "parent", default=".", type=click.Path(file_okay=False), help="Where to create it.")
+def new_command(lang: str, name: str, parent: str) -> None:
+    """Create a handler project NAME in LANG that builds and runs as it is."""
+    from .scaffold import scaffold
+
+    try:
+        project = scaffold(lang, name, Path(parent))
+    except IsolateError as exc:
+        _fail(f"{exc.kind}: {exc.detail}")
+    click.echo(f"created {project}; next: isolate build {project}")
+
+
 @main.command()
 @data_dir_option
 @click.argument("name")

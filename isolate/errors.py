@@ -11,6 +11,7 @@
     ├── PayloadTooLarge               payload_too_large  413   request body over ServerConfig.max_body_size
     ├── UriTooLong                    uri_too_long       414   URL over ServerConfig.max_url_length
     ├── InvalidModule                 invalid_module     422   not valid wasm, or breaks ABI v1 (imports/exports)
+    ├── BuildError                    build_failed       422   a guest's toolchain failed (`isolate build`)
     ├── GuestError                                             the guest failed while serving a request
     │   ├── Timeout                   timeout            504   ran past limits.timeout (epoch deadline)
     │   ├── MemoryLimit               memory_limit       500   needed more than limits.memory
@@ -99,6 +100,11 @@ class InvalidModule(IsolateError):
     status = 422
 
 
+class BuildError(IsolateError):
+    kind = "build_failed"
+    status = 422
+
+
 class GuestError(IsolateError):
     """The guest failed during a request; `logs` holds what it wrote before failing."""
 
@@ -165,6 +171,7 @@ ERRORS: tuple[type[IsolateError], ...] = (
     PayloadTooLarge,
     UriTooLong,
     InvalidModule,
+    BuildError,
     Timeout,
     MemoryLimit,
     StackOverflow,

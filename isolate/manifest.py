@@ -1,7 +1,7 @@
 """`isolate.toml`, the manifest: modules (a `.wasm` or `.wat` file), their limits and variables, and routes.
 
     [modules.hello]
-    path = "samples/hello-wat/hello.wat"       # relative to the manifest
+    path = "samples/hello-wat/hello.wat"       # .wasm, .wat or a source directory to build; relative
     limits = { timeout = "200ms", memory = "64MiB" }
     variables = { greeting = "hi" }
 
@@ -122,7 +122,11 @@ def load(path: Path) -> Manifest:
 
 
 def read_module(path: Path) -> bytes:
-    """A module's bytes: a `.wasm` file as is, a `.wat` file compiled from text."""
+    """A module's bytes: a `.wasm` file as is, `.wat` text compiled, a source directory built."""
+    if Path(path).is_dir():
+        from .build import build
+
+        return build(Path(path)).output.read_bytes()
     try:
         data = Path(path).read_bytes()
     except OSError as exc:

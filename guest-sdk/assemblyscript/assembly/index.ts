@@ -1,0 +1,166 @@
+// isolate-sdk: write edge handlers for the isolate runtime in AssemblyScript (ABI v1, see ../../ABI.md).
+//
+//   import { Request, Response, serve } from "isolate-sdk/assembly";
+//   export { isolate_abi_v1, isolate_alloc } from "isolate-sdk/assembly";
+//
+//   export function isolate_handle(ptr: usize, len: usize): u64 {
+//     return serve(ptr, len, handle);
+//   }
+//
+//   function handle(req: Request): Response {
+//     return Response.text("hello\n");
+//   }
+//
+// Build with `isolate build DIR` (asc --runtime stub --use abort=...): each request runs in a fresh
+// isolate, so nothing is ever freed and the stub runtime is the fastest choice.
+
+import { Reader, Writer } from "./msgpack";
+
+@external("isolate", "log")
+declare function hostLog(level: i32, ptr: usize, len: usize): void;
+
+export const DEBUG: i32 = 0;
+export const INFO: i32 = 1;
+export const WARN: i32 = 2;
+export const ERROR: i32 = 3;
+
+/** Log through the host; kept with the request and tagged with its id. */
+export function log(level: i32, message: string): void {
+  const bytes = String.UTF8.encode(message);
+  hostLog(level, changetype<usize>(bytes), bytes.byteLength);
+}
+
+/** Replaces AssemblyScript's `env.abort` import (see the build's --use abort=...): log, then trap. */
+export function abort(message: string | null, fileName: string | null, line: u32, column: u32): void {
+  const text = (message ? message : "abort") + " at " + (fileName ? fileName : "?") + ":" +
+    line.toString() + ":" + column.toString();
+  log(ERROR, text);
+  unreachable();
+}
+
+/** A name/value pair: a header, a route parameter or a variable. */
+export class Pair {
+  constructor(public name: string, public value: string) {}
+}
+
+function find(pairs: Pair[], name: string, ignoreCase: bool): string | null {
+  const wanted = ignoreCase ? name.toLowerCase() : name;
+  for (let i = 0; i < pairs.length; i++) {
+    const key = ignoreCase ? pairs[i].name.toLowerCase() : pairs[i].name;
+    if (key == wanted) return pairs[i].value;
+  }
+  return null;
+}
+
+/** An HTTP request as the guest sees it. */
+export class Request {
+  method: string = "";
+  path: string = "";
+  /** Without the `?`. */
+  query: string = "";
+  /** Names lower-case, in request order, duplicates kept. */
+  headers: Pair[] = [];
+  body: Uint8Array = new Uint8Array(0);
+  /** Route parameters such as `:id`. */
+  params: Pair[] = [];
+  /** The module's deployment variables. */
+  vars: Pair[] = [];
+  region: string = "";
+  clientRegion: string = "";
+  requestId: string = "";
+
+  /** The first value of a header (case-insensitive), or null. */
+  header(name: string): string | null {
+    return find(this.headers, name, true);
+  }
+  param(name: string): string | null {
+    return find(this.params, name, false);
+  }
+  variable(name: string): string | null {
+    return find(this.vars, name, false);
+  }
+  /** The body decoded as UTF-8. */
+  text(): string {
+    return String.UTF8.decodeUnsafe(this.body.dataStart, this.body.length);
+  }
+}
+
+/** What the handler answers. Header names and values must not contain CR, LF or NUL. */
+export class Response {
+  headers: Pair[] = [];
+  body: Uint8Array = new Uint8Array(0);
+
+  constructor(public status: i32 = 200) {}
+
+  static text(text: string, status: i32 = 200): Response {
+    return new Response(status).header("content-type", "text/plain; charset=utf-8").setText(text);
+  }
+
+  static json(json: string, status: i32 = 200): Response {
+    return new Response(status).header("content-type", "application/json").setText(json);
+  }
+
+  header(name: string, value: string): Response {
+    this.headers.push(new Pair(name, value));
+    return this;
+  }
+
+  setBody(body: Uint8Array): Response {
+    this.body = body;
+    return this;
+  }
+
+  setText(text: string): Response {
+    this.body = Uint8Array.wrap(String.UTF8.encode(text));
+    return this;
+  }
+}
+
+export function isolate_abi_v1(): void {}
+
+export function isolate_alloc(size: usize): usize {
+  return heap.alloc(size > 0 ? size : 1);
+}
+
+function decodeRequest(ptr: usize, len: usize): Request {
+  const r = new Reader(ptr, len);
+  const req = new Request();
+  const fields = r.mapLength();
+  for (let i: u32 = 0; i < fields; i++) {
+    const key = r.string();
+    if (key == "method") req.method = r.string();
+    else if (key == "path") req.path = r.string();
+    else if (key == "query") req.query = r.string();
+    else if (key == "headers") req.headers = r.pairs(false);
+    else if (key == "body") req.body = r.bytes();
+    else if (key == "params") req.params = r.pairs(true);
+    else if (key == "vars") req.vars = r.pairs(true);
+    else if (key == "region") req.region = r.string();
+    else if (key == "client_region") req.clientRegion = r.string();
+    else if (key == "request_id") req.requestId = r.string();
+    else r.skip(0); // unknown keys are ignored, as ABI.md requires
+  }
+  return req;
+}
+
+function encodeResponse(res: Response): u64 {
+  const w = new Writer(64 + res.body.length);
+  w.byte(0x83);
+  w.string("status");
+  w.uint(<u32>res.status);
+  w.string("headers");
+  w.arrayLength(res.headers.length);
+  for (let i = 0; i < res.headers.length; i++) {
+    w.byte(0x92);
+    w.string(res.headers[i].name);
+    w.string(res.headers[i].value);
+  }
+  w.string("body");
+  w.bin(res.body);
+  return (<u64>w.pointer() << 32) | <u64>w.length;
+}
+
+/** Decode the request at (ptr, len), run `handler`, and return the ABI v1 (ptr << 32 | len) result. */
+export function serve(ptr: usize, len: usize, handler: (req: Request) => Response): u64 {
+  return encodeResponse(handler(decodeRequest(ptr, len)));
+}

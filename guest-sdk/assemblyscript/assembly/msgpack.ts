@@ -1,0 +1,182 @@
+// The msgpack subset of ABI v1: read the request map, write the response in shortest forms.
+import { Pair } from "./index";
+
+export class Reader {
+  constructor(private pos: usize, private len: usize) {
+    this.end = pos + len;
+  }
+  private end: usize;
+
+  private need(n: usize): void {
+    if (this.end - this.pos < n) throw new Error("truncated request envelope");
+  }
+
+  byte(): u8 {
+    this.need(1);
+    const v = load<u8>(this.pos);
+    this.pos += 1;
+    return v;
+  }
+
+  uint(n: i32): u32 {
+    let v: u32 = 0;
+    for (let i = 0; i < n; i++) v = (v << 8) | <u32>this.byte();
+    return v;
+  }
+
+  /** (pointer, length) of the next str or bin payload. */
+  private raw(): usize {
+    const tag = this.byte();
+    let n: u32 = 0;
+    if ((tag & 0xe0) == 0xa0) n = tag & 0x1f;
+    else if (tag == 0xd9 || tag == 0xc4) n = this.uint(1);
+    else if (tag == 0xda || tag == 0xc5) n = this.uint(2);
+    else if (tag == 0xdb || tag == 0xc6) n = this.uint(4);
+    else if (tag == 0xc0) n = 0;
+    else throw new Error("expected str or bin");
+    this.need(n);
+    const start = this.pos;
+    this.pos += n;
+    this.lastLength = n;
+    return start;
+  }
+  private lastLength: u32 = 0;
+
+  string(): string {
+    const start = this.raw();
+    return String.UTF8.decodeUnsafe(start, this.lastLength);
+  }
+
+  bytes(): Uint8Array {
+    const start = this.raw();
+    const out = new Uint8Array(this.lastLength);
+    memory.copy(out.dataStart, start, this.lastLength);
+    return out;
+  }
+
+  private container(map: bool): u32 {
+    const tag = this.byte();
+    if (map && (tag & 0xf0) == 0x80) return tag & 0x0f;
+    if (!map && (tag & 0xf0) == 0x90) return tag & 0x0f;
+    if (tag == (map ? 0xde : 0xdc)) return this.uint(2);
+    if (tag == (map ? 0xdf : 0xdd)) return this.uint(4);
+    throw new Error(map ? "expected map" : "expected array");
+  }
+
+  mapLength(): u32 {
+    return this.container(true);
+  }
+
+  pairs(map: bool): Pair[] {
+    const n = this.container(map);
+    const out = new Array<Pair>();
+    for (let i: u32 = 0; i < n; i++) {
+      if (!map && this.container(false) != 2) throw new Error("expected a [name, value] pair");
+      const name = this.string();
+      out.push(new Pair(name, this.string()));
+    }
+    return out;
+  }
+
+  skip(depth: i32): void {
+    if (depth > 64) throw new Error("nested too deep");
+    this.need(1);
+    const tag = load<u8>(this.pos);
+    if (tag <= 0x7f || tag >= 0xe0 || tag == 0xc0 || tag == 0xc2 || tag == 0xc3) {
+      this.pos += 1;
+    } else if ((tag & 0xe0) == 0xa0 || (tag >= 0xd9 && tag <= 0xdb) || (tag >= 0xc4 && tag <= 0xc6)) {
+      this.raw();
+    } else if ((tag & 0xf0) == 0x90 || tag == 0xdc || tag == 0xdd) {
+      const n = this.container(false);
+      for (let i: u32 = 0; i < n; i++) this.skip(depth + 1);
+    } else if ((tag & 0xf0) == 0x80 || tag == 0xde || tag == 0xdf) {
+      const n = this.container(true);
+      for (let i: u32 = 0; i < 2 * n; i++) this.skip(depth + 1);
+    } else {
+      let size: usize = 0;
+      if (tag == 0xcc || tag == 0xd0) size = 2;
+      else if (tag == 0xcd || tag == 0xd1 || tag == 0xd4) size = 3;
+      else if (tag == 0xd5) size = 4;
+      else if (tag == 0xca || tag == 0xce || tag == 0xd2) size = 5;
+      else if (tag == 0xd6) size = 6;
+      else if (tag == 0xcb || tag == 0xcf || tag == 0xd3) size = 9;
+      else if (tag == 0xd7) size = 10;
+      else if (tag == 0xd8) size = 18;
+      else throw new Error("unsupported msgpack type");
+      this.need(size);
+      this.pos += size;
+    }
+  }
+}
+
+export class Writer {
+  private data: usize;
+  private capacity: i32;
+  length: i32 = 0;
+
+  constructor(capacity: i32) {
+    this.capacity = capacity;
+    this.data = heap.alloc(<usize>capacity);
+  }
+
+  private reserve(extra: i32): void {
+    if (this.length + extra <= this.capacity) return;
+    let capacity = this.capacity * 2;
+    while (capacity < this.length + extra) capacity *= 2;
+    const data = heap.alloc(<usize>capacity);
+    memory.copy(data, this.data, <usize>this.length);
+    this.data = data;
+    this.capacity = capacity;
+  }
+
+  pointer(): usize {
+    return this.data;
+  }
+
+  byte(v: u32): void {
+    this.reserve(1);
+    store<u8>(this.data + <usize>this.length, <u8>v);
+    this.length += 1;
+  }
+
+  be(v: u32, n: i32): void {
+    for (let i = n - 1; i >= 0; i--) this.byte((v >> (8 * i)) & 0xff);
+  }
+
+  raw(ptr: usize, n: i32): void {
+    this.reserve(n);
+    memory.copy(this.data + <usize>this.length, ptr, <usize>n);
+    this.length += n;
+  }
+
+  uint(v: u32): void {
+    if (v < 0x80) this.byte(v);
+    else if (v < 0x100) { this.byte(0xcc); this.be(v, 1); }
+    else if (v < 0x10000) { this.byte(0xcd); this.be(v, 2); }
+    else { this.byte(0xce); this.be(v, 4); }
+  }
+
+  string(s: string): void {
+    const bytes = String.UTF8.encode(s);
+    const n = bytes.byteLength;
+    if (n < 32) this.byte(0xa0 | n);
+    else if (n < 0x100) { this.byte(0xd9); this.be(n, 1); }
+    else if (n < 0x10000) { this.byte(0xda); this.be(n, 2); }
+    else { this.byte(0xdb); this.be(n, 4); }
+    this.raw(changetype<usize>(bytes), n);
+  }
+
+  bin(body: Uint8Array): void {
+    const n = body.length;
+    if (n < 0x100) { this.byte(0xc4); this.be(n, 1); }
+    else if (n < 0x10000) { this.byte(0xc5); this.be(n, 2); }
+    else { this.byte(0xc6); this.be(n, 4); }
+    this.raw(body.dataStart, n);
+  }
+
+  arrayLength(n: i32): void {
+    if (n < 16) this.byte(0x90 | n);
+    else if (n < 0x10000) { this.byte(0xdc); this.be(n, 2); }
+    else { this.byte(0xdd); this.be(n, 4); }
+  }
+}

@@ -1,0 +1,320 @@
+/* isolate C SDK: ABI v1 exports, the msgpack codec, and the request/response helpers. */
+#include "isolate.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define EXPORT(name) __attribute__((export_name(name)))
+#define IMPORT(module, name) __attribute__((import_module(module), import_name(name)))
+
+IMPORT("isolate", "log") void __isolate_host_log(int32_t level, const char *ptr, size_t len);
+
+EXPORT("isolate_abi_v1") void isolate_abi_v1(void) {}
+
+EXPORT("isolate_alloc") void *isolate_alloc(size_t size) {
+    void *p = malloc(size ? size : 1);
+    if (!p) abort(); /* out of memory: the host reports memory_limit */
+    return p;
+}
+
+void isolate_log_n(int level, const char *message, size_t len) { __isolate_host_log(level, message, len); }
+void isolate_log(int level, const char *message) { isolate_log_n(level, message, strlen(message)); }
+
+/* ---------- msgpack decoding (zero-copy: strings point into the request buffer) ---------- */
+
+typedef struct {
+    const uint8_t *p;
+    const uint8_t *end;
+    int ok;
+} reader;
+
+static uint32_t be(const uint8_t *p, int n) {
+    uint32_t v = 0;
+    for (int i = 0; i < n; i++) v = (v << 8) | p[i];
+    return v;
+}
+
+static int need(reader *r, size_t n) {
+    if (!r->ok || (size_t)(r->end - r->p) < n) { r->ok = 0; return 0; }
+    return 1;
+}
+
+static uint32_t read_len(reader *r, int n) {
+    if (!need(r, n)) return 0;
+    uint32_t v = be(r->p, n);
+    r->p += n;
+    return v;
+}
+
+/* str or bin: both become an isolate_str */
+static isolate_str read_bytes(reader *r) {
+    isolate_str s = {"", 0};
+    if (!need(r, 1)) return s;
+    uint8_t t = *r->p++;
+    uint32_t n;
+    if ((t & 0xe0) == 0xa0) n = t & 0x1f;
+    else if (t == 0xd9 || t == 0xc4) n = read_len(r, 1);
+    else if (t == 0xda || t == 0xc5) n = read_len(r, 2);
+    else if (t == 0xdb || t == 0xc6) n = read_len(r, 4);
+    else if (t == 0xc0) return s; /* nil */
+    else { r->ok = 0; return s; }
+    if (!need(r, n)) return s;
+    s.ptr = (const char *)r->p;
+    s.len = n;
+    r->p += n;
+    return s;
+}
+
+static uint32_t read_container(reader *r, int map) {
+    if (!need(r, 1)) return 0;
+    uint8_t t = *r->p++;
+    if (map && (t & 0xf0) == 0x80) return t & 0x0f;
+    if (!map && (t & 0xf0) == 0x90) return t & 0x0f;
+    if (t == (map ? 0xde : 0xdc)) return read_len(r, 2);
+    if (t == (map ? 0xdf : 0xdd)) return read_len(r, 4);
+    r->ok = 0;
+    return 0;
+}
+
+static void skip(reader *r, int depth) {
+    if (!need(r, 1) || depth > 64) { r->ok = 0; return; }
+    uint8_t t = *r->p;
+    if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3) { r->p++; return; }
+    if ((t & 0xe0) == 0xa0 || t == 0xd9 || t == 0xda || t == 0xdb || t == 0xc4 || t == 0xc5 || t == 0xc6) {
+        read_bytes(r);
+        return;
+    }
+    if ((t & 0xf0) == 0x90 || t == 0xdc || t == 0xdd) {
+        uint32_t n = read_container(r, 0);
+        for (uint32_t i = 0; i < n && r->ok; i++) skip(r, depth + 1);
+        return;
+    }
+    if ((t & 0xf0) == 0x80 || t == 0xde || t == 0xdf) {
+        uint32_t n = read_container(r, 1);
+        for (uint32_t i = 0; i < 2 * n && r->ok; i++) skip(r, depth + 1);
+        return;
+    }
+    static const uint8_t fixed[] = {[0xca] = 4, [0xcb] = 8, [0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8,
+                                    [0xd0] = 1, [0xd1] = 2, [0xd2] = 4, [0xd3] = 8, [0xd4] = 2, [0xd5] = 3,
+                                    [0xd6] = 5, [0xd7] = 9, [0xd8] = 17};
+    if (t < sizeof fixed && fixed[t]) {
+        r->p++;
+        if (need(r, fixed[t])) r->p += fixed[t];
+        return;
+    }
+    r->ok = 0; /* ext8/16/32 and reserved: never sent by the host */
+}
+
+static isolate_pair *read_pairs(reader *r, size_t *count, int map) {
+    uint32_t n = read_container(r, map);
+    if (!r->ok) return NULL;
+    isolate_pair *pairs = calloc(n ? n : 1, sizeof *pairs);
+    if (!pairs) abort();
+    for (uint32_t i = 0; i < n && r->ok; i++) {
+        if (!map && read_container(r, 0) != 2) { r->ok = 0; break; }
+        pairs[i].name = read_bytes(r);
+        pairs[i].value = read_bytes(r);
+    }
+    *count = n;
+    return pairs;
+}
+
+static int key_is(isolate_str key, const char *name) { return isolate_str_eq(key, name); }
+
+static int decode_request(const uint8_t *data, size_t len, isolate_request *req) {
+    reader r = {data, data + len, 1};
+    memset(req, 0, sizeof *req);
+    uint32_t n = read_container(&r, 1);
+    for (uint32_t i = 0; i < n && r.ok; i++) {
+        isolate_str key = read_bytes(&r);
+        if (key_is(key, "method")) req->method = read_bytes(&r);
+        else if (key_is(key, "path")) req->path = read_bytes(&r);
+        else if (key_is(key, "query")) req->query = read_bytes(&r);
+        else if (key_is(key, "body")) req->body = read_bytes(&r);
+        else if (key_is(key, "region")) req->region = read_bytes(&r);
+        else if (key_is(key, "client_region")) req->client_region = read_bytes(&r);
+        else if (key_is(key, "request_id")) req->request_id = read_bytes(&r);
+        else if (key_is(key, "headers")) req->headers = read_pairs(&r, &req->header_count, 0);
+        else if (key_is(key, "params")) req->params = read_pairs(&r, &req->param_count, 1);
+        else if (key_is(key, "vars")) req->vars = read_pairs(&r, &req->var_count, 1);
+        else skip(&r, 0); /* unknown keys are ignored, as ABI.md requires */
+    }
+    return r.ok;
+}
+
+/* ---------- request helpers ---------- */
+
+int isolate_str_eq(isolate_str s, const char *text) {
+    size_t n = strlen(text);
+    return s.len == n && memcmp(s.ptr, text, n) == 0;
+}
+
+char *isolate_str_dup(isolate_str s) {
+    char *out = malloc(s.len + 1);
+    if (!out) abort();
+    memcpy(out, s.ptr, s.len);
+    out[s.len] = 0;
+    return out;
+}
+
+static int lower(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
+
+static const isolate_str *find(const isolate_pair *pairs, size_t count, const char *name, int nocase) {
+    size_t n = strlen(name);
+    for (size_t i = 0; i < count; i++) {
+        if (pairs[i].name.len != n) continue;
+        size_t j = 0;
+        while (j < n && (nocase ? lower(pairs[i].name.ptr[j]) == lower(name[j]) : pairs[i].name.ptr[j] == name[j])) j++;
+        if (j == n) return &pairs[i].value;
+    }
+    return NULL;
+}
+
+const isolate_str *isolate_header(const isolate_request *req, const char *name) {
+    return find(req->headers, req->header_count, name, 1);
+}
+const isolate_str *isolate_param(const isolate_request *req, const char *name) {
+    return find(req->params, req->param_count, name, 0);
+}
+const isolate_str *isolate_var(const isolate_request *req, const char *name) {
+    return find(req->vars, req->var_count, name, 0);
+}
+
+/* ---------- response builder and msgpack encoding ---------- */
+
+typedef struct {
+    uint8_t *data;
+    size_t len, cap;
+} buffer;
+
+struct isolate_response {
+    int status;
+    isolate_pair *headers;
+    size_t header_count, header_cap;
+    buffer body;
+};
+
+static void reserve(buffer *b, size_t extra) {
+    if (b->len + extra <= b->cap) return;
+    size_t cap = b->cap ? b->cap * 2 : 256;
+    while (cap < b->len + extra) cap *= 2;
+    b->data = realloc(b->data, cap);
+    if (!b->data) abort();
+    b->cap = cap;
+}
+
+static void put(buffer *b, const void *data, size_t len) {
+    reserve(b, len);
+    if (len) memcpy(b->data + b->len, data, len);
+    b->len += len;
+}
+
+static void put_byte(buffer *b, uint8_t v) { put(b, &v, 1); }
+
+static void put_be(buffer *b, uint32_t v, int n) {
+    for (int i = n - 1; i >= 0; i--) put_byte(b, (uint8_t)(v >> (8 * i)));
+}
+
+static void put_str(buffer *b, const char *s, size_t n) {
+    if (n < 32) put_byte(b, (uint8_t)(0xa0 | n));
+    else if (n < 0x100) { put_byte(b, 0xd9); put_be(b, (uint32_t)n, 1); }
+    else if (n < 0x10000) { put_byte(b, 0xda); put_be(b, (uint32_t)n, 2); }
+    else { put_byte(b, 0xdb); put_be(b, (uint32_t)n, 4); }
+    put(b, s, n);
+}
+
+static void put_bin(buffer *b, const void *s, size_t n) {
+    if (n < 0x100) { put_byte(b, 0xc4); put_be(b, (uint32_t)n, 1); }
+    else if (n < 0x10000) { put_byte(b, 0xc5); put_be(b, (uint32_t)n, 2); }
+    else { put_byte(b, 0xc6); put_be(b, (uint32_t)n, 4); }
+    put(b, s, n);
+}
+
+static void put_uint(buffer *b, uint32_t v) {
+    if (v < 0x80) put_byte(b, (uint8_t)v);
+    else if (v < 0x100) { put_byte(b, 0xcc); put_be(b, v, 1); }
+    else if (v < 0x10000) { put_byte(b, 0xcd); put_be(b, v, 2); }
+    else { put_byte(b, 0xce); put_be(b, v, 4); }
+}
+
+static void put_array(buffer *b, size_t n) {
+    if (n < 16) put_byte(b, (uint8_t)(0x90 | n));
+    else if (n < 0x10000) { put_byte(b, 0xdc); put_be(b, (uint32_t)n, 2); }
+    else { put_byte(b, 0xdd); put_be(b, (uint32_t)n, 4); }
+}
+
+isolate_response *isolate_response_new(int status) {
+    isolate_response *res = calloc(1, sizeof *res);
+    if (!res) abort();
+    res->status = status;
+    return res;
+}
+
+void isolate_response_status(isolate_response *res, int status) { res->status = status; }
+
+void isolate_response_header_n(isolate_response *res, const char *name, size_t name_len, const char *value,
+                               size_t value_len) {
+    if (res->header_count == res->header_cap) {
+        res->header_cap = res->header_cap ? res->header_cap * 2 : 8;
+        res->headers = realloc(res->headers, res->header_cap * sizeof *res->headers);
+        if (!res->headers) abort();
+    }
+    /* copied, so callers may pass stack buffers */
+    char *n = malloc(name_len + value_len + 1);
+    if (!n) abort();
+    memcpy(n, name, name_len);
+    memcpy(n + name_len, value, value_len);
+    isolate_pair *pair = &res->headers[res->header_count++];
+    pair->name = (isolate_str){n, name_len};
+    pair->value = (isolate_str){n + name_len, value_len};
+}
+
+void isolate_response_header(isolate_response *res, const char *name, const char *value) {
+    isolate_response_header_n(res, name, strlen(name), value, strlen(value));
+}
+
+void isolate_response_body(isolate_response *res, const void *data, size_t len) {
+    res->body.len = 0;
+    put(&res->body, data, len);
+}
+
+void isolate_response_body_str(isolate_response *res, const char *text) {
+    isolate_response_body(res, text, strlen(text));
+}
+
+void isolate_response_append(isolate_response *res, const void *data, size_t len) { put(&res->body, data, len); }
+
+static uint64_t encode_response(const isolate_response *res) {
+    buffer out = {0};
+    reserve(&out, 32 + res->body.len);
+    put_byte(&out, 0x83);
+    put_str(&out, "status", 6);
+    put_uint(&out, (uint32_t)res->status);
+    put_str(&out, "headers", 7);
+    put_array(&out, res->header_count);
+    for (size_t i = 0; i < res->header_count; i++) {
+        put_byte(&out, 0x92);
+        put_str(&out, res->headers[i].name.ptr, res->headers[i].name.len);
+        put_str(&out, res->headers[i].value.ptr, res->headers[i].value.len);
+    }
+    put_str(&out, "body", 4);
+    put_bin(&out, res->body.data, res->body.len);
+    return ((uint64_t)(uintptr_t)out.data << 32) | (uint64_t)out.len;
+}
+
+EXPORT("isolate_handle") uint64_t isolate_handle(const uint8_t *ptr, size_t len) {
+    isolate_request req;
+    isolate_response *res;
+    if (!decode_request(ptr, len, &req)) {
+        isolate_log(ISOLATE_ERROR, "isolate C SDK: malformed request envelope");
+        res = isolate_response_new(500);
+        isolate_response_body_str(res, "malformed request envelope\n");
+    } else {
+        res = isolate_on_request(&req);
+        if (!res) {
+            res = isolate_response_new(500);
+            isolate_response_body_str(res, "handler returned no response\n");
+        }
+    }
+    return encode_response(res);
+}

@@ -1,0 +1,52 @@
+/* crash: fails on request, to show each diagnostic the host returns.
+ *   /crash/abort      abort()                       → 500 trap (unreachable)
+ *   /crash/loop       an endless loop               → 504 timeout
+ *   /crash/oom        malloc until it fails         → 500 memory_limit
+ *   /crash/stack      unbounded recursion           → 500 stack_overflow
+ *   /crash/null       write through a wild pointer  → 500 trap (memory_out_of_bounds)
+ *   /crash/header     a header value with CR LF     → 502 abi
+ *   /crash/exit       exit(3)                       → 500 trap (exit)
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "isolate.h"
+
+static int ends_with(isolate_str s, const char *suffix) {
+    size_t n = strlen(suffix);
+    return s.len >= n && memcmp(s.ptr + s.len - n, suffix, n) == 0;
+}
+
+static volatile uint32_t depth;
+
+static uint32_t recurse(uint32_t n) {
+    volatile char frame[256];
+    frame[n % 256] = (char)n;
+    depth = n;
+    return recurse(n + 1) + frame[0];
+}
+
+isolate_response *isolate_on_request(const isolate_request *req) {
+    isolate_log(ISOLATE_WARN, "crash sample: about to fail on purpose");
+    if (ends_with(req->path, "/abort")) abort();
+    if (ends_with(req->path, "/loop")) for (volatile int i = 0;; i++) {}
+    if (ends_with(req->path, "/oom")) {
+        for (;;) {
+            char *p = malloc(1 << 20);
+            if (!p) abort();
+            memset(p, 1, 1 << 20);
+        }
+    }
+    if (ends_with(req->path, "/stack")) recurse(0);
+    if (ends_with(req->path, "/null")) *(volatile int *)(uintptr_t)0xfffffff0u = 1;
+    if (ends_with(req->path, "/exit")) exit(3);
+    isolate_response *res = isolate_response_new(200);
+    if (ends_with(req->path, "/header")) {
+        isolate_response_header(res, "x-evil", "a\r\nset-cookie: stolen=1");
+        return res;
+    }
+    isolate_response_body_str(res, "try /crash/abort, /crash/loop, /crash/oom, /crash/stack, /crash/null, "
+                                   "/crash/header or /crash/exit\n");
+    return res;
+}
