@@ -3,18 +3,37 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+TOOLS  := $(VENV)/.toolchains-stamp
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SAMPLES := hello echo router transform crash
 
-.PHONY: install serve test lint typecheck unit bench-micro clean
+.PHONY: install toolchains samples serve test lint typecheck unit bench-micro clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,sdk]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# The edge listener on :8787 and the admin API on :8788, with the samples of isolate.toml deployed.
-serve: install
+# Guest toolchains: zig (PyPI, via the sdk extra), a rustc with the wasm32 standard library
+# (rustup's if it has the target, else Debian's rustc + libstd-rust-dev-wasm32), Node.js and the
+# AssemblyScript compiler (npm, pinned by guest-sdk/assemblyscript/package-lock.json).
+$(TOOLS): $(STAMP) guest-sdk/assemblyscript/package-lock.json
+	@$(PY) -c 'from isolate.build import find_rustc; find_rustc()' 2>/dev/null || { \
+	  echo "installing Debian rustc with the wasm32 standard library"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q rustc libstd-rust-dev-wasm32; }
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; }
+	cd guest-sdk/assemblyscript && npm ci --no-audit --no-fund --loglevel=error
+	touch $(TOOLS)
+
+toolchains: $(TOOLS)
+
+samples: $(TOOLS)
+	@for sample in $(SAMPLES); do $(VENV)/bin/isolate build samples/$$sample || exit 1; done
+
+# The edge listener on :8787 and the admin API on :8788, with every sample of isolate.toml deployed.
+serve: samples
 	$(VENV)/bin/isolate serve --manifest isolate.toml
 
 lint: install
@@ -23,7 +42,7 @@ lint: install
 typecheck: install
 	$(PY) -m mypy
 
-unit: install
+unit: $(TOOLS)
 	$(PY) -m pytest
 
 test: lint typecheck unit
@@ -32,4 +51,5 @@ bench-micro: install
 	$(PY) bench/micro.py
 
 clean:
-	rm -rf $(VENV) .isolate .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .isolate .pytest_cache .mypy_cache .ruff_cache guest-sdk/*/node_modules samples/*/node_modules
+	find samples guest-sdk -type d -name build -prune -exec rm -rf {} +

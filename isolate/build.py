@@ -71,9 +71,10 @@ class C:
 
     def compile(self, project: Path, output: Path) -> None:
         sdk = sdk_root() / "c"
-        _run("zig cc", [sys.executable, "-m", "ziglang", "cc", "--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-s",
-              "-Wl,-z,stack-size=1048576", "-Wall", "-Wextra", f"-I{sdk}", "-o", output, sdk / "isolate.c",
-              *sorted(project.glob("*.c"))])
+        # A reactor (exports _initialize); -s strips debug info; 1 MiB of shadow stack, not zig's 16.
+        _run("zig cc", [sys.executable, "-m", "ziglang", "cc", "--target=wasm32-wasi", "-mexec-model=reactor",
+                        "-O2", "-s", "-Wl,-z,stack-size=1048576", "-Wall", "-Wextra", f"-I{sdk}", "-o", output,
+                        sdk / "isolate.c", *sorted(project.glob("*.c"))])
 
 
 def find_rustc() -> str:

@@ -95,6 +95,6 @@ def test_guest_output_control_characters_are_escaped(server: LiveServer, tmp_pat
 
 def test_help_documents_every_command() -> None:
     result = isolate("--help")
-    for command in ("serve", "deploy", "modules", "routes", "rollback", "delete", "token", "invoke"):
+    for command in ("serve", "deploy", "modules", "routes", "rollback", "delete", "token", "invoke", "build", "new"):
         assert command in result.stdout
     assert "--admin-port" in isolate("serve", "--help").stdout

@@ -120,7 +120,8 @@ def test_body_limit_without_content_length_and_url_limit(tmp_path: Path) -> None
 def test_manifest_of_make_serve(tmp_path: Path) -> None:
     with LiveServer(tmp_path / "data", "--manifest", str(ROOT / "isolate.toml")) as server, server.edge() as edge:
         response = edge.get("/hello")
-        assert response.status_code == 200 and response.text == "hello from isolate\n"
+        assert response.status_code == 200 and response.text == "Hello, world! (from C, region local)\n"
+        assert edge.get("/wat").text == "hello from isolate\n"
         versions = [m["active_version"] for m in server.admin().get("/v1/modules").json()["modules"]]
         server.restart()  # the same manifest again deploys nothing new
         assert [m["active_version"] for m in server.admin().get("/v1/modules").json()["modules"]] == versions

@@ -7,6 +7,7 @@ deleted in `finally`, whatever the guest did. Every failure is translated here, 
 from __future__ import annotations
 
 import ctypes
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -202,11 +203,19 @@ def _memory_slack(limit: int) -> int:
 
 
 def _first_line(text: str) -> str:
-    """The cause of a wasmtime error: the line after "Caused by:" if any, else the first line."""
+    """A one-line cause from a wasmtime message: the root cause, with any context in parentheses.
+
+    wasmtime writes "error while executing at wasm backtrace: ... Caused by: [N: ]context ... trap".
+    """
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if "Caused by:" in lines and lines.index("Caused by:") + 1 < len(lines):
-        return lines[lines.index("Caused by:") + 1].removeprefix("wasm trap: ")
-    return lines[0] if lines else "unknown"
+    if "Caused by:" not in lines:
+        return lines[0] if lines else "unknown"
+    causes = [re.sub(r"^\d+: ", "", line).removeprefix("wasm trap: ") for line in
+              lines[lines.index("Caused by:") + 1:]]
+    if not causes:
+        return "unknown"
+    root, context = causes[-1], causes[:-1]
+    return f"{root} ({'; '.join(context)})" if context else root
 
 
 def _backtrace(text: str) -> list[str]:

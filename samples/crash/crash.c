@@ -3,6 +3,8 @@
  *   /crash/loop       an endless loop               → 504 timeout
  *   /crash/oom        malloc until it fails         → 500 memory_limit
  *   /crash/stack      unbounded recursion           → 500 stack_overflow
+ *   /crash/shadow     unbounded recursion with large locals in linear memory (clang's shadow stack,
+ *                     1 MiB from the build)         → 500 trap (memory_out_of_bounds)
  *   /crash/null       write through a wild pointer  → 500 trap (memory_out_of_bounds)
  *   /crash/header     a header value with CR LF     → 502 abi
  *   /crash/exit       exit(3)                       → 500 trap (exit)
@@ -19,12 +21,19 @@ static int ends_with(isolate_str s, const char *suffix) {
 }
 
 static volatile uint32_t depth;
+static char *volatile kept; /* keeps allocations observable, so the compiler cannot drop them */
 
-static uint32_t recurse(uint32_t n) {
+/* Scalars only: the frames live on the wasm stack, which the host limits (limits.stack). */
+__attribute__((noinline)) static uint32_t recurse(uint32_t n) {
+    depth = n;
+    return recurse(n + 1) + depth;
+}
+
+/* An address-taken array lives on clang's shadow stack in linear memory instead. */
+__attribute__((noinline)) static uint32_t recurse_shadow(uint32_t n) {
     volatile char frame[256];
     frame[n % 256] = (char)n;
-    depth = n;
-    return recurse(n + 1) + frame[0];
+    return recurse_shadow(n + 1) + frame[0];
 }
 
 isolate_response *isolate_on_request(const isolate_request *req) {
@@ -36,9 +45,11 @@ isolate_response *isolate_on_request(const isolate_request *req) {
             char *p = malloc(1 << 20);
             if (!p) abort();
             memset(p, 1, 1 << 20);
+            kept = p;
         }
     }
     if (ends_with(req->path, "/stack")) recurse(0);
+    if (ends_with(req->path, "/shadow")) recurse_shadow(0);
     if (ends_with(req->path, "/null")) *(volatile int *)(uintptr_t)0xfffffff0u = 1;
     if (ends_with(req->path, "/exit")) exit(3);
     isolate_response *res = isolate_response_new(200);
@@ -46,7 +57,7 @@ isolate_response *isolate_on_request(const isolate_request *req) {
         isolate_response_header(res, "x-evil", "a\r\nset-cookie: stolen=1");
         return res;
     }
-    isolate_response_body_str(res, "try /crash/abort, /crash/loop, /crash/oom, /crash/stack, /crash/null, "
-                                   "/crash/header or /crash/exit\n");
+    isolate_response_body_str(res, "try /crash/abort, /crash/loop, /crash/oom, /crash/stack, /crash/shadow, "
+                                   "/crash/null, /crash/header or /crash/exit\n");
     return res;
 }

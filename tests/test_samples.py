@@ -1,0 +1,113 @@
+"""Every sample, built from source and served from the repository's isolate.toml, as its README shows."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from live import ROOT, LiveServer
+
+from isolate.build import build
+
+SAMPLES = ["hello", "echo", "router", "transform", "crash"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    for sample in SAMPLES:  # built (or found up to date) before the server starts
+        build(ROOT / "samples" / sample)
+    with LiveServer(tmp_path_factory.mktemp("samples") / "data", "--manifest", str(ROOT / "isolate.toml")) as live:
+        yield live
+
+
+@pytest.fixture
+def edge(server: LiveServer) -> Iterator[httpx.Client]:
+    with server.edge() as client:
+        yield client
+
+
+def test_every_sample_is_deployed(server: LiveServer) -> None:
+    names = [m["name"] for m in server.admin().get("/v1/modules").json()["modules"]]
+    assert names == sorted(["crash", "echo", "hello", "hello-wat", "router", "transform"])
+
+
+def test_hello_c(edge: httpx.Client) -> None:
+    assert edge.get("/hello/ada").text == "Hello, ada! (from C, region local)\n"
+    assert edge.get("/").text == "Hello, world! (from C, region local)\n"
+    assert edge.get("/wat").text == "hello from isolate\n"
+
+
+def test_echo_rust(edge: httpx.Client) -> None:
+    response = edge.post("/echo/x?y=1", content=b'say "hi"\n', headers={"x-request-id": "r-1"})
+    body = response.json()
+    assert response.headers["content-type"] == "application/json"
+    assert (body["method"], body["path"], body["query"], body["body"]) == ("POST", "/echo/x", "y=1", 'say "hi"\n')
+    assert ["x-request-id", "r-1"] in body["headers"] and body["request_id"] == "r-1"
+    failed = edge.get("/echo/fail")
+    assert (failed.status_code, failed.text) == (418, "asked to fail")
+    not_utf8 = edge.post("/echo/x", content=b"\xff\xfe")
+    assert (not_utf8.status_code, not_utf8.text) == (400, "request body is not UTF-8")
+
+
+def test_router_assemblyscript(edge: httpx.Client) -> None:
+    assert edge.get("/users").json() == {"site": "demo", "users": ["ada", "grace", "linus"]}
+    assert edge.get("/users/1").json() == {"site": "demo", "id": 1, "name": "grace", "region": "local"}
+    missing = edge.get("/users/9")
+    assert missing.status_code == 404 and missing.json() == {"error": "no such user", "id": "9"}
+
+
+def test_transform_c(edge: httpx.Client) -> None:
+    data = (ROOT / "README.md").read_bytes()
+    assert edge.post("/transform/sha256", content=data).text == hashlib.sha256(data).hexdigest() + "\n"
+    assert edge.post("/transform/sha256", content=b"").text == hashlib.sha256(b"").hexdigest() + "\n"
+    big = bytes(range(256)) * 4000
+    assert edge.post("/transform/sha256", content=big).text == hashlib.sha256(big).hexdigest() + "\n"
+    assert edge.post("/transform/upper", content=b"make it loud").text == "MAKE IT LOUD"
+    assert edge.get("/transform/sha256").status_code == 404  # the route takes POST only
+
+
+@pytest.mark.parametrize(
+    "path, status, kind, extra",
+    [
+        ("/crash/abort", 500, "trap", {"trap_code": "unreachable"}),
+        ("/crash/loop", 504, "timeout", {}),
+        ("/crash/oom", 500, "memory_limit", {"limit": "memory"}),
+        ("/crash/stack", 500, "stack_overflow", {}),
+        ("/crash/shadow", 500, "trap", {"trap_code": "memory_out_of_bounds"}),
+        ("/crash/null", 500, "trap", {"trap_code": "memory_out_of_bounds"}),
+        ("/crash/header", 502, "abi", {}),
+        ("/crash/exit", 500, "trap", {"trap_code": "exit", "exit_code": 3}),
+        ("/echo/panic", 500, "trap", {"trap_code": "unreachable"}),
+        ("/users/boom", 500, "trap", {"trap_code": "unreachable"}),
+    ],
+)
+def test_failures_reach_the_client_as_diagnostics(edge: httpx.Client, path: str, status: int, kind: str,
+                                                  extra: dict[str, object]) -> None:
+    response = edge.get(path)
+    assert response.status_code == status
+    body = response.json()
+    assert body["error"] == kind and body["request_id"] == response.headers["x-request-id"]
+    for key, value in extra.items():
+        assert body[key] == value, body
+    assert edge.get("/hello/still").status_code == 200
+
+
+def test_sdk_error_messages_reach_the_host_log(server: LiveServer, edge: httpx.Client) -> None:
+    rust = edge.get("/echo/panic", headers={"x-request-id": "panic-1"})
+    script = edge.get("/users/boom", headers={"x-request-id": "boom-1"})
+    assert rust.status_code == script.status_code == 500
+    log = server.log()
+    assert "request_id=panic-1 module=echo stream=log panic: panicked at 'asked to panic on /echo/panic'" in log
+    assert "request_id=boom-1 module=router stream=log asked to fail at" in log
+
+
+def test_readme_lists_every_sample_url() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for url in ["/hello/ada", "/wat", "/echo/", "/users/1", "/transform/sha256", "/crash/oom"]:
+        assert url in readme, url
+    manifest = (ROOT / "isolate.toml").read_text()
+    for sample in SAMPLES:
+        assert f'path = "samples/{sample}"' in manifest
+        assert (ROOT / "samples" / sample / "README.md").exists()
