@@ -279,6 +279,28 @@ def new_command(lang: str, name: str, parent: str) -> None:
     click.echo(f"created {project}; next: isolate build {project}")
 
 
+@main.command("bench")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--iterations", default=20_000, show_default=True, help="Timed iterations per measure.")
+@click.option("--body-size", "body_sizes", multiple=True, default=["100", "64KiB"], show_default=True,
+              help="Request body sizes to invoke with (repeatable).")
+@click.option("--path", default="/", show_default=True, help="Request path the guest sees.")
+def bench_command(file: str, iterations: int, body_sizes: tuple[str, ...], path: str) -> None:
+    """Measure FILE in-process: isolate creation and full invocations (medians and p99)."""
+    from .benchmark import micro
+    from .manifest import read_module
+
+    try:
+        sizes = tuple(parse_size(size) for size in body_sizes)
+        results = micro(read_module(Path(file)), iterations=iterations, body_sizes=sizes, path=path)
+    except IsolateError as exc:
+        _fail(f"{exc.kind}: {exc.detail}")
+    click.echo(f"{'measure':<22}{'median µs':>12}{'p99 µs':>12}{'min µs':>12}{'iterations':>12}")
+    for name, timing in results.items():
+        click.echo(f"{name:<22}{timing.median_us:>12.2f}{timing.p99_us:>12.2f}{timing.min_us:>12.2f}"
+                   f"{timing.iterations:>12}")
+
+
 @main.command()
 @data_dir_option
 @click.argument("name")

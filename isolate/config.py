@@ -27,6 +27,7 @@ DEFAULT_MAX_MEMORY_LIMIT = 1 * GiB  # the largest per-module memory override acc
 DEFAULT_MAX_TIMEOUT = 60.0
 DEFAULT_MODULE_CACHE_SIZE = 1024  # pre-linked modules kept hot (1,000 tenants fit)
 DEFAULT_LOG_LIMIT = 64 * KiB  # guest log bytes kept per request (stdout + stderr + log calls)
+DEFAULT_KEEP_RESIDENT = 1 * MiB  # per pooled slot: reset by memset, not madvise (measured: 22 -> 16 µs invoke)
 DEFAULT_DATA_DIR = Path(".isolate")
 
 DEFAULT_EDGE_PORT = 8787
@@ -136,6 +137,9 @@ class Config:
     pool_instances: int = DEFAULT_POOL_INSTANCES
     module_cache_size: int = DEFAULT_MODULE_CACHE_SIZE
     log_limit: int = DEFAULT_LOG_LIMIT
+    keep_resident: int = DEFAULT_KEEP_RESIDENT
+    """Bytes of each pooled memory and table slot kept resident and reset with memset between
+    isolates, instead of returned to the kernel (a syscall and page faults per request)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -149,6 +153,7 @@ class Config:
             (self.pool_instances >= 1, "pool_instances must be at least 1"),
             (self.module_cache_size >= 1, "module_cache_size must be at least 1"),
             (self.log_limit >= 0, "log_limit must not be negative"),
+            (self.keep_resident >= 0, "keep_resident must not be negative"),
         ]
         for ok, message in checks:
             if not ok:
@@ -180,6 +185,7 @@ class Config:
             ("pool_instances", int),
             ("module_cache_size", int),
             ("log_limit", int),
+            ("keep_resident", int),
         ):
             key = "ISOLATE_" + name.upper()
             if key in env:

@@ -48,6 +48,7 @@ class Runtime:
             instances=config.pool_instances,
             max_memory_size=config.max_memory_limit,
             warm_slots=min(config.pool_instances, 100),
+            keep_resident=config.keep_resident,
         )
         self.engine = wasmtime.Engine(wasm_config)
         self.engine_ptr = _raw.engine_pointer(self.engine)

@@ -3,8 +3,8 @@
 from ._admin import build_admin_app
 from ._auth import load_or_create_token, token_path
 from ._edge import EdgeApp
-from ._server import Apps, build, run, serve_apps
+from ._server import Apps, bind, build, run, serve_apps, uvicorn_server
 from ._state import ServerState
 
-__all__ = ["Apps", "EdgeApp", "ServerState", "build", "build_admin_app", "load_or_create_token", "run",
-           "serve_apps", "token_path"]
+__all__ = ["Apps", "EdgeApp", "ServerState", "bind", "build", "build_admin_app", "load_or_create_token", "run",
+           "serve_apps", "token_path", "uvicorn_server"]

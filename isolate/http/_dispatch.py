@@ -1,7 +1,7 @@
 """Where a guest runs: inline on the event loop when it is known to be quick, else on a bounded pool.
 
-A thread hop costs tens of microseconds, more than a quick guest takes, so a module that has
-finished its last `PROMOTE_AFTER` runs each under `inline_threshold` runs inline. Any slower run
+A thread hop costs tens of microseconds, more than a quick guest takes, so a module whose last
+`PROMOTE_AFTER` runs each used under `inline_threshold` of CPU runs inline. Any slower run
 sends it back to the pool. Slow or unknown modules always run on worker threads, where wasm runs
 with the GIL released, so a CPU-heavy guest never stalls the event loop. When every worker is busy
 and `queue_limit` more are waiting, new work is refused (`Overloaded`, 503) instead of queued.
@@ -43,23 +43,25 @@ class Dispatcher:
     async def run(self, module: str, fn: Callable[[], T]) -> T:
         """Run `fn` (one guest invocation) inline or on the pool, and learn from how long it took."""
         if self.is_inline(module):
-            started = time.perf_counter()
+            started = time.thread_time()
             try:
                 return fn()
             finally:
-                self.record(module, time.perf_counter() - started)
+                self.record(module, time.thread_time() - started)
         if self.inflight >= self._capacity:
             raise Overloaded(f"server busy: {self.inflight} guests running or queued", limit=self._capacity)
         self.inflight += 1
         took = [0.0]
 
         def timed() -> T:
-            # Only the guest's own time counts: queueing under load must not block promotion.
-            started = time.perf_counter()
+            # CPU time of this thread: what the call would cost the event loop if run inline. Wall
+            # time would also count queueing and waits for the GIL, which under load would keep
+            # every module off the inline path exactly when the thread hop hurts most.
+            started = time.thread_time()
             try:
                 return fn()
             finally:
-                took[0] = time.perf_counter() - started
+                took[0] = time.thread_time() - started
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, timed)

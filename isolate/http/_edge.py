@@ -6,11 +6,12 @@ table, body limits and error mapping are all the framework this path needs.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from ..abi import Request, Response
@@ -33,6 +34,9 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
 _GUEST_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 _JSON = (b"content-type", b"application/json")
+# Generated request ids: a random per-process prefix and a counter (unique, and ~10x cheaper than uuid4).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
 
 
 def clean(text: str) -> str:
@@ -73,7 +77,7 @@ class EdgeApp:
             elif key == b"content-length":
                 declared = int(value) if value.isdigit() else None
         if not request_id:
-            request_id = uuid.uuid4().hex
+            request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
         method = scope["method"]
         path = scope["path"]
         module = "-"
@@ -107,7 +111,7 @@ class EdgeApp:
             return
         await self._reply(send, response, request_id, method)
         elapsed = time.perf_counter() - started
-        self.metrics.observe(module, response.status, elapsed, dict(response.info))
+        self.metrics.observe(module, response.status, elapsed, response.info)
         if response.logs:
             self._guest_logs(response, request_id, module)
         if self.config.access_log and access_log.isEnabledFor(logging.INFO):

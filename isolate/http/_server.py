@@ -60,6 +60,11 @@ def build(config: Config, server: ServerConfig, host: Host | None = None) -> App
     return Apps(host, state, edge, admin, dispatcher, token)
 
 
+def uvicorn_server(app: Any, host: str, port: int) -> uvicorn.Server:
+    """A uvicorn server with the edge's settings (the benchmark's Starlette peer uses the same)."""
+    return _Server(_uvicorn_config(app, host, port))
+
+
 def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
         app,
@@ -88,8 +93,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def serve_apps(apps: Apps, server: ServerConfig, edge_sock: socket.socket, admin_sock: socket.socket) -> None:
-    edge = _Server(_uvicorn_config(apps.edge, server.host, server.port))
-    admin = _Server(_uvicorn_config(apps.admin, server.admin_host, server.admin_port))
+    edge = uvicorn_server(apps.edge, server.host, server.port)
+    admin = uvicorn_server(apps.admin, server.admin_host, server.admin_port)
     loop = asyncio.get_running_loop()
 
     def stop() -> None:

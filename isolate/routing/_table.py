@@ -43,6 +43,7 @@ class Route:
     segments: tuple[str, ...] = field(init=False)
     prefix: bool = field(init=False)
     params: tuple[str, ...] = field(init=False)
+    rank: tuple[int, ...] = field(init=False, compare=False)  # precedence(), computed once
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path.startswith("/"):
@@ -82,6 +83,7 @@ class Route:
             if not methods or not all(isinstance(m, str) and _METHOD.fullmatch(m) for m in methods):
                 raise InvalidConfig(f"route methods must be a non-empty list of HTTP methods: {self.methods!r}")
             object.__setattr__(self, "methods", methods)
+        object.__setattr__(self, "rank", self.precedence())
 
     @property
     def shape(self) -> tuple[str, tuple[str, ...], bool]:
@@ -136,11 +138,18 @@ class Match:
 class RouteTable:
     """Immutable once built; `build` validates the whole table and rejects conflicts."""
 
-    __slots__ = ("routes", "_ordered")
+    __slots__ = ("routes", "_exact", "_patterns")
 
     def __init__(self, routes: tuple[Route, ...]) -> None:
         self.routes = routes
-        self._ordered = sorted(routes, key=Route.precedence)
+        ordered = sorted(routes, key=lambda route: route.rank)
+        # Literal paths are looked up by path; only `:param` and prefix routes are scanned. Both
+        # lists keep precedence order, so the better of their first matches is the overall best.
+        self._exact: dict[str, list[Route]] = {}
+        for route in ordered:
+            if not route.params and not route.prefix:
+                self._exact.setdefault("/" + "/".join(route.segments), []).append(route)
+        self._patterns = [route for route in ordered if route.params or route.prefix]
 
     @classmethod
     def build(cls, routes: Iterable[Route | Mapping[str, Any]]) -> RouteTable:
@@ -176,7 +185,14 @@ class RouteTable:
         parts = path.split("/")[1:]
         if parts and parts[-1] == "":
             parts.pop()  # "/a/" matches like "/a", and "/" has no segments
-        for route in self._ordered:
+        exact: Match | None = None
+        for route in self._exact.get("/" + "/".join(parts), ()):
+            if _host_matches(route.host, host, bare_host) and (route.methods is None or method in route.methods):
+                exact = Match(route, {})
+                break
+        for route in self._patterns:
+            if exact is not None and route.rank >= exact.route.rank:
+                break  # nothing later can beat the exact match
             if not _host_matches(route.host, host, bare_host):
                 continue
             if route.methods is not None and method not in route.methods:
@@ -184,7 +200,7 @@ class RouteTable:
             params = _path_matches(route, parts)
             if params is not None:
                 return Match(route, params)
-        return None
+        return exact
 
 
 def _host_matches(pattern: str, host: str, bare_host: str) -> bool:
