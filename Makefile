@@ -7,7 +7,9 @@ TOOLS  := $(VENV)/.toolchains-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SAMPLES := hello echo router transform crash
 
-.PHONY: install toolchains samples serve test lint typecheck unit bench-micro clean
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+.PHONY: install toolchains samples serve test lint typecheck unit bench bench-quick bench-micro clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +48,20 @@ unit: $(TOOLS)
 	$(PY) -m pytest
 
 test: lint typecheck unit
+
+# Benchmarks (never part of `make test`): wrk from Debian, workerd from npm, rich + matplotlib from PyPI.
+$(BENCH_STAMP): $(STAMP) bench/peers/package-lock.json
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk; }
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; }
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,sdk,bench]'
+	cd bench/peers && npm install --no-audit --no-fund --loglevel=error
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) bench/run.py
+
+bench-quick: $(BENCH_STAMP)
+	$(PY) bench/run.py --quick
 
 bench-micro: install
 	$(PY) bench/micro.py

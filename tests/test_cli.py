@@ -98,3 +98,13 @@ def test_help_documents_every_command() -> None:
     for command in ("serve", "deploy", "modules", "routes", "rollback", "delete", "token", "invoke", "build", "new"):
         assert command in result.stdout
     assert "--admin-port" in isolate("serve", "--help").stdout
+
+
+def test_bench_command_prints_medians(tmp_path: Path) -> None:
+    wasm = tmp_path / "hello.wasm"
+    wasm.write_bytes(g.wasm(g.HELLO))
+    result = isolate("bench", str(wasm), "--iterations", "300", "--body-size", "100", "--body-size", "4KiB")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["measure", "median", "µs"]
+    assert [line.split()[0] for line in lines[1:]] == ["instantiate", "invoke_100", "invoke_4096"]

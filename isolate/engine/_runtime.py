@@ -47,7 +47,7 @@ class Runtime:
             wasm_config,
             instances=config.pool_instances,
             max_memory_size=config.max_memory_limit,
-            warm_slots=min(config.pool_instances, 100),
+            warm_slots=config.pool_instances,  # slot affinity: each module keeps a warm slot of its own
             keep_resident=config.keep_resident,
         )
         self.engine = wasmtime.Engine(wasm_config)

@@ -1,17 +1,22 @@
 """Where a guest runs: inline on the event loop when it is known to be quick, else on a bounded pool.
 
-A thread hop costs tens of microseconds, more than a quick guest takes, so a module whose last
-`PROMOTE_AFTER` runs each used under `inline_threshold` of CPU runs inline. Any slower run
-sends it back to the pool. Slow or unknown modules always run on worker threads, where wasm runs
-with the GIL released, so a CPU-heavy guest never stalls the event loop. When every worker is busy
-and `queue_limit` more are waiting, new work is refused (`Overloaded`, 503) instead of queued.
-The price of the inline path: a module that was quick and suddenly is not can hold the loop once,
-for at most its own timeout, before it is demoted.
+A thread hop costs tens of microseconds, more than a quick guest takes. A module runs inline once
+its last `needed` runs each used under `inline_threshold` of CPU; `needed` starts at
+`PROMOTE_AFTER` (so the first runs of unknown code never touch the loop) and grows eightfold each
+time a module is caught being slow, so a module that is only sometimes slow soon stays on the pool.
+Slow or unknown modules run on worker threads, where wasm runs with the GIL released, at a lower
+scheduling priority than the event loop, so a CPU-heavy guest never stalls other requests. When every
+worker is busy and `queue_limit` more are waiting, new work is refused (`Overloaded`, 503) rather than
+queued. The price of the inline path: a module that was quick and suddenly is not can hold the loop
+once, for at most its own timeout, before it is sent back to the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,24 +25,35 @@ from typing import TypeVar
 from ..errors import Overloaded
 
 T = TypeVar("T")
-PROMOTE_AFTER = 16
+PROMOTE_AFTER = 2
+MAX_NEEDED = 4096
+WORKER_NICE = 10  # guests yield the CPU to the event loop when both want it
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # per-thread nice is Linux behaviour
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
 
 
 class Dispatcher:
     def __init__(self, workers: int, queue_limit: int, inline_threshold: float) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolate-guest")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolate-guest",
+                                            initializer=_lower_priority)
         self._capacity = workers + queue_limit
         self._threshold = inline_threshold
         self._streak: dict[str, int] = {}  # module -> consecutive quick runs
+        self._needed: dict[str, int] = {}  # module -> quick runs required before running inline
         self.inflight = 0
 
     def is_inline(self, module: str) -> bool:
-        return self._streak.get(module, 0) >= PROMOTE_AFTER
+        return self._streak.get(module, 0) >= self._needed.get(module, PROMOTE_AFTER)
 
     def record(self, module: str, seconds: float) -> None:
         if seconds < self._threshold:
             self._streak[module] = self._streak.get(module, 0) + 1
         else:
+            if self.is_inline(module) or module not in self._needed:
+                self._needed[module] = min(self._needed.get(module, PROMOTE_AFTER) * 8, MAX_NEEDED)
             self._streak[module] = 0
 
     async def run(self, module: str, fn: Callable[[], T]) -> T:

@@ -1,0 +1,414 @@
+"""`make bench`: isolate against real peers, side by side in one run; medians, ranges and ratios.
+
+Phases: (1) in-process medians, (2) HTTP on loopback with wrk, peers in alternating rounds,
+(3) 1 / 100 / 1,000 tenants, (4) head-of-line latency beside a CPU-heavy guest, (5) cold paths.
+Writes bench/results/latest.json, latest.md and latest.png. `--quick` is the same with short runs.
+A benchmark, not a test: it asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PEERS = BENCH / "peers"
+sys.path.insert(0, str(ROOT))
+
+from isolate.benchmark import micro  # noqa: E402
+from isolate.engine import wat_to_wasm  # noqa: E402
+
+console = Console(stderr=True)
+EXPECTED_BODY = b"hello from isolate\n"
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    rounds: int
+    duration: int
+    connections: int
+    iterations: int
+    tenant_duration: int
+
+
+def settings(quick: bool) -> Settings:
+    if quick:
+        return Settings(True, rounds=2, duration=3, connections=32, iterations=5_000, tenant_duration=3)
+    return Settings(False, rounds=5, duration=10, connections=32, iterations=50_000, tenant_duration=8)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not up after {timeout} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, duration: int, connections: int, script: Path | None = None) -> tuple[float, float]:
+    """(requests/s, p99 latency in ms) from one wrk run with one thread (the other core is the server's)."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    if script is not None:
+        command[1:1] = ["-s", str(script)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors and script is None:
+        raise RuntimeError(f"{url}: {errors.group(1)} error responses during the run")
+    return rps, float(value) * _UNITS[unit]
+
+
+class IsolateServer:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port, self.admin_port = free_port(), free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "isolate.cli", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
+             "--admin-port", str(self.admin_port), "--no-access-log", "--log-level", "warning"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+            stderr=open(self.data_dir.parent / "isolate.log", "ab"))
+        wait_http(f"http://127.0.0.1:{self.admin_port}/readyz")
+        return time.perf_counter() - started
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def admin(self) -> httpx.Client:
+        token = (self.data_dir / "admin-token").read_text().strip()
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.admin_port}",
+                            headers={"authorization": f"Bearer {token}"}, timeout=600)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+
+def tenant_wat(index: int) -> str:
+    body = f"hello from tenant {index}\n".encode()
+    response = b"\x83\xa6status\xcc\xc8\xa7headers\x90\xa4body" + bytes([0xa0 | len(body)]) + body
+    data = "".join(f"\\{b:02x}" for b in response)
+    hello = (BENCH / "guests" / "hello.wat").read_text()
+    hello = re.sub(r'\(data \(i32\.const 1024\)\s*"[^)]*"\)', lambda _: f'(data (i32.const 1024) "{data}")', hello)
+    return re.sub(r"\(i64\.const \d+\)\)\)", lambda _: f"(i64.const {len(response)})))", hello)
+
+
+def big_module_wat(functions: int = 1500) -> str:
+    """A ~1 MB module of real code: many distinct arithmetic functions (compile time is what costs)."""
+    body = " ".join(f"(local.set 0 (i32.add (i32.mul (local.get 0) (i32.const {i * 7 + 3})) (i32.const {i})))"
+                    for i in range(60))
+    funcs = "\n".join(f'(func $f{n} (export "f{n}") (param i32) (result i32) {body} (i32.add (local.get 0) '
+                      f"(i32.const {n})))" for n in range(functions))
+    hello = (BENCH / "guests" / "hello.wat").read_text()
+    return hello.rstrip().rstrip(")") + "\n" + funcs + "\n)"
+
+
+def phase_micro(s: Settings, hello: bytes) -> dict[str, Any]:
+    results = micro(hello, iterations=s.iterations, body_sizes=(100, 65536), path="/hello")
+    out: dict[str, Any] = {}
+    for key, name in (("instantiate", "instantiate"), ("invoke_100", "invoke"), ("invoke_65536", "invoke_64k")):
+        out[f"{name}_us_median"] = round(results[key].median_us, 2)
+        out[f"{name}_us_p99"] = round(results[key].p99_us, 2)
+    return out
+
+
+def phase_http(s: Settings, urls: dict[str, str], progress: Progress) -> dict[str, Any]:
+    task = progress.add_task("HTTP side by side", total=s.rounds * len(urls))
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in urls}
+    names = list(urls)
+    for name in names:
+        wrk(urls[name], 1, s.connections)  # warm-up: JIT, caches, promotion to the inline path
+    for round_index in range(s.rounds):
+        order = names[round_index % len(names):] + names[:round_index % len(names)]  # rotate who goes first
+        for name in order:
+            runs[name].append(wrk(urls[name], s.duration, s.connections))
+            progress.advance(task)
+    rps = {n: round(statistics.median(r for r, _ in v), 1) for n, v in runs.items()}
+    return {
+        "http_rps": rps,
+        "http_rps_range": {n: [round(min(r for r, _ in v), 1), round(max(r for r, _ in v), 1)]
+                           for n, v in runs.items()},
+        "http_p99_ms": {n: round(statistics.median(p for _, p in v), 3) for n, v in runs.items()},
+        "ratio_vs_workerd": round(rps["isolate"] / rps["workerd_fresh_instance"], 3),
+        "ratio_vs_plain": round(rps["isolate"] / rps["starlette_plain"], 3),
+    }
+
+
+def phase_tenants(s: Settings, server: IsolateServer, work: Path, progress: Progress) -> dict[str, Any]:
+    counts = [1, 100, 1000]
+    task = progress.add_task("tenants: deploy + load", total=counts[-1] + len(counts))
+    results = []
+    deployed = 0
+    with server.admin() as admin:
+        for count in counts:
+            while deployed < count:
+                response = admin.put(f"/v1/modules/t{deployed}", content=wat_to_wasm(tenant_wat(deployed)))
+                response.raise_for_status()
+                deployed += 1
+                progress.advance(task)
+            routes = [{"path": f"/t/{i}", "module": f"t{i}"} for i in range(count)]
+            routes.append({"path": "/hello", "module": "hello"})
+            admin.put("/v1/routes", json={"routes": routes}).raise_for_status()
+            script = work / f"tenants-{count}.lua"
+            script.write_text(f'math.randomseed(42)\nrequest = function()\n  return wrk.format("GET", "/t/" .. '
+                              f"math.random(0, {count - 1}))\nend\n")
+            wrk(server.url, 1, s.connections, script)
+            rps, p99 = wrk(server.url, s.tenant_duration, s.connections, script)
+            assert server.process is not None
+            results.append({"modules": count, "rps": round(rps, 1), "p99_ms": round(p99, 3),
+                            "rss_mb": round(rss_mb(server.process.pid), 1)})
+            progress.advance(task)
+    return {"tenants": results, "tenants_ratio_1000_vs_1": round(results[-1]["rps"] / results[0]["rps"], 3)}
+
+
+def phase_head_of_line(s: Settings, server: IsolateServer, progress: Progress) -> dict[str, Any]:
+    task = progress.add_task("head-of-line", total=2)
+    spin = (BENCH / "guests" / "hello.wat").read_text().replace(
+        "(func (export \"isolate_handle\") (param $ptr i32) (param $len i32) (result i64)",
+        "(func (export \"isolate_handle\") (param $ptr i32) (param $len i32) (result i64)\n    (loop $l (br $l))")
+    with server.admin() as admin:
+        admin.put("/v1/modules/spin", content=wat_to_wasm(spin), params={"timeout": "1s"}).raise_for_status()
+        routes = admin.get("/v1/routes").json()["routes"] + [{"path": "/spin", "module": "spin"}]
+        admin.put("/v1/routes", json={"routes": routes}).raise_for_status()
+    _, baseline = wrk(f"{server.url}/hello", s.tenant_duration, 8)
+    progress.advance(task)
+    running = threading.Event()
+    running.set()
+    spun = [0]
+
+    def spinner() -> None:
+        with httpx.Client(timeout=30) as client:
+            while running.is_set():
+                client.get(f"{server.url}/spin")  # each holds a worker thread for its 1 s timeout
+                spun[0] += 1
+
+    threads = [threading.Thread(target=spinner, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    _, during = wrk(f"{server.url}/hello", s.tenant_duration, 8)
+    running.clear()
+    for t in threads:
+        t.join()
+    progress.advance(task)
+    return {"hol_p99_ms": round(during, 3), "hol_baseline_p99_ms": round(baseline, 3), "hol_spin_requests": spun[0]}
+
+
+def phase_cold(server: IsolateServer, progress: Progress) -> dict[str, Any]:
+    task = progress.add_task("cold paths", total=2)
+    big = wat_to_wasm(big_module_wat())
+    with server.admin() as admin:
+        routes = admin.get("/v1/routes").json()["routes"] + [{"path": "/big", "module": "big"}]
+        started = time.perf_counter()
+        admin.put("/v1/modules/big", content=big).raise_for_status()
+        admin.put("/v1/routes", json={"routes": routes}).raise_for_status()
+        first = httpx.get(f"{server.url}/big")
+        upload_ms = (time.perf_counter() - started) * 1000
+        assert first.content == EXPECTED_BODY, first.text
+        modules = len(admin.get("/v1/modules").json()["modules"])
+    progress.advance(task)
+    server.stop()
+    ready_s = server.start()
+    progress.advance(task)
+    return {"cold_module_bytes": len(big), "cold_upload_to_first_response_ms": round(upload_ms, 1),
+            "cold_start_to_ready_ms": round(ready_s * 1000, 1), "cold_start_modules": modules}
+
+
+def write_reports(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "latest.md").write_text(markdown(results))
+    plot(results, out / "latest.png")
+
+
+def markdown(r: dict[str, Any]) -> str:
+    meta = r["meta"]
+    lines = [
+        f"# isolate benchmark ({'quick' if meta['quick'] else 'full'}, {meta['timestamp']})", "",
+        f"Machine: {meta['cpus']} CPUs, Python {meta['python']}, wasmtime {meta['wasmtime']}, "
+        f"workerd {meta['workerd']}. wrk -t1 -c{meta['connections']}, {meta['rounds']} alternating rounds of "
+        f"{meta['duration_s']} s; medians, with the min–max across rounds.", "",
+        "## In-process (µs)", "", "| measure | median | p99 |", "|---|---|---|",
+        f"| store + instantiate | {r['instantiate_us_median']} | {r['instantiate_us_p99']} |",
+        f"| invoke, 100-byte body | {r['invoke_us_median']} | {r['invoke_us_p99']} |",
+        f"| invoke, 64 KiB body | {r['invoke_64k_us_median']} | {r['invoke_64k_us_p99']} |", "",
+        "## HTTP on loopback", "", "| peer | req/s (median) | min–max | p99 ms |", "|---|---|---|---|",
+    ]
+    for name, rps in r["http_rps"].items():
+        low, high = r["http_rps_range"][name]
+        lines.append(f"| {name} | {rps:,.0f} | {low:,.0f}–{high:,.0f} | {r['http_p99_ms'][name]} |")
+    lines += ["", f"ratio_vs_workerd (isolate / workerd_fresh_instance): **{r['ratio_vs_workerd']}** (goal ≥ 1.0)",
+              f"ratio_vs_plain (isolate / starlette_plain): **{r['ratio_vs_plain']}** (goal ≥ 0.75)", "",
+              "## Tenants", "", "| modules | req/s | p99 ms | host RSS MB |", "|---|---|---|---|"]
+    for t in r["tenants"]:
+        lines.append(f"| {t['modules']:,} | {t['rps']:,.0f} | {t['p99_ms']} | {t['rss_mb']} |")
+    lines += ["", f"1,000 tenants / 1 tenant: **{r['tenants_ratio_1000_vs_1']}** (goal ≥ 0.9)", "",
+              "## Head-of-line", "",
+              f"p99 of /hello with 8 connections: {r['hol_baseline_p99_ms']} ms alone, "
+              f"**{r['hol_p99_ms']} ms** while 4 requests to a CPU-bound guest run "
+              f"({r['hol_spin_requests']} of them, 1 s each).", "",
+              "## Cold paths", "",
+              f"- upload → first response, {r['cold_module_bytes'] / 1e6:.2f} MB module: "
+              f"**{r['cold_upload_to_first_response_ms']} ms**",
+              f"- server start → ready with {r['cold_start_modules']:,} modules: **{r['cold_start_to_ready_ms']} ms**",
+              ""]
+    return "\n".join(lines)
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = list(r["http_rps"])
+    values = [r["http_rps"][n] for n in names]
+    low = [v - r["http_rps_range"][n][0] for n, v in zip(names, values, strict=True)]
+    high = [r["http_rps_range"][n][1] - v for n, v in zip(names, values, strict=True)]
+    colors = ["#2a9d8f" if n == "isolate" else "#8d99ae" for n in names]
+    left.bar(names, values, yerr=[low, high], capsize=4, color=colors)
+    left.set_title("HTTP hello on loopback (req/s, median, min–max)")
+    left.tick_params(axis="x", labelrotation=15)
+    counts = [str(t["modules"]) for t in r["tenants"]]
+    right.bar(counts, [t["rps"] for t in r["tenants"]], color="#2a9d8f")
+    right.set_title("isolate with N tenants (req/s; RSS MB on top)")
+    right.set_xlabel("deployed modules, hit uniformly")
+    for i, t in enumerate(r["tenants"]):
+        right.annotate(f"{t['rss_mb']:.0f} MB", (i, t["rps"]), ha="center", va="bottom")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short runs, same keys (under 2 minutes)")
+    parser.add_argument("--out", type=Path, default=BENCH / "results")
+    args = parser.parse_args()
+    s = settings(args.quick)
+    for tool in ("wrk", "node"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed: run `make bench`, which installs it")
+    workerd_bin = PEERS / "node_modules" / ".bin" / "workerd"
+    if not workerd_bin.exists():
+        raise SystemExit("workerd is not installed: run `make bench` (npm ci in bench/peers)")
+    hello = wat_to_wasm((BENCH / "guests" / "hello.wat").read_text())
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="isolate-bench-") as tmp, ExitStack() as stack, Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(), console=console) as progress:
+        work = Path(tmp)
+        task = progress.add_task("in-process medians", total=1)
+        results.update(phase_micro(s, hello))
+        progress.advance(task)
+
+        server = IsolateServer(work / "data")
+        (work / "data").mkdir()
+        server.start()
+        stack.callback(server.stop)
+        with server.admin() as admin:
+            admin.put("/v1/modules/hello", content=hello).raise_for_status()
+            admin.put("/v1/routes", json={"routes": [{"path": "/hello", "module": "hello"}]}).raise_for_status()
+        plain_port, fresh_port, wplain_port = free_port(), free_port(), free_port()
+        starlette = subprocess.Popen([sys.executable, str(PEERS / "starlette_plain.py"), "--port", str(plain_port)],
+                                     cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        stack.callback(stop, starlette)
+        peer_dir = work / "workerd"
+        peer_dir.mkdir()
+        for name in ("config.capnp", "fresh.js", "plain.js"):
+            shutil.copy(PEERS / name, peer_dir / name)
+        (peer_dir / "hello.wasm").write_bytes(hello)  # the same bytes isolate serves
+        workerd = subprocess.Popen([str(workerd_bin), "serve", str(peer_dir / "config.capnp"),
+                                    "--socket-addr", f"fresh=127.0.0.1:{fresh_port}",
+                                    "--socket-addr", f"plain=127.0.0.1:{wplain_port}"],
+                                   stdout=subprocess.DEVNULL, stderr=open(work / "workerd.log", "ab"))
+        stack.callback(stop, workerd)
+        urls = {"isolate": f"{server.url}/hello", "starlette_plain": f"http://127.0.0.1:{plain_port}/hello",
+                "workerd_fresh_instance": f"http://127.0.0.1:{fresh_port}/hello",
+                "workerd_plain": f"http://127.0.0.1:{wplain_port}/hello"}
+        for name, url in urls.items():
+            wait_http(url)
+            body = httpx.get(url).content
+            if body != EXPECTED_BODY:
+                raise SystemExit(f"{name} answered {body!r}, not {EXPECTED_BODY!r}: peers must return the same bytes")
+        results.update(phase_http(s, urls, progress))
+        stop(starlette)
+        stop(workerd)
+        results.update(phase_tenants(s, server, work, progress))
+        results.update(phase_head_of_line(s, server, progress))
+        results.update(phase_cold(server, progress))
+    results["meta"] = {
+        "quick": s.quick, "rounds": s.rounds, "duration_s": s.duration, "connections": s.connections,
+        "iterations": s.iterations, "cpus": os.cpu_count(), "python": platform.python_version(),
+        "wasmtime": version("wasmtime"),
+        "workerd": subprocess.run([str(workerd_bin), "--version"], capture_output=True, text=True).stdout.strip(),
+        "timestamp": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    write_reports(results, args.out)
+    console.print(markdown(results))
+    console.print(f"wrote {args.out / 'latest.json'}, latest.md and latest.png in {results['meta']['wall_s']} s")
+
+
+if __name__ == "__main__":
+    main()
