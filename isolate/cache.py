@@ -56,10 +56,6 @@ class ModuleCache(Generic[V]):
         with self._lock:
             self._lru[key] = value
 
-    def discard(self, key: str) -> None:
-        with self._lock:
-            self._lru.pop(key, None)
-
     def statistics(self) -> CacheStatistics:
         with self._lock:
             return CacheStatistics(self.hits, self.misses, self._lru.evictions, len(self._lru), int(self._lru.maxsize))

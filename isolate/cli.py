@@ -126,7 +126,6 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
         server = ServerConfig(
             host=host, port=port, admin_host=admin_host, admin_port=admin_port, admin_token=admin_token,
             max_body_size=parse_size(max_body_size), queue_limit=queue_limit, access_log=not no_access_log,
-            manifest=Path(manifest) if manifest else None,
             **({"workers": workers} if workers else {}),
         )
         loaded = manifests.load(Path(manifest)) if manifest else None

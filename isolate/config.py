@@ -214,7 +214,6 @@ class ServerConfig:
     queue_limit: int = DEFAULT_QUEUE_LIMIT
     inline_threshold: float = DEFAULT_INLINE_THRESHOLD
     access_log: bool = True
-    manifest: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("port", "admin_port"):
