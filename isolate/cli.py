@@ -14,9 +14,11 @@ import click
 import httpx
 
 from . import Config, Host, IsolateError, Request
-from .config import DEFAULT_ADMIN_PORT, ServerConfig, parse_duration, parse_size
+from .config import DEFAULT_ADMIN_PORT, DEFAULT_REGION, ServerConfig, parse_duration, parse_size
+from .errors import InvalidConfig
 from .http import load_or_create_token, token_path
 from .registry import validate_name
+from .routing import RegionTable
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(9), *range(11, 32), 127)}
 
@@ -112,23 +114,38 @@ def main() -> None:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="Host log level.")
 @click.option("--no-access-log", is_flag=True, help="Do not log one line per request.")
+@click.option("--region", default=DEFAULT_REGION, show_default=True, help="The region this node serves.")
+@click.option("--node-name", default="", help="This node's name in forwarded requests [default: hostname:port].")
+@click.option("--no-cache", is_flag=True, help="Turn the edge response cache off.")
+@click.option("--cache-size", default="64MiB", show_default=True, help="Bytes of responses the edge cache keeps.")
+@click.option("--regions", "regions_file", type=click.Path(exists=True, dir_okay=False),
+              help="Region table JSON (as GET /v1/regions prints it); replaces the manifest's.")
+@click.option("--simulate-regions", is_flag=True,
+              help="Start three local nodes (us, eu, ap) on consecutive ports, with a region table joining them.")
 def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_port: int, admin_token: str | None,
           manifest: str | None, max_body_size: str, workers: int | None, queue_limit: int, log_level: str,
-          no_access_log: bool) -> None:
+          no_access_log: bool, region: str, node_name: str, no_cache: bool, cache_size: str,
+          regions_file: str | None, simulate_regions: bool) -> None:
     """Run the edge and admin listeners until interrupted."""
     from . import manifest as manifests
     from .http import build, run
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if simulate_regions:
+        from .simulate import simulate
+
+        sys.exit(simulate(sys.argv[2:], manifest, data_dir, host, port, admin_port))
     config = _config(data_dir)
     try:
         server = ServerConfig(
             host=host, port=port, admin_host=admin_host, admin_port=admin_port, admin_token=admin_token,
             max_body_size=parse_size(max_body_size), queue_limit=queue_limit, access_log=not no_access_log,
-            **({"workers": workers} if workers else {}),
+            workers=workers or ServerConfig().workers, region=region, node_name=node_name, cache=not no_cache,
+            cache_bytes=parse_size(cache_size),
         )
         loaded = manifests.load(Path(manifest)) if manifest else None
+        region_table = _region_table_file(Path(regions_file)) if regions_file else None
         apps = build(config, server)
     except IsolateError as exc:
         _fail(f"{exc.kind}: {exc.detail}")
@@ -136,15 +153,42 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
         try:
             deployed, table = manifests.apply(loaded, apps.host)
             apps.state.replace_routes(table)
+            if region_table is None and loaded.regions is not None:
+                region_table = loaded.regions
+            if region_table is not None and loaded.placement:
+                region_table = manifests.with_placement(region_table, loaded.placement)
+            elif loaded.placement and apps.state.regions.empty:
+                logging.getLogger("isolate.server").warning(
+                    "manifest %s pins modules to regions, but this node has no region table: placement "
+                    "applies once one is set (--regions, [regions.ID] or PUT /v1/regions)", manifest)
         except IsolateError as exc:
             apps.close()
             _fail(f"{exc.kind}: {exc.detail}")
         logging.getLogger("isolate.server").info("manifest %s: deployed %s; %d routes", manifest,
                                                  ", ".join(deployed) or "nothing new", len(table.routes))
+    if region_table is not None:
+        try:
+            apps.state.replace_regions(region_table)
+        except IsolateError as exc:
+            apps.close()
+            _fail(f"{exc.kind}: {regions_file or manifest}: {exc.detail}")
     try:
         run(apps, server)
     except IsolateError as exc:
-        _fail(exc.detail)
+        _fail(f"{exc.kind}: {exc.detail}")
+
+
+def _region_table_file(path: Path) -> RegionTable:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidConfig(f"cannot read region table {path}: {exc}") from None
+    if isinstance(raw, dict):
+        raw = {k: v for k, v in raw.items() if k not in ("local_region", "health")}
+    try:
+        return RegionTable.build(raw)
+    except IsolateError as exc:
+        raise InvalidConfig(f"{path}: {exc.detail}") from None
 
 
 @main.command()
@@ -214,6 +258,94 @@ def routes(data_dir: str | None, admin_url: str, admin_token: str | None) -> Non
     for route in Admin(admin_url, admin_token, data_dir).call("GET", "/v1/routes")["routes"]:
         methods = ",".join(route.get("methods", [])) or "*"
         click.echo(f"{route['host']}{route['path']}\t{methods}\t→ {route['module']}")
+
+
+@main.command()
+@data_dir_option
+@admin_url_option
+@admin_token_option
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def stats(data_dir: str | None, admin_url: str, admin_token: str | None, as_json: bool) -> None:
+    """Show the running server's invocations, failures and cache statistics."""
+    body = Admin(admin_url, admin_token, data_dir).call("GET", "/v1/stats")
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    click.echo(f"region {body['region']}: {body['modules']} modules, {body['invocations']} invocations, "
+               f"{sum(body['failures'].values())} failures")
+    for kind, count in sorted(body["failures"].items()):
+        click.echo(f"  failed {kind}: {count}")
+    mc = body["module_cache"]
+    click.echo(f"module cache    {mc['size']}/{mc['capacity']} modules, {mc['hits']} hits, {mc['misses']} misses, "
+               f"{mc['evictions']} evictions")
+    rc = body["response_cache"]
+    if rc is None:
+        click.echo("response cache  off")
+    else:
+        click.echo(f"response cache  {rc['entries']} entries, {rc['bytes']} bytes, {rc['hits']} hits "
+                   f"({rc['coalesced']} coalesced), {rc['misses']} misses, {rc['bypasses']} bypasses, "
+                   f"{rc['evictions']} evictions, {rc['purged']} purged")
+    gc = body["guest_cache"]
+    click.echo(f"guest cache     {gc['entries']} entries, {gc['bytes']} bytes, {gc['hits']} hits, "
+               f"{gc['misses']} misses, {gc['evictions']} evictions")
+    for row in body["forwarded"]:
+        click.echo(f"forwarded to {row['region']}: {row['count']} × {row['status']}")
+
+
+@main.command()
+@data_dir_option
+@admin_url_option
+@admin_token_option
+@click.option("--set", "table_file", type=click.Path(exists=True, dir_okay=False),
+              help="Replace the region table with this JSON file (as GET /v1/regions prints it).")
+def regions(data_dir: str | None, admin_url: str, admin_token: str | None, table_file: str | None) -> None:
+    """Show the region table and node health of the running server (or replace the table)."""
+    admin = Admin(admin_url, admin_token, data_dir)
+    if table_file:
+        try:
+            table = json.loads(Path(table_file).read_text())
+        except (OSError, ValueError) as exc:
+            _fail(f"cannot read {table_file}: {exc}")
+        body = admin.call("PUT", "/v1/regions", json=table)
+    else:
+        body = admin.call("GET", "/v1/regions")
+    click.echo(f"this node: region {body['local_region']}")
+    health = body["health"]
+    for region in body["regions"]:
+        marker = "*" if region["id"] == body["local_region"] else " "
+        click.echo(f"{marker} {region['id']:<8} {region['name']}")
+        for node in region["nodes"]:
+            state = health.get(node)
+            if region["id"] == body["local_region"]:
+                text = "this region"
+            elif state is None:
+                text = "not checked yet"
+            else:
+                text = "healthy" if state["healthy"] else f"DOWN ({state['error']})"
+            click.echo(f"    {node}  {text}")
+    for module, allowed in body["placement"].items():
+        click.echo(f"placement: {module} only in {', '.join(allowed)}")
+    if body["networks"]:
+        click.echo(f"{len(body['networks'])} client networks")
+
+
+@main.command()
+@data_dir_option
+@admin_url_option
+@admin_token_option
+@click.option("--module", help="Purge every cached response of this module.")
+@click.option("--route", help="Purge every cached response of this route path pattern, e.g. /users/:id.")
+@click.option("--url", help="Purge one URL: path and query, e.g. /users/7?full=1.")
+@click.option("--all", "everything", is_flag=True, help="Purge everything.")
+def purge(data_dir: str | None, admin_url: str, admin_token: str | None, module: str | None, route: str | None,
+          url: str | None, everything: bool) -> None:
+    """Purge the running server's response cache."""
+    chosen = {k: v for k, v in (("module", module), ("route", route), ("url", url), ("all", everything or None))
+              if v}
+    if len(chosen) != 1:
+        _fail("give exactly one of --module, --route, --url, --all")
+    body = Admin(admin_url, admin_token, data_dir).call("POST", "/v1/cache/purge", json=chosen)
+    click.echo(f"purged {body['purged']} responses")
 
 
 @main.command()

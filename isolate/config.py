@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidConfig
+from .routing import validate_region
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -28,6 +29,8 @@ DEFAULT_MAX_TIMEOUT = 60.0
 DEFAULT_MODULE_CACHE_SIZE = 1024  # pre-linked modules kept hot (1,000 tenants fit)
 DEFAULT_LOG_LIMIT = 64 * KiB  # guest log bytes kept per request (stdout + stderr + log calls)
 DEFAULT_KEEP_RESIDENT = 1 * MiB  # per pooled slot: reset by memset, not madvise (measured: 22 -> 16 µs invoke)
+DEFAULT_GUEST_CACHE_ENTRIES = 100_000  # guest cache (cache_get/cache_put), all modules together
+DEFAULT_GUEST_CACHE_BYTES = 64 * MiB
 DEFAULT_DATA_DIR = Path(".isolate")
 
 DEFAULT_EDGE_PORT = 8787
@@ -36,6 +39,11 @@ DEFAULT_MAX_BODY_SIZE = 10 * MiB
 DEFAULT_MAX_URL_LENGTH = 16 * KiB
 DEFAULT_QUEUE_LIMIT = 64  # guests waiting for a worker thread before requests get 503
 DEFAULT_INLINE_THRESHOLD = 0.001  # seconds: guests consistently faster run on the event loop
+DEFAULT_REGION = "local"  # the local node's region when no region table says otherwise
+DEFAULT_CACHE_ENTRIES = 10_000  # response cache
+DEFAULT_CACHE_BYTES = 64 * MiB
+DEFAULT_HEALTH_INTERVAL = 1.0  # seconds between health checks of each remote node
+DEFAULT_HEALTH_TIMEOUT = 0.5  # seconds a node has to answer a health check
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": KiB, "mib": MiB, "gib": GiB}
 _TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "us": 0.000001, "µs": 0.000001}
@@ -140,6 +148,9 @@ class Config:
     keep_resident: int = DEFAULT_KEEP_RESIDENT
     """Bytes of each pooled memory and table slot kept resident and reset with memset between
     isolates, instead of returned to the kernel (a syscall and page faults per request)."""
+    guest_cache_entries: int = DEFAULT_GUEST_CACHE_ENTRIES
+    guest_cache_bytes: int = DEFAULT_GUEST_CACHE_BYTES
+    """Bounds of the guest cache behind `cache_get`/`cache_put`, shared by all modules."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -154,6 +165,8 @@ class Config:
             (self.module_cache_size >= 1, "module_cache_size must be at least 1"),
             (self.log_limit >= 0, "log_limit must not be negative"),
             (self.keep_resident >= 0, "keep_resident must not be negative"),
+            (self.guest_cache_entries >= 1, "guest_cache_entries must be at least 1"),
+            (self.guest_cache_bytes >= 1, "guest_cache_bytes must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -186,6 +199,8 @@ class Config:
             ("module_cache_size", int),
             ("log_limit", int),
             ("keep_resident", int),
+            ("guest_cache_entries", int),
+            ("guest_cache_bytes", int),
         ):
             key = "ISOLATE_" + name.upper()
             if key in env:
@@ -214,8 +229,25 @@ class ServerConfig:
     queue_limit: int = DEFAULT_QUEUE_LIMIT
     inline_threshold: float = DEFAULT_INLINE_THRESHOLD
     access_log: bool = True
+    region: str = DEFAULT_REGION
+    """The region this node serves (`isolate serve --region`); must be in the region table, if any."""
+    node_name: str = ""
+    """How this node names itself in `x-isolate-forwarded-by` and health answers; default host:port."""
+    cache: bool = True
+    """The edge response cache (routes can still opt out with `cache = false`)."""
+    cache_entries: int = DEFAULT_CACHE_ENTRIES
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    health_interval: float = DEFAULT_HEALTH_INTERVAL
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    """A dead node is skipped at most health_interval + health_timeout after it stops answering
+    (at once when a forward to it fails to connect), and used again after its next good check."""
 
     def __post_init__(self) -> None:
+        validate_region(self.region, "region")
+        if self.cache_entries < 1 or self.cache_bytes < 1:
+            raise InvalidConfig("cache_entries and cache_bytes must be at least 1")
+        if not 0 < self.health_timeout <= self.health_interval:
+            raise InvalidConfig("health_timeout must be positive and at most health_interval")
         for name in ("port", "admin_port"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value <= 65535:

@@ -5,6 +5,7 @@
     │   └── RouteConflict             route_conflict     409   two routes match the same requests
     ├── InvalidName                   invalid_name       400   module name breaks NAME_PATTERN
     ├── InvalidRequest                invalid_request    400   a malformed request (bad JSON, bad parameter)
+    │   └── UnknownRegion             unknown_region     400   x-isolate-region names no region in the table
     ├── Unauthorized                  unauthorized       401   missing or wrong admin bearer token
     ├── NotFound                      not_found          404   no such module, version or route
     ├── ModuleTooLarge                module_too_large   413   upload over Config.max_module_size
@@ -20,6 +21,10 @@
     │   ├── AbiViolation              abi                502   broke the ABI: bad pointer, msgpack, status, header
     │   └── ResponseTooLarge          response_too_large 502   response over limits.response_size
     ├── Overloaded                    overloaded         503   every pooled isolate slot is busy
+    ├── RegionForbidden               region_forbidden   451   placement allows no region this request may go to
+    ├── RegionUnavailable             region_unavailable 503   every region allowed to serve it has no healthy node
+    ├── ForwardFailed                 forward_failed     502   the node a request was forwarded to failed mid-way
+    ├── ForwardingLoop                forwarding_loop    508   a forwarded request would have been forwarded again
     └── StorageError                  storage            500   the data directory is damaged or unwritable
 
 Statuses follow a gateway's view of the guest as its upstream: a guest that answers wrongly is a
@@ -67,6 +72,11 @@ class InvalidName(IsolateError):
 
 class InvalidRequest(IsolateError):
     kind = "invalid_request"
+    status = 400
+
+
+class UnknownRegion(InvalidRequest):
+    kind = "unknown_region"
     status = 400
 
 
@@ -155,6 +165,26 @@ class Overloaded(IsolateError):
     status = 503
 
 
+class RegionForbidden(IsolateError):
+    kind = "region_forbidden"
+    status = 451
+
+
+class RegionUnavailable(IsolateError):
+    kind = "region_unavailable"
+    status = 503
+
+
+class ForwardFailed(IsolateError):
+    kind = "forward_failed"
+    status = 502
+
+
+class ForwardingLoop(IsolateError):
+    kind = "forwarding_loop"
+    status = 508
+
+
 class StorageError(IsolateError):
     kind = "storage"
     status = 500
@@ -165,6 +195,7 @@ ERRORS: tuple[type[IsolateError], ...] = (
     RouteConflict,
     InvalidName,
     InvalidRequest,
+    UnknownRegion,
     Unauthorized,
     NotFound,
     ModuleTooLarge,
@@ -179,6 +210,10 @@ ERRORS: tuple[type[IsolateError], ...] = (
     AbiViolation,
     ResponseTooLarge,
     Overloaded,
+    RegionForbidden,
+    RegionUnavailable,
+    ForwardFailed,
+    ForwardingLoop,
     StorageError,
 )
 """Every concrete error, for documentation and for the table test that keeps kinds unique."""

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from .abi import Request, Response, decode_response, encode_request
-from .cache import CacheStatistics, ModuleCache
+from .cache import CacheStatistics, GuestCache, GuestCacheStatistics, ModuleCache
 from .config import Config, Limits
 from .engine import Prepared, Runtime, run
 from .errors import GuestError, InvalidConfig, InvalidModule, IsolateError, ModuleTooLarge, NotFound
@@ -52,6 +52,7 @@ class HostStatistics:
     invocations: int
     failures: Mapping[str, int]
     module_cache: CacheStatistics
+    guest_cache: GuestCacheStatistics
     artifact_recompiles: int
     pool_instances: int
     engine_fingerprint: str  # of the engine for the default stack size
@@ -70,6 +71,7 @@ class Host:
         self._runtime = Runtime(self.config)
         self._runtimes = {self._runtime.stack: self._runtime}  # stack size -> engine; created on demand
         self._cache: ModuleCache[Prepared] = ModuleCache(self.config.module_cache_size)
+        self.guest_cache = GuestCache(self.config.guest_cache_entries, self.config.guest_cache_bytes)
         self._limits: dict[str, Limits] = {}  # effective limits per module name, derived from records
         self._lock = threading.Lock()
         self._invocations = 0
@@ -171,6 +173,7 @@ class Host:
         with self._lock:
             self._store.delete(name)
             self._limits.pop(name, None)
+        self.guest_cache.clear(name)
 
     def modules(self) -> list[ModuleInfo]:
         return [self._info(record) for record in self._store.records()]
@@ -189,7 +192,8 @@ class Host:
             version = record.version()
             limits = self._limits.get(name) or self._limits_for(record)
             prepared = self._cache.get(_cache_key(version.digest, limits.stack), self._load)
-            outcome = run(prepared, encode_request(request, record.variables), limits, self.config.log_limit)
+            outcome = run(prepared, encode_request(request, record.variables), limits, self.config.log_limit,
+                          (self.guest_cache, name))
             try:
                 status, headers, body = decode_response(outcome.payload)
             except GuestError as exc:
@@ -222,6 +226,7 @@ class Host:
             invocations=self._invocations,
             failures=failures,
             module_cache=self._cache.statistics(),
+            guest_cache=self.guest_cache.statistics(),
             artifact_recompiles=self._recompiles,
             pool_instances=self.config.pool_instances,
             engine_fingerprint=self._runtime.fingerprint,

@@ -9,6 +9,24 @@
     path = "/hello"
     module = "hello"
     methods = ["GET"]                          # optional; host = "*" by default
+    cache = false                              # optional; opts the route out of the response cache
+
+Optionally, the region table (see `isolate.routing.RegionTable`):
+
+    [regions.eu]
+    name = "Frankfurt"
+    coordinates = [50.1, 8.7]                  # optional: failover goes to the nearest region first
+    nodes = ["http://10.0.1.5:8787"]           # edge listeners of the nodes serving this region
+    failover = ["us"]                          # optional: explicit order (and limit) for its clients
+
+    [networks]                                 # client address -> region, longest prefix wins
+    file = "networks.csv"                      # `cidr,region` lines; relative to the manifest
+    "10.1.0.0/16" = "eu"                       # or inline
+
+    [modules.billing]
+    path = "billing.wasm"
+    regions = ["eu"]                           # placement: may run only in these regions (ignored
+                                               # while the server has no region table)
 
 Errors name the file, the line and the reason. Applying a manifest deploys only modules whose bytes
 or settings changed, so restarting with the same manifest creates no new versions.
@@ -27,7 +45,7 @@ from .engine import wat_to_wasm
 from .errors import InvalidConfig, IsolateError
 from .host import Host
 from .registry import sha256, validate_name
-from .routing import RouteTable
+from .routing import RegionTable, RouteTable, parse_networks_csv, validate_region
 
 
 class ManifestError(InvalidConfig):
@@ -47,6 +65,10 @@ class Manifest:
     path: Path
     modules: tuple[ModuleSpec, ...]
     routes: tuple[dict[str, Any], ...]
+    regions: RegionTable | None = None
+    """None when the manifest has no [regions]: the server's current region table is kept."""
+    placement: dict[str, list[str]] = field(default_factory=dict)
+    """Modules' `regions`, also when the manifest has no table (`serve --simulate-regions` uses them)."""
 
 
 def load(path: Path) -> Manifest:
@@ -68,10 +90,11 @@ def load(path: Path) -> Manifest:
             where = f"{where}.{key}" if where else key
         raise ManifestError(f"{path}:{line}: {where}: {reason}" if where else f"{path}:{line}: {reason}", line=line)
 
-    unknown = set(data) - {"modules", "routes"}
+    unknown = set(data) - {"modules", "routes", "regions", "networks"}
     if unknown:
-        fail(f"unknown table(s) {', '.join(sorted(unknown))}; a manifest has [modules.NAME] and [[routes]]",
-             key=sorted(unknown)[0])
+        fail(f"unknown table(s) {', '.join(sorted(unknown))}; a manifest has [modules.NAME], [[routes]], "
+             "[regions.ID] and [networks]", key=sorted(unknown)[0])
+    placement: dict[str, Any] = {}
     modules: list[ModuleSpec] = []
     raw_modules = data.get("modules", {})
     if not isinstance(raw_modules, dict):
@@ -83,10 +106,19 @@ def load(path: Path) -> Manifest:
             fail(exc.detail, module=name)
         if not isinstance(spec, dict):
             fail("must be a table with a path", module=name)
-        extra = set(spec) - {"path", "limits", "variables"}
+        extra = set(spec) - {"path", "limits", "variables", "regions"}
         if extra:
-            fail(f"unknown key(s) {', '.join(sorted(extra))}; use path, limits, variables", module=name,
+            fail(f"unknown key(s) {', '.join(sorted(extra))}; use path, limits, variables, regions", module=name,
                  key=sorted(extra)[0])
+        if "regions" in spec:
+            if not isinstance(spec["regions"], list) or not spec["regions"]:
+                fail("must be a non-empty list of region ids", module=name, key="regions")
+            for region in spec["regions"]:
+                try:
+                    validate_region(region)
+                except IsolateError as exc:
+                    fail(exc.detail, module=name, key="regions")
+            placement[name] = list(spec["regions"])
         if not isinstance(spec.get("path"), str):
             fail("path (a .wasm or .wat file) is required", module=name, key="path")
         limits = spec.get("limits", {})
@@ -118,7 +150,51 @@ def load(path: Path) -> Manifest:
         RouteTable.build(routes)
     except IsolateError as exc:
         fail(exc.detail, route=exc.extra.get("routes", [None, None])[1])
-    return Manifest(path, tuple(modules), tuple(routes))
+    regions = _region_table(path, data, placement, fail) if "regions" in data else None
+    if regions is None and "networks" in data:
+        fail("[networks] needs a region table: add [regions.ID] tables", key="networks")
+    return Manifest(path, tuple(modules), tuple(routes), regions, placement)
+
+
+def _region_table(path: Path, data: dict[str, Any], placement: dict[str, Any], fail: Any) -> RegionTable:
+    raw_regions = data["regions"]
+    if not isinstance(raw_regions, dict) or not raw_regions:
+        fail("must be tables: [regions.ID]", key="regions")
+    regions = []
+    for region_id, spec in raw_regions.items():
+        if not isinstance(spec, dict):
+            fail(f"regions.{region_id} must be a table", key="regions")
+        regions.append({"id": region_id, **spec})
+    networks: list[Any] = []
+    raw_networks = data.get("networks", {})
+    if not isinstance(raw_networks, dict):
+        fail("must be a table of CIDR = region (and file = \"networks.csv\")", key="networks")
+    for cidr, region in raw_networks.items():
+        if cidr == "file":
+            csv_path = (path.parent / str(region)).resolve()
+            try:
+                text = csv_path.read_text()
+            except OSError as exc:
+                fail(f"cannot read {csv_path}: {exc.strerror}", key="networks")
+            try:
+                networks += parse_networks_csv(text, str(csv_path))
+            except IsolateError as exc:
+                fail(exc.detail, key="networks")
+        else:
+            networks.append([cidr, region])
+    try:
+        return RegionTable.build({"regions": regions, "networks": networks, "placement": placement})
+    except IsolateError as exc:
+        where = next((f"regions.{r}" for r in raw_regions if f"region {r}" in exc.detail), "regions")
+        fail(exc.detail, key=where if where != "regions" else "regions")
+    raise AssertionError("unreachable")
+
+
+def with_placement(table: RegionTable, placement: dict[str, list[str]]) -> RegionTable:
+    """`table` plus the manifest's module placement (the table's own entries win)."""
+    raw = table.to_dict()
+    raw["placement"] = {**placement, **raw["placement"]}
+    return RegionTable.build(raw)
 
 
 def read_module(path: Path) -> bytes:

@@ -136,3 +136,30 @@ BOUNDED_RECURSION = module(
         (then (i32.const 0))
         (else (i32.add (call $down (i32.sub (local.get 0) (i32.const 1))) (i32.const 1)))))""",
 )
+
+CACHE_IMPORTS = """
+    (import "isolate" "cache_get" (func $cache_get (param i32 i32 i32 i32) (result i32)))
+    (import "isolate" "cache_put" (func $cache_put (param i32 i32 i32 i32 i32) (result i32)))"""
+VISITS_RESPONSE = response_bytes(body=b"\x00")
+# Counts visits in the guest cache under key "n" (1 byte at 200): 1, 2, 3... across fresh isolates.
+VISITS = module(
+    f"""
+    (local $n i32)
+    (if (i32.ne (call $cache_get (i32.const 200) (i32.const 1) (i32.const 300) (i32.const 4)) (i32.const -1))
+      (then (local.set $n (i32.load8_u (i32.const 300)))))
+    (local.set $n (i32.add (local.get $n) (i32.const 1)))
+    (i32.store8 (i32.const 300) (local.get $n))
+    (drop (call $cache_put (i32.const 200) (i32.const 1) (i32.const 300) (i32.const 1) (i32.const 60000)))
+    (i32.store8 (i32.const {RESPONSE_AT + len(VISITS_RESPONSE) - 1}) (local.get $n))
+    {returns(VISITS_RESPONSE)}""",
+    response=VISITS_RESPONSE,
+    imports=CACHE_IMPORTS,
+    extra='(data (i32.const 200) "n")',
+)
+
+
+def cache_call(call: str) -> str:
+    """A guest answering the i32 result of one cache host call as a 4-byte little-endian body."""
+    body = response_bytes(body=b"\x00" * 4)
+    at = RESPONSE_AT + len(body) - 4
+    return module(f"(i32.store (i32.const {at}) {call}) {returns(body)}", response=body, imports=CACHE_IMPORTS)

@@ -38,7 +38,7 @@ def test_pool_threads_yield_to_the_event_loop() -> None:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     try:
-        assert asyncio.run(d.run("m", nice_of_this_thread)) == WORKER_NICE
+        assert asyncio.run(d.run("m", nice_of_this_thread))[0] == WORKER_NICE
         assert nice_of_this_thread() == 0  # the caller (event loop) keeps normal priority
     finally:
         d.close()

@@ -34,8 +34,8 @@ def test_every_sample_is_deployed(server: LiveServer) -> None:
 
 
 def test_hello_c(edge: httpx.Client) -> None:
-    assert edge.get("/hello/ada").text == "Hello, ada! (from C, region local)\n"
-    assert edge.get("/").text == "Hello, world! (from C, region local)\n"
+    assert edge.get("/hello/ada").text == "Hello, ada! (from C, region local, client in local)\n"
+    assert edge.get("/").text == "Hello, world! (from C, region local, client in local)\n"
     assert edge.get("/wat").text == "hello from isolate\n"
 
 

@@ -59,7 +59,8 @@ def test_cpu_bound_guest_does_not_stall_other_requests(tmp_path: Path) -> None:
 def test_overload_replies_503(tmp_path: Path) -> None:
     with LiveServer(tmp_path / "data", "--workers", "1", "--queue-limit", "0") as server, server.admin() as admin:
         admin.put("/v1/modules/spin", content=g.wasm(g.module(g.LOOP)), params={"timeout": "2s"})
-        admin.put("/v1/routes", json={"routes": [{"path": "/spin", "module": "spin"}]})
+        # Off the response cache: it would make the second GET wait for the first (coalescing).
+        admin.put("/v1/routes", json={"routes": [{"path": "/spin", "module": "spin", "cache": False}]})
         statuses: list[int] = []
         started = threading.Event()
 
@@ -120,7 +121,8 @@ def test_body_limit_without_content_length_and_url_limit(tmp_path: Path) -> None
 def test_manifest_of_make_serve(tmp_path: Path) -> None:
     with LiveServer(tmp_path / "data", "--manifest", str(ROOT / "isolate.toml")) as server, server.edge() as edge:
         response = edge.get("/hello")
-        assert response.status_code == 200 and response.text == "Hello, world! (from C, region local)\n"
+        assert response.status_code == 200
+        assert response.text == "Hello, world! (from C, region local, client in local)\n"
         assert edge.get("/wat").text == "hello from isolate\n"
         versions = [m["active_version"] for m in server.admin().get("/v1/modules").json()["modules"]]
         server.restart()  # the same manifest again deploys nothing new

@@ -8,6 +8,10 @@
 #define IMPORT(module, name) __attribute__((import_module(module), import_name(name)))
 
 IMPORT("isolate", "log") void __isolate_host_log(int32_t level, const char *ptr, size_t len);
+IMPORT("isolate", "cache_get") int32_t __isolate_host_cache_get(const void *key, size_t key_len, void *out,
+                                                              size_t out_cap);
+IMPORT("isolate", "cache_put") int32_t __isolate_host_cache_put(const void *key, size_t key_len, const void *value,
+                                                              size_t value_len, uint32_t ttl_ms);
 
 EXPORT("isolate_abi_v1") void isolate_abi_v1(void) {}
 
@@ -19,6 +23,65 @@ EXPORT("isolate_alloc") void *isolate_alloc(size_t size) {
 
 void isolate_log_n(int level, const char *message, size_t len) { __isolate_host_log(level, message, len); }
 void isolate_log(int level, const char *message) { isolate_log_n(level, message, strlen(message)); }
+
+/* ---------- the guest cache ---------- */
+
+#define CACHE_MISS (-1) /* the host's result for a missing key; isolate_cache_get answers 0 */
+#define CACHE_FIRST_TRY 256 /* most values fit: one host call, no second allocation */
+
+static int cache_found(void **value, size_t *value_len, void *copy, size_t len) {
+    if (value) *value = copy;
+    else free(copy);
+    if (value_len) *value_len = len;
+    return 1;
+}
+
+int isolate_cache_get(const void *key, size_t key_len, void **value, size_t *value_len) {
+    if (value) *value = NULL;
+    if (value_len) *value_len = 0;
+    uint8_t first[CACHE_FIRST_TRY];
+    int32_t n = __isolate_host_cache_get(key, key_len, first, value ? sizeof first : 0);
+    if (n == CACHE_MISS) return 0;
+    if (n < 0) return n;
+    if (!value) return cache_found(value, value_len, NULL, (size_t)n);
+    size_t cap = (size_t)n;
+    uint8_t *copy = malloc(cap + 1);
+    if (!copy) abort();
+    if ((size_t)n <= sizeof first) {
+        memcpy(copy, first, (size_t)n);
+    } else {
+        /* The value is larger than the first buffer: ask again with room for all of it. Another
+         * request may replace or drop it in between, so repeat until it fits (or is gone). */
+        for (;;) {
+            n = __isolate_host_cache_get(key, key_len, copy, cap);
+            if (n < 0) {
+                free(copy);
+                return n == CACHE_MISS ? 0 : n;
+            }
+            if ((size_t)n <= cap) break;
+            cap = (size_t)n;
+            copy = realloc(copy, cap + 1);
+            if (!copy) abort();
+        }
+    }
+    copy[n] = 0;
+    return cache_found(value, value_len, copy, (size_t)n);
+}
+
+int isolate_cache_put(const void *key, size_t key_len, const void *value, size_t value_len, uint32_t ttl_ms) {
+    return __isolate_host_cache_put(key, key_len, value, value_len, ttl_ms);
+}
+
+const char *isolate_cache_strerror(int code) {
+    switch (code) {
+    case 0: return "ok";
+    case ISOLATE_CACHE_BAD_KEY: return "cache key is empty or longer than 1024 bytes";
+    case ISOLATE_CACHE_VALUE_TOO_LARGE: return "cache value is longer than 1 MiB";
+    case ISOLATE_CACHE_BAD_TTL: return "cache TTL is not within 1 ms and 24 h";
+    case ISOLATE_CACHE_REFUSED: return "the host refused to cache the entry";
+    default: return "unknown cache error";
+    }
+}
 
 /* ---------- msgpack decoding (zero-copy: strings point into the request buffer) ---------- */
 

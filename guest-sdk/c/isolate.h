@@ -76,6 +76,28 @@ enum { ISOLATE_DEBUG = 0, ISOLATE_INFO = 1, ISOLATE_WARN = 2, ISOLATE_ERROR = 3 
 void isolate_log(int level, const char *message);
 void isolate_log_n(int level, const char *message, size_t len);
 
+/* The guest cache (ABI.md, "The guest cache"): bytes that outlive the request, per module, for a
+ * TTL (and may be evicted earlier). Keys are 1..1024 bytes, values at most 1 MiB.
+ *
+ * isolate_cache_get: 1 when found, with *value a malloc'd copy the caller frees (followed by a NUL
+ * byte not counted in *value_len, so a text value is also a C string); 0 when missing (never stored,
+ * expired or evicted), with *value NULL and *value_len 0; or a negative ISOLATE_CACHE_* code.
+ * value and value_len may be NULL to only ask whether the key is there.
+ *
+ * isolate_cache_put: 0 once stored (replacing any value of that key), or a negative code. */
+enum {
+    ISOLATE_CACHE_BAD_KEY = -2,         /* the key is empty or longer than 1024 bytes */
+    ISOLATE_CACHE_VALUE_TOO_LARGE = -3, /* the value is longer than 1 MiB */
+    ISOLATE_CACHE_BAD_TTL = -4,         /* ttl_ms is not within 1 .. 86,400,000 (24 h) */
+    ISOLATE_CACHE_REFUSED = -5,         /* the host has no guest cache, or the entry is larger than it */
+};
+#define ISOLATE_CACHE_MAX_KEY 1024
+#define ISOLATE_CACHE_MAX_VALUE (1024 * 1024)
+#define ISOLATE_CACHE_MAX_TTL_MS 86400000u
+int isolate_cache_get(const void *key, size_t key_len, void **value, size_t *value_len);
+int isolate_cache_put(const void *key, size_t key_len, const void *value, size_t value_len, uint32_t ttl_ms);
+const char *isolate_cache_strerror(int code); /* a message for a code, e.g. to log */
+
 #ifdef __cplusplus
 }
 #endif

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import wasmtime
 
 from ..abi import LogRecord
+from ..cache import GuestCache
 from ..config import Limits
 from ..errors import (
     AbiViolation,
@@ -57,8 +58,12 @@ def _scratch() -> _raw.Scratch:
     return scratch
 
 
-def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int) -> Outcome:
-    """Run the guest's handler on `payload` (an encoded request) in a fresh isolate."""
+def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
+        cache: tuple[GuestCache, str] | None = None) -> Outcome:
+    """Run the guest's handler on `payload` (an encoded request) in a fresh isolate.
+
+    `cache` is the guest cache and the namespace (module name) its host functions use.
+    """
     runtime = prepared.runtime
     s = _scratch()
     capture = _output.Capture(log_limit)
@@ -77,6 +82,7 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int) -> O
             if error:
                 raise IsolateError(f"cannot set up WASI: {_raw.take_error(error)}")
         _output.current.capture = capture
+        _output.current.cache = cache
         error = _raw.instantiate_pre(prepared.pre_ptr, ctx, s.p_instance, s.p_trap)
         if error or s.trap.value:
             raise _failure(s, error, capture, limits, phase, None)
@@ -138,7 +144,7 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int) -> O
         exc.logs = capture.finish()
         raise
     finally:
-        _output.current.capture = None
+        _output.current.capture = _output.current.cache = None
         _raw.store_delete(store)
         if shape.uses_wasi:
             _output.unregister(capture)

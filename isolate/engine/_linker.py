@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import wasmtime
 from wasmtime import FuncType, MemoryType, ValType
@@ -18,6 +19,8 @@ from ..abi import (
     EXPORT_MEMORY,
     HOST_NAMESPACE,
 )
+from ..cache import GuestCache
+from ..cache._guest import MAX_KEY, MAX_TTL_MS, MAX_VALUE
 from ..errors import InvalidModule
 from . import _output
 
@@ -28,7 +31,15 @@ _MAX_LOG_MESSAGE = 16 * 1024
 # name -> (params, results) of every host function in the `isolate` namespace
 HOST_FUNCTIONS: dict[str, tuple[list[ValType], list[ValType]]] = {
     "log": ([_I32, _I32, _I32], []),  # (level, ptr, len): a UTF-8 message at a level 0-3
+    "cache_get": ([_I32, _I32, _I32, _I32], [_I32]),  # (key, key_len, out, out_cap) -> length | error
+    "cache_put": ([_I32, _I32, _I32, _I32, _I32], [_I32]),  # (key, key_len, value, value_len, ttl_ms) -> 0 | error
 }
+# cache_get / cache_put results (ABI.md, "Host functions")
+CACHE_MISS = -1
+CACHE_BAD_KEY = -2
+CACHE_VALUE_TOO_LARGE = -3
+CACHE_BAD_TTL = -4
+CACHE_REFUSED = -5
 _REQUIRED_EXPORTS: dict[str, tuple[list[ValType], list[ValType]]] = {
     EXPORT_ALLOC: ([_I32], [_I32]),
     EXPORT_HANDLE: ([_I32, _I32], [_I64]),
@@ -46,27 +57,79 @@ class ModuleShape:
     memory_min: int  # bytes declared as the memory's minimum
 
 
-def _log(caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
-    capture = getattr(_output.current, "capture", None)
-    if capture is None:
-        return
+def _check_range(caller: wasmtime.Caller, what: str, ptr: int, length: int) -> tuple[Any, int]:
+    """The guest memory and `ptr` as unsigned; a range outside memory is an ABI violation."""
     memory = caller.get(EXPORT_MEMORY)
     size = memory.data_len(caller) if isinstance(memory, wasmtime.Memory) else 0
     ptr &= 0xFFFFFFFF
     length &= 0xFFFFFFFF
     if ptr + length > size:
-        capture.abi_error = f"isolate.log: message at {ptr}+{length} is outside guest memory ({size} bytes)"
-        raise wasmtime.WasmtimeError(capture.abi_error)
-    data = bytes(memory.read(caller, ptr, ptr + min(length, _MAX_LOG_MESSAGE)))  # type: ignore[union-attr]
+        message = f"{HOST_NAMESPACE}.{what}: {ptr}+{length} is outside guest memory ({size} bytes)"
+        capture = getattr(_output.current, "capture", None)
+        if capture is not None:
+            capture.abi_error = message
+        raise wasmtime.WasmtimeError(message)
+    return memory, ptr
+
+
+def _guest_bytes(caller: wasmtime.Caller, what: str, ptr: int, length: int, cap: int | None = None) -> bytes:
+    """`length` bytes at `ptr` in guest memory (at most `cap`)."""
+    memory, ptr = _check_range(caller, what, ptr, length)
+    length &= 0xFFFFFFFF
+    return bytes(memory.read(caller, ptr, ptr + (length if cap is None else min(length, cap))))
+
+
+def _log(caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
+    capture = getattr(_output.current, "capture", None)
+    if capture is None:
+        return
+    data = _guest_bytes(caller, "log: message", ptr, length, _MAX_LOG_MESSAGE)
     name = _output.LEVELS[level] if 0 <= level < len(_output.LEVELS) else "info"
     capture.add("log", name, data)
+
+
+def _binding() -> tuple[GuestCache, str] | None:
+    return getattr(_output.current, "cache", None)
+
+
+def _cache_get(caller: wasmtime.Caller, key_ptr: int, key_len: int, out_ptr: int, out_cap: int) -> int:
+    binding = _binding()
+    if not 0 < (key_len & 0xFFFFFFFF) <= MAX_KEY:
+        return CACHE_BAD_KEY
+    key = _guest_bytes(caller, "cache_get: key", key_ptr, key_len)
+    value = binding[0].get(binding[1], key) if binding is not None else None
+    if value is None:
+        return CACHE_MISS
+    out_cap &= 0xFFFFFFFF
+    memory, out_ptr = _check_range(caller, "cache_get: output buffer", out_ptr, out_cap)
+    if value and out_cap:
+        memory.write(caller, value[:out_cap], out_ptr)
+    return len(value)
+
+
+def _cache_put(caller: wasmtime.Caller, key_ptr: int, key_len: int, value_ptr: int, value_len: int,
+               ttl_ms: int) -> int:
+    binding = _binding()
+    # Sizes are judged before memory is read: an oversized value is refused without copying it.
+    if not 0 < (key_len & 0xFFFFFFFF) <= MAX_KEY:
+        return CACHE_BAD_KEY
+    if (value_len & 0xFFFFFFFF) > MAX_VALUE:
+        return CACHE_VALUE_TOO_LARGE
+    if not 0 < ttl_ms <= MAX_TTL_MS:
+        return CACHE_BAD_TTL
+    key = _guest_bytes(caller, "cache_put: key", key_ptr, key_len)
+    value = _guest_bytes(caller, "cache_put: value", value_ptr, value_len)
+    if binding is None or not binding[0].put(binding[1], key, value, ttl_ms):
+        return CACHE_REFUSED
+    return 0
 
 
 def build_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
     """One linker per engine: WASI preview 1 plus the `isolate` host functions."""
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
-    linker.define_func(HOST_NAMESPACE, "log", FuncType(*HOST_FUNCTIONS["log"]), _log, access_caller=True)
+    for name, func in (("log", _log), ("cache_get", _cache_get), ("cache_put", _cache_put)):
+        linker.define_func(HOST_NAMESPACE, name, FuncType(*HOST_FUNCTIONS[name]), func, access_caller=True)
     return linker
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 from starlette.applications import Starlette
@@ -12,12 +13,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from ..cache import ResponseCache
 from ..config import parse_limits
 from ..errors import InvalidConfig, InvalidRequest, IsolateError, ModuleTooLarge
 from ..host import Host, ModuleInfo, VersionInfo
 from ..registry import validate_name
-from ..routing import RouteTable
+from ..routing import RegionTable, RouteTable
 from ._auth import BearerAuth
+from ._health import NodeHealth
 from ._metrics import Metrics
 from ._state import ServerState
 
@@ -53,8 +56,12 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str) -> Any:
+def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str,
+                    cache: ResponseCache | None = None, health: NodeHealth | None = None) -> Any:
     max_module = host.config.max_module_size
+
+    def purge(**selector: Any) -> int:
+        return cache.purge(**selector) if cache is not None else 0
 
     async def put_module(request: Request) -> Response:
         name = validate_name(request.path_params["name"])
@@ -76,6 +83,7 @@ def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str
         wasm = b"".join(chunks)
         # Compiling takes milliseconds of CPU: keep it off the event loop.
         info = await run_in_threadpool(host.deploy, name, wasm, limits=limits, variables=variables)
+        purge(module=name)  # cached answers came from the old version
         return JSONResponse(version_json(info), status_code=201)
 
     async def list_modules(request: Request) -> Response:
@@ -97,6 +105,7 @@ def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str
             raise InvalidRequest("variables must be an object")
         parsed = parse_limits(limits) if limits is not None else None
         info = await run_in_threadpool(host.configure, request.path_params["name"], limits=parsed, variables=variables)
+        purge(module=info.name)  # new variables can change every answer
         return JSONResponse(module_json(info))
 
     async def rollback(request: Request) -> Response:
@@ -105,11 +114,13 @@ def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str
         if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
             raise InvalidRequest("version must be an integer")
         info = await run_in_threadpool(host.rollback, request.path_params["name"], version)
+        purge(module=info.name)
         return JSONResponse(module_json(info))
 
     async def delete_module(request: Request) -> Response:
         name = request.path_params["name"]
         await run_in_threadpool(host.delete, name)
+        purge(module=name)
         return JSONResponse({"deleted": name})
 
     async def get_routes(request: Request) -> Response:
@@ -127,7 +138,50 @@ def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str
                 raise InvalidConfig(f"route {index} ({route.host}{route.path}) refers to module {route.module!r}, "
                                     "which is not deployed", route=index)
         await run_in_threadpool(state.replace_routes, table)
+        purge(everything=True)  # a URL may now belong to another module
         return JSONResponse({"routes": table.to_list()})
+
+    def regions_json() -> dict[str, Any]:
+        return {"local_region": state.local_region, **state.regions.to_dict(),
+                "health": health.snapshot() if health is not None else {}}
+
+    async def get_regions(request: Request) -> Response:
+        return JSONResponse(regions_json())
+
+    async def put_regions(request: Request) -> Response:
+        body = await _json_body(request)
+        body.pop("local_region", None)  # read-only fields a client may send back from GET
+        body.pop("health", None)
+        table = state.check_regions(RegionTable.build(body))
+        await run_in_threadpool(state.replace_regions, table)
+        return JSONResponse(regions_json())
+
+    async def purge_cache(request: Request) -> Response:
+        body = await _json_body(request)
+        selectors = {"module", "route", "url", "all"}
+        unknown = set(body) - selectors
+        if unknown or len(body) != 1:
+            raise InvalidRequest('give exactly one of {"module": NAME}, {"route": "/path/:pattern"}, '
+                                 '{"url": "/path?query"}, {"all": true}')
+        (kind, value), = body.items()
+        if kind == "all":
+            if value is not True:
+                raise InvalidRequest('"all" must be true')
+            return JSONResponse({"purged": purge(everything=True)})
+        if not isinstance(value, str) or not value:
+            raise InvalidRequest(f"{kind} must be a non-empty string")
+        return JSONResponse({"purged": purge(**{kind: value})})
+
+    async def stats(request: Request) -> Response:
+        s = host.statistics()
+        body: dict[str, Any] = {
+            "modules": s.modules, "invocations": s.invocations, "failures": dict(s.failures),
+            "module_cache": asdict(s.module_cache), "guest_cache": asdict(s.guest_cache),
+            "response_cache": asdict(cache.statistics()) if cache is not None else None,
+            "artifact_recompiles": s.artifact_recompiles, "engines": s.engines, "region": state.local_region,
+            "forwarded": [{"region": r, "status": st, "count": n} for (r, st), n in sorted(metrics.forwards.items())],
+        }
+        return JSONResponse(body)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -161,6 +215,10 @@ def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str
         Route("/v1/modules/{name}/rollback", rollback, methods=["POST"]),
         Route("/v1/routes", get_routes, methods=["GET"]),
         Route("/v1/routes", put_routes, methods=["PUT"]),
+        Route("/v1/regions", get_regions, methods=["GET"]),
+        Route("/v1/regions", put_regions, methods=["PUT"]),
+        Route("/v1/cache/purge", purge_cache, methods=["POST"]),
+        Route("/v1/stats", stats, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={IsolateError: isolate_error, HTTPException: http_error})
     return BearerAuth(app, token)

@@ -56,23 +56,29 @@ class Dispatcher:
                 self._needed[module] = min(self._needed.get(module, PROMOTE_AFTER) * 8, MAX_NEEDED)
             self._streak[module] = 0
 
-    async def run(self, module: str, fn: Callable[[], T]) -> T:
-        """Run `fn` (one guest invocation) inline or on the pool, and learn from how long it took."""
+    async def run(self, module: str, fn: Callable[[], T]) -> tuple[T, float]:
+        """Run `fn` (one guest invocation) inline or on the pool, and learn from how long it took.
+
+        Returns its result and the seconds it waited for a worker (0 inline).
+        """
         if self.is_inline(module):
             started = time.thread_time()
             try:
-                return fn()
+                return fn(), 0.0
             finally:
                 self.record(module, time.thread_time() - started)
         if self.inflight >= self._capacity:
             raise Overloaded(f"server busy: {self.inflight} guests running or queued", limit=self._capacity)
         self.inflight += 1
         took = [0.0]
+        queued = [0.0]
+        submitted = time.perf_counter()
 
         def timed() -> T:
             # CPU time of this thread: what the call would cost the event loop if run inline. Wall
             # time would also count queueing and waits for the GIL, which under load would keep
             # every module off the inline path exactly when the thread hop hurts most.
+            queued[0] = time.perf_counter() - submitted
             started = time.thread_time()
             try:
                 return fn()
@@ -80,7 +86,7 @@ class Dispatcher:
                 took[0] = time.thread_time() - started
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, timed), queued[0]
         finally:
             self.inflight -= 1
             self.record(module, took[0] if took[0] else self._threshold)

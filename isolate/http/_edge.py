@@ -1,4 +1,4 @@
-"""The edge listener: match a route, run the request in a fresh isolate, reply.
+"""The edge listener: match a route, pick the region, answer from the cache or a fresh isolate, reply.
 
 A raw ASGI app rather than Starlette routing: every microsecond here is per request, and the route
 table, body limits and error mapping are all the framework this path needs.
@@ -15,10 +15,23 @@ import time
 from typing import Any
 
 from ..abi import Request, Response
+from ..cache import Entry, ResponseCache
 from ..config import ServerConfig
-from ..errors import IsolateError, NotFound, PayloadTooLarge, UriTooLong
+from ..errors import (
+    ForwardFailed,
+    ForwardingLoop,
+    IsolateError,
+    NotFound,
+    PayloadTooLarge,
+    RegionUnavailable,
+    UnknownRegion,
+    UriTooLong,
+)
 from ..host import Host
+from ..routing import REGION_PATTERN
 from ._dispatch import Dispatcher
+from ._forward import CLIENT_REGION, FORWARDED_BY, Forwarder, RelayBroken
+from ._health import HEALTH_PATH
 from ._metrics import Metrics
 from ._state import ServerState
 
@@ -34,6 +47,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
 _GUEST_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 _JSON = (b"content-type", b"application/json")
+_REGION = re.compile(REGION_PATTERN)
+_HIT, _MISS, _BYPASS = b"HIT", b"MISS", b"BYPASS"
 # Generated request ids: a random per-process prefix and a counter (unique, and ~10x cheaper than uuid4).
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(1)
@@ -49,14 +64,21 @@ class _Disconnected(Exception):
 
 
 class EdgeApp:
+    """Route → region (run here, or forward) → response cache → isolate → reply."""
+
     def __init__(self, host: Host, state: ServerState, config: ServerConfig, metrics: Metrics,
-                 dispatcher: Dispatcher, region: str = "local") -> None:
+                 dispatcher: Dispatcher, cache: ResponseCache | None = None,
+                 forwarder: Forwarder | None = None) -> None:
         self.host = host
         self.state = state
         self.config = config
         self.metrics = metrics
         self.dispatcher = dispatcher
-        self.region = region
+        self.cache = cache
+        self.forwarder = forwarder
+        self.region = state.local_region
+        self._region_header = (b"x-isolate-region", self.region.encode())
+        self._health_body = json.dumps({"status": "ok", "region": self.region, "node": config.node_name}).encode()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -67,6 +89,8 @@ class EdgeApp:
         request_id = ""
         host = ""
         declared: int | None = None
+        asked_region = forwarded_by = client_region = ""
+        private = False
         for key, value in scope["headers"]:
             if key == b"host":
                 host = value.decode("latin-1")
@@ -76,6 +100,15 @@ class EdgeApp:
                     request_id = candidate
             elif key == b"content-length":
                 declared = int(value) if value.isdigit() else None
+            elif key[:10] == b"x-isolate-":
+                if key == b"x-isolate-region":
+                    asked_region = value.decode("latin-1").strip().lower()
+                elif key == FORWARDED_BY:
+                    forwarded_by = value.decode("latin-1")
+                elif key == CLIENT_REGION:
+                    client_region = value.decode("latin-1")
+            elif key == b"authorization":
+                private = True
         if not request_id:
             request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
         method = scope["method"]
@@ -85,6 +118,9 @@ class EdgeApp:
             if len(scope.get("raw_path") or path) + len(scope["query_string"]) > self.config.max_url_length:
                 raise UriTooLong(f"URL longer than {self.config.max_url_length} bytes",
                                  limit=self.config.max_url_length)
+            if path == HEALTH_PATH:
+                await self._health(send, request_id)
+                return
             match = self.state.routes.match(host, path, method)
             if match is None:
                 raise NotFound(f"no route for {method} {host or '-'}{path}")
@@ -92,54 +128,160 @@ class EdgeApp:
             if declared is not None and declared > self.config.max_body_size:
                 raise PayloadTooLarge(f"request body of {declared} bytes exceeds the "
                                       f"{self.config.max_body_size}-byte limit", limit=self.config.max_body_size)
-            body = await _read_body(receive, self.config.max_body_size)
-            request = Request(
-                method=method,
-                path=path,
-                query=scope["query_string"].decode("latin-1"),
-                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
-                body=body,
-                params=match.params,
-                region=self.region,
-                request_id=request_id,
-            )
-            response: Response = await self.dispatcher.run(module, lambda: self.host.invoke(module, request))
-        except _Disconnected:
+            regions = self.state.regions
+            if forwarded_by:
+                # One hop at most: a forwarded request runs here or nowhere, whatever this table says.
+                client_region = client_region if _REGION.fullmatch(client_region) else self.region
+                allowed = regions.placement.get(module)
+                if allowed is not None and self.region not in allowed:
+                    raise ForwardingLoop(
+                        f"{forwarded_by} forwarded this request to region {self.region!r}, where module "
+                        f"{module!r} may not run (only in {', '.join(sorted(allowed))}); it is not forwarded "
+                        "again", forwarded_by=forwarded_by, region=self.region)
+            elif regions.empty:
+                if asked_region and asked_region != self.region:
+                    raise UnknownRegion(f"unknown region {asked_region!r}; this node serves only "
+                                        f"{self.region!r} and has no region table", region=asked_region)
+                client_region = self.region
+            else:
+                if asked_region:
+                    client_region = regions.check(asked_region)
+                else:
+                    client = scope.get("client")
+                    client_region = (regions.region_of(client[0]) if client else None) or self.region
+                if await self._route_elsewhere(scope, receive, send, module, client_region, request_id, started):
+                    return
+            routed = time.perf_counter()
+            queued = [0.0]
+
+            async def invoke() -> Response:
+                body = await _read_body(receive, self.config.max_body_size)
+                request = Request(
+                    method=method,
+                    path=path,
+                    query=scope["query_string"].decode("latin-1"),
+                    headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
+                    body=body,
+                    params=match.params,
+                    region=self.region,
+                    client_region=client_region,
+                    request_id=request_id,
+                )
+                response, queued[0] = await self.dispatcher.run(module, lambda: self.host.invoke(module, request))
+                return response
+
+            cache = self.cache
+            if cache is not None and (method == "GET" or method == "HEAD") and not private \
+                    and match.route.options.get("cache", True):
+                query = scope["query_string"].decode("latin-1")
+                url = f"{path}?{query}" if query else path
+                key = cache.key(host, path, query, client_region)
+                entry, fresh = await cache.fetch(key, method, scope["headers"], invoke, module, match.route.path, url)
+                if entry is not None:
+                    await self._reply_cached(send, entry, request_id, method, routed - started)
+                    self._done(module, entry.status, started, None, request_id, method, path, _HIT)
+                    return
+                assert fresh is not None
+                response, x_cache = fresh, _MISS
+            else:
+                if cache is not None:
+                    cache.bypass()
+                response, x_cache = await invoke(), _BYPASS
+        except (_Disconnected, RelayBroken):
             return
         except IsolateError as exc:
             await self._fail(send, exc, request_id, module, method, path, started)
             return
-        await self._reply(send, response, request_id, method)
+        info = response.info
+        timing = (f"routing;dur={(routed - started) * 1000:.3f}, queue;dur={queued[0] * 1000:.3f}, "
+                  f"instantiate;dur={info.get('instantiate_us', 0) / 1000:.3f}, "
+                  f"guest;dur={info.get('run_us', 0) / 1000:.3f}")
+        await self._reply(send, response, request_id, method, x_cache, timing)
+        self._done(module, response.status, started, response, request_id, method, path, x_cache)
+
+    async def _route_elsewhere(self, scope: Any, receive: Any, send: Any, module: str, client_region: str,
+                               request_id: str, started: float) -> bool:
+        """Forward the request if it should run in another region; False if it runs here."""
+        forwarder = self.forwarder
+        if forwarder is None:
+            return False
+        body = forwarder.body(receive)
+        for _ in range(len(self.state.regions.regions) + 1):
+            decision = self.state.regions.decide(module, client_region, self.region, forwarder.health.healthy)
+            if decision.local:
+                return False
+            try:
+                status = await forwarder.forward(scope, body, send, decision.nodes, decision.region, request_id,
+                                                 client_region, started)
+            except ForwardFailed as exc:
+                if exc.extra.get("reached") is False and not body.started:
+                    continue  # every node of that region refused to connect and is now marked down
+                raise
+            self.metrics.forwarded(decision.region, status)
+            if self.config.access_log and access_log.isEnabledFor(logging.INFO):
+                access_log.info("request_id=%s method=%s path=%s module=%s status=%d forwarded_to=%s "
+                                "duration_us=%.1f", request_id, scope["method"], clean(scope["path"]), module,
+                                status, decision.region, (time.perf_counter() - started) * 1e6)
+            return True
+        raise RegionUnavailable(f"no region could take the request for module {module!r}", module=module)
+
+    def _done(self, module: str, status: int, started: float, response: Response | None, request_id: str,
+              method: str, path: str, x_cache: bytes) -> None:
         elapsed = time.perf_counter() - started
-        self.metrics.observe(module, response.status, elapsed, response.info)
-        if response.logs:
+        info = response.info if response is not None else None
+        self.metrics.observe(module, status, elapsed, info)
+        if response is not None and response.logs:
             self._guest_logs(response, request_id, module)
         if self.config.access_log and access_log.isEnabledFor(logging.INFO):
-            info = response.info
+            if info is None:
+                access_log.info("request_id=%s method=%s path=%s module=%s status=%d cache=%s duration_us=%.1f",
+                                request_id, method, clean(path), module, status, x_cache.decode(), elapsed * 1e6)
+                return
             access_log.info(
                 "request_id=%s method=%s path=%s module=%s version=%s status=%d isolate_us=%.1f bytes=%d "
-                "duration_us=%.1f", request_id, method, clean(path), module, info.get("version"),
-                response.status, info.get("instantiate_us", 0) + info.get("run_us", 0), len(response.body),
-                elapsed * 1e6,
+                "cache=%s duration_us=%.1f", request_id, method, clean(path), module, info.get("version"), status,
+                info.get("instantiate_us", 0) + info.get("run_us", 0), len(response.body),  # type: ignore[union-attr]
+                x_cache.decode(), elapsed * 1e6,
             )
 
-    async def _reply(self, send: Any, response: Response, request_id: str, method: str) -> None:
+    async def _health(self, send: Any, request_id: str) -> None:
+        headers = [_JSON, (b"content-length", str(len(self._health_body)).encode()),
+                   (b"x-request-id", request_id.encode()), self._region_header]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self._health_body})
+
+    async def _reply(self, send: Any, response: Response, request_id: str, method: str, x_cache: bytes,
+                     timing: str) -> None:
         headers = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in response.headers
             if name.lower() not in RESERVED_HEADERS
         ]
-        headers.append((b"content-length", str(len(response.body)).encode()))
-        headers.append((b"x-request-id", request_id.encode()))
+        headers += [(b"content-length", str(len(response.body)).encode()), (b"x-request-id", request_id.encode()),
+                    self._region_header, (b"x-cache", x_cache), (b"server-timing", timing.encode())]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else response.body})
+
+    async def _reply_cached(self, send: Any, entry: Entry, request_id: str, method: str, routing: float) -> None:
+        assert self.cache is not None
+        headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in entry.headers
+            if name.lower() not in RESERVED_HEADERS and name.lower() != "age"
+        ]
+        headers += [(b"content-length", str(len(entry.body)).encode()), (b"x-request-id", request_id.encode()),
+                    self._region_header, (b"x-cache", _HIT), (b"age", str(self.cache.age(entry)).encode()),
+                    (b"server-timing", f'routing;dur={routing * 1000:.3f}, cache;desc="hit"'.encode())]
+        await send({"type": "http.response.start", "status": entry.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else entry.body})
 
     async def _fail(self, send: Any, exc: IsolateError, request_id: str, module: str, method: str, path: str,
                     started: float) -> None:
         diagnostic = {"error": exc.kind, "detail": exc.detail, "request_id": request_id}
         diagnostic.update((k, v) for k, v in exc.extra.items() if k not in diagnostic)
         body = json.dumps(diagnostic).encode()
-        headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode())]
+        headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode()),
+                   self._region_header]
         if exc.status == 503:
             headers.append((b"retry-after", b"1"))
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})

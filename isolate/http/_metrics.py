@@ -1,4 +1,4 @@
-"""Prometheus metrics for one server: requests, latency, instantiate time, failures, module cache.
+"""Prometheus metrics for one server: requests, latency, instantiate time, failures, forwards, caches.
 
 The edge records into plain dicts on the event loop thread (a few hundred nanoseconds a request)
 and a custom collector turns them into metric families when /metrics is scraped.
@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from ..cache import ResponseCache
 from ..host import Host
 
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
@@ -43,9 +44,11 @@ class _Histogram:
 class Metrics:
     """Per-server counters (tests run several servers in one process, so no global registry)."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, response_cache: ResponseCache | None = None) -> None:
         self._host = host
+        self._responses = response_cache
         self.requests: dict[tuple[str, int], int] = {}
+        self.forwards: dict[tuple[str, int], int] = {}
         self.failures: dict[tuple[str, str], int] = {}
         self.latency: dict[str, _Histogram] = {}
         self.instantiate: dict[str, _Histogram] = {}
@@ -67,6 +70,9 @@ class Metrics:
             instantiate.observe(info["instantiate_us"] / 1e6)
             self.memory[module] = info["memory_bytes"]
 
+    def forwarded(self, region: str, status: int) -> None:
+        self.forwards[(region, status)] = self.forwards.get((region, status), 0) + 1
+
     def failure(self, module: str, kind: str) -> None:
         self.failures[(module, kind)] = self.failures.get((module, kind), 0) + 1
 
@@ -79,6 +85,11 @@ class Metrics:
         for (module, kind), count in list(self.failures.items()):
             failures.add_metric([module, kind], count)
         yield failures
+        forwards = CounterMetricFamily("isolate_forwarded_requests", "Requests forwarded to another region",
+                                       labels=["region", "status"])
+        for (region, status), count in list(self.forwards.items()):
+            forwards.add_metric([region, str(status)], count)
+        yield forwards
         for name, doc, histograms in (
             ("isolate_request_duration_seconds", "Edge request latency, end to end", self.latency),
             ("isolate_instantiate_seconds", "Store + instantiate time per request", self.instantiate),
@@ -98,6 +109,26 @@ class Metrics:
         yield CounterMetricFamily("isolate_module_cache_misses", "Pre-linked module cache misses", value=cache.misses)
         yield CounterMetricFamily("isolate_module_cache_evictions", "Module cache evictions", value=cache.evictions)
         yield GaugeMetricFamily("isolate_module_cache_size", "Pre-linked modules held", value=cache.size)
+        guest = stats.guest_cache
+        yield CounterMetricFamily("isolate_guest_cache_hits", "Guest cache_get hits", value=guest.hits)
+        yield CounterMetricFamily("isolate_guest_cache_misses", "Guest cache_get misses", value=guest.misses)
+        yield CounterMetricFamily("isolate_guest_cache_stores", "Guest cache_put calls stored", value=guest.stores)
+        yield CounterMetricFamily("isolate_guest_cache_evictions", "Guest cache entries evicted before their TTL",
+                                  value=guest.evictions)
+        yield GaugeMetricFamily("isolate_guest_cache_entries", "Guest cache entries held", value=guest.entries)
+        yield GaugeMetricFamily("isolate_guest_cache_bytes", "Guest cache bytes held", value=guest.bytes)
+        if self._responses is not None:
+            rc = self._responses.statistics()
+            for name, doc, value in (("hits", "served from the cache", rc.hits),
+                                     ("misses", "that ran the guest", rc.misses),
+                                     ("bypasses", "not eligible for the cache", rc.bypasses),
+                                     ("coalesced", "that waited for a concurrent miss, then hit", rc.coalesced),
+                                     ("stores", "stored", rc.stores),
+                                     ("evictions", "evicted before expiry", rc.evictions),
+                                     ("purged", "purged", rc.purged)):
+                yield CounterMetricFamily(f"isolate_response_cache_{name}", f"Responses {doc}", value=value)
+            yield GaugeMetricFamily("isolate_response_cache_entries", "Responses held", value=rc.entries)
+            yield GaugeMetricFamily("isolate_response_cache_bytes", "Bytes of responses held", value=rc.bytes)
         yield GaugeMetricFamily("isolate_modules", "Deployed module names", value=stats.modules)
         yield CounterMetricFamily("isolate_artifact_recompiles", "Artifacts recompiled from .wasm",
                                   value=stats.artifact_recompiles)

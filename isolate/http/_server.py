@@ -7,12 +7,14 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import uvicorn
 
+from ..cache import ResponseCache
 from ..config import Config, ServerConfig
 from ..errors import InvalidConfig
 from ..host import Host
@@ -20,6 +22,8 @@ from ._admin import build_admin_app
 from ._auth import load_or_create_token
 from ._dispatch import Dispatcher
 from ._edge import EdgeApp
+from ._forward import Forwarder
+from ._health import NodeHealth
 from ._metrics import Metrics
 from ._state import ServerState
 
@@ -42,22 +46,31 @@ class Apps:
     admin: Any
     dispatcher: Dispatcher
     token: str
+    cache: ResponseCache | None
+    health: NodeHealth
+    forwarder: Forwarder
 
     def close(self) -> None:
         self.dispatcher.close()
         self.host.close()
 
 
-def build(config: Config, server: ServerConfig, host: Host | None = None) -> Apps:
-    """Everything but the sockets: used by `serve` and by in-process tests."""
+def build(config: Config, server: ServerConfig, host: Host | None = None,
+          timer: Callable[[], float] = time.monotonic) -> Apps:
+    """Everything but the sockets: used by `serve` and by in-process tests (`timer` drives the cache)."""
     host = host or Host(config)
-    state = ServerState(config.data_dir)
-    metrics = Metrics(host)
+    if not server.node_name:
+        server = replace(server, node_name=f"{socket.gethostname()}:{server.port}")
+    state = ServerState(config.data_dir, server.region)
+    cache = ResponseCache(server.cache_entries, server.cache_bytes, timer) if server.cache else None
+    metrics = Metrics(host, cache)
     dispatcher = Dispatcher(server.workers, server.queue_limit, server.inline_threshold)
     token = server.admin_token or load_or_create_token(config.data_dir)
-    edge = EdgeApp(host, state, server, metrics, dispatcher)
-    admin = build_admin_app(host, state, metrics, token)
-    return Apps(host, state, edge, admin, dispatcher, token)
+    health = NodeHealth(lambda: state.regions, server.region, server.health_interval, server.health_timeout)
+    forwarder = Forwarder(server.node_name, health, server.max_body_size, config.max_timeout + 5)
+    edge = EdgeApp(host, state, server, metrics, dispatcher, cache, forwarder)
+    admin = build_admin_app(host, state, metrics, token, cache, health)
+    return Apps(host, state, edge, admin, dispatcher, token, cache, health, forwarder)
 
 
 def uvicorn_server(app: Any, host: str, port: int) -> uvicorn.Server:
@@ -103,6 +116,8 @@ async def serve_apps(apps: Apps, server: ServerConfig, edge_sock: socket.socket,
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop)
+    apps.state.check_regions(apps.state.regions)
+    apps.health.start()
     tasks = [asyncio.create_task(edge.serve(sockets=[edge_sock])),
              asyncio.create_task(admin.serve(sockets=[admin_sock]))]
     while not (edge.started and admin.started):
@@ -112,10 +127,14 @@ async def serve_apps(apps: Apps, server: ServerConfig, edge_sock: socket.socket,
         await asyncio.sleep(0.01)
     else:
         apps.state.ready = True
-        log.warning("isolate ready: edge http://%s:%d  admin http://%s:%d  (%d modules, %d routes)",
+        log.warning("isolate ready: edge http://%s:%d  admin http://%s:%d  region %s  (%d modules, %d routes)",
                     server.host, edge_sock.getsockname()[1], server.admin_host, admin_sock.getsockname()[1],
-                    len(apps.host.modules()), len(apps.state.routes.routes))
-    await asyncio.gather(*tasks)
+                    server.region, len(apps.host.modules()), len(apps.state.routes.routes))
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        await apps.health.stop()
+        await apps.forwarder.close()
 
 
 def run(apps: Apps, server: ServerConfig) -> None:

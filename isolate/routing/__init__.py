@@ -1,6 +1,8 @@
-"""Routing: the immutable route table that maps host + path + method to a module."""
+"""Routing: the route table (host + path + method -> module) and the region table (client -> region)."""
 
 from ..errors import RouteConflict
+from ._regions import REGION_PATTERN, Decision, Region, RegionTable, parse_networks_csv, validate_region
 from ._table import Match, Route, RouteTable
 
-__all__ = ["Match", "Route", "RouteConflict", "RouteTable"]
+__all__ = ["REGION_PATTERN", "Decision", "Match", "Region", "RegionTable", "Route", "RouteConflict", "RouteTable",
+           "parse_networks_csv", "validate_region"]

@@ -16,6 +16,8 @@
 
 import { Reader, Writer } from "./msgpack";
 
+export { cache } from "./cache";
+
 @external("isolate", "log")
 declare function hostLog(level: i32, ptr: usize, len: usize): void;
 

@@ -169,6 +169,196 @@ pub fn error(message: &str) {
     log(Level::Error, message)
 }
 
+/// The guest cache (ABI.md, "The guest cache"): bytes that outlive the request.
+///
+/// Every request runs in a fresh isolate, so nothing in memory survives it; entries put here do,
+/// for their TTL, unless the host evicts them earlier. Entries are namespaced per module by the
+/// host. Keys are 1 to 1024 bytes, values at most 1 MiB; anything `AsRef<[u8]>` will do for both.
+///
+/// ```ignore
+/// use std::time::Duration;
+/// use isolate_sdk::cache;
+///
+/// let count = match cache::get("visits")? {
+///     Some(bytes) => String::from_utf8_lossy(&bytes).parse::<u64>().unwrap_or(0),
+///     None => 0,
+/// } + 1;
+/// cache::put("visits", count.to_string(), Duration::from_secs(60))?;
+/// ```
+///
+/// A [`CacheError`](cache::CacheError) is a `std::error::Error`, so `?` in a handler turns it into
+/// a 500. Off `wasm32` (native unit tests of a handler) a per-thread map stands in for the host.
+pub mod cache {
+    use std::fmt;
+    use std::time::Duration;
+
+    /// The longest key, in bytes.
+    pub const MAX_KEY: usize = 1024;
+    /// The longest value, in bytes (1 MiB).
+    pub const MAX_VALUE: usize = 1024 * 1024;
+    /// The longest TTL (24 h); the shortest is 1 ms.
+    pub const MAX_TTL: Duration = Duration::from_millis(86_400_000);
+
+    /// Why the host refused a cache call. A missing key is not an error: `get` answers `Ok(None)`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub enum CacheError {
+        /// The key is empty or longer than [`MAX_KEY`] bytes (code −2).
+        BadKey,
+        /// The value is longer than [`MAX_VALUE`] bytes (code −3).
+        ValueTooLarge,
+        /// The TTL is not within 1 ms and [`MAX_TTL`] (code −4); it counts in whole milliseconds.
+        BadTtl,
+        /// The host runs without a guest cache, or the entry is larger than all of it (code −5).
+        Refused,
+        /// A code this SDK does not know (from a newer host).
+        Other(i32),
+    }
+
+    impl CacheError {
+        /// The ABI's negative result code.
+        pub fn code(self) -> i32 {
+            match self {
+                CacheError::BadKey => -2,
+                CacheError::ValueTooLarge => -3,
+                CacheError::BadTtl => -4,
+                CacheError::Refused => -5,
+                CacheError::Other(code) => code,
+            }
+        }
+
+        fn from_code(code: i32) -> Self {
+            match code {
+                -2 => CacheError::BadKey,
+                -3 => CacheError::ValueTooLarge,
+                -4 => CacheError::BadTtl,
+                -5 => CacheError::Refused,
+                code => CacheError::Other(code),
+            }
+        }
+    }
+
+    impl fmt::Display for CacheError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                CacheError::BadKey => f.write_str("cache key is empty or longer than 1024 bytes"),
+                CacheError::ValueTooLarge => f.write_str("cache value is longer than 1 MiB"),
+                CacheError::BadTtl => f.write_str("cache TTL is not within 1 ms and 24 h"),
+                CacheError::Refused => f.write_str("the host refused to cache the entry"),
+                CacheError::Other(code) => write!(f, "unknown cache error {}", code),
+            }
+        }
+    }
+
+    impl std::error::Error for CacheError {}
+
+    const MISS: i32 = -1;
+    /// Bytes asked for first: most values fit, in one host call.
+    const FIRST_TRY: usize = 256;
+
+    /// The value stored under `key`, or `None` if there is none (never stored, expired or evicted).
+    pub fn get(key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, CacheError> {
+        let key = key.as_ref();
+        let mut value: Vec<u8> = Vec::with_capacity(FIRST_TRY);
+        loop {
+            let cap = value.capacity();
+            let n = unsafe { host::get(key.as_ptr(), key.len(), value.as_mut_ptr(), cap) };
+            if n == MISS {
+                return Ok(None);
+            }
+            if n < 0 {
+                return Err(CacheError::from_code(n));
+            }
+            let n = n as usize;
+            if n <= cap {
+                // SAFETY: the host copied all n bytes of the value into the buffer.
+                unsafe { value.set_len(n) };
+                return Ok(Some(value));
+            }
+            // Larger than the buffer: ask again with room for all of it. Another request may replace
+            // or drop the value in between, hence the loop.
+            value.reserve_exact(n);
+        }
+    }
+
+    /// Store `value` under `key` for `ttl` (whole milliseconds, 1 ms to 24 h), replacing any value.
+    pub fn put(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, ttl: Duration) -> Result<(), CacheError> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        // Out-of-range TTLs are passed on so the host judges them: u32::MAX reads as -1 there.
+        let ttl_ms = u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX) as i32;
+        match unsafe { host::put(key.as_ptr(), key.len(), value.as_ptr(), value.len(), ttl_ms) } {
+            0 => Ok(()),
+            code => Err(CacheError::from_code(code)),
+        }
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    mod host {
+        #[link(wasm_import_module = "isolate")]
+        extern "C" {
+            #[link_name = "cache_get"]
+            pub fn get(key: *const u8, key_len: usize, out: *mut u8, out_cap: usize) -> i32;
+            #[link_name = "cache_put"]
+            pub fn put(key: *const u8, key_len: usize, value: *const u8, value_len: usize, ttl_ms: i32) -> i32;
+        }
+    }
+
+    /// Off wasm there is no host: the same calls, answered from a per-thread map with the host's checks.
+    #[cfg(not(target_arch = "wasm32"))]
+    mod host {
+        use super::{MAX_KEY, MAX_TTL, MAX_VALUE};
+        use std::cell::RefCell;
+        use std::collections::HashMap;
+        use std::time::{Duration, Instant};
+
+        thread_local! {
+            static ENTRIES: RefCell<HashMap<Vec<u8>, (Vec<u8>, Instant)>> = RefCell::new(HashMap::new());
+        }
+
+        fn bad_key(key_len: usize) -> bool {
+            key_len == 0 || key_len > MAX_KEY
+        }
+
+        pub unsafe fn get(key: *const u8, key_len: usize, out: *mut u8, out_cap: usize) -> i32 {
+            if bad_key(key_len) {
+                return -2;
+            }
+            let key = std::slice::from_raw_parts(key, key_len);
+            ENTRIES.with(|entries| {
+                let mut entries = entries.borrow_mut();
+                match entries.get(key) {
+                    Some((value, expires)) if *expires > Instant::now() => {
+                        std::ptr::copy_nonoverlapping(value.as_ptr(), out, value.len().min(out_cap));
+                        value.len() as i32
+                    }
+                    Some(_) => {
+                        entries.remove(key);
+                        -1
+                    }
+                    None => -1,
+                }
+            })
+        }
+
+        pub unsafe fn put(key: *const u8, key_len: usize, value: *const u8, value_len: usize, ttl_ms: i32) -> i32 {
+            if bad_key(key_len) {
+                return -2;
+            }
+            if value_len > MAX_VALUE {
+                return -3;
+            }
+            if ttl_ms <= 0 || ttl_ms as u128 > MAX_TTL.as_millis() {
+                return -4;
+            }
+            let key = std::slice::from_raw_parts(key, key_len).to_vec();
+            let value = std::slice::from_raw_parts(value, value_len).to_vec();
+            let expires = Instant::now() + Duration::from_millis(ttl_ms as u64);
+            ENTRIES.with(|entries| entries.borrow_mut().insert(key, (value, expires)));
+            0
+        }
+    }
+}
+
 /// Export a handler `fn(Request) -> Result<Response, Error>` with the ABI v1 entry points.
 #[macro_export]
 macro_rules! handler {

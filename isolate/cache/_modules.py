@@ -1,4 +1,4 @@
-"""Caches: the bounded LRU of pre-linked modules, keyed by module digest, with its statistics."""
+"""The bounded LRU of pre-linked modules, keyed by module digest and stack size, with its statistics."""
 
 from __future__ import annotations
 

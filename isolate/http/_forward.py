@@ -1,0 +1,142 @@
+"""Forwarding a request to a node of another region and relaying its answer, both streamed.
+
+The request keeps its method, path, query, headers (Host included, so host routes still match) and
+request id; hop-by-hop headers are dropped, and `x-isolate-forwarded-by` (this node),
+`x-isolate-client-region` and `x-forwarded-for` are added. A node that cannot be reached before any
+of the body was sent is marked down and the next healthy node of the region is tried; a failure
+after that is a 502 `forward_failed` (or, once the answer has started, a dropped connection).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from ..errors import ForwardFailed, PayloadTooLarge
+from ._health import NodeHealth
+
+FORWARDED_BY = b"x-isolate-forwarded-by"
+CLIENT_REGION = b"x-isolate-client-region"
+_HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"proxy-connection", b"te",
+    b"trailer", b"transfer-encoding", b"upgrade", FORWARDED_BY, CLIENT_REGION, b"x-request-id",
+})
+_RESPONSE_HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"server-timing",
+})
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class RelayBroken(Exception):
+    """The answer broke off after its status line was relayed: nothing left to do but close."""
+
+
+class Body:
+    """The client's request body as an async stream for httpx, bounded, replayable until first read."""
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self._receive = receive
+        self._limit = limit
+        self.started = False
+        self.disconnected = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.started = True
+        size = 0
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                raise ForwardFailed("client disconnected while sending the body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._limit:
+                raise PayloadTooLarge(f"request body exceeds the {self._limit}-byte limit", limit=self._limit)
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+
+class Forwarder:
+    def __init__(self, node_name: str, health: NodeHealth, max_body_size: int, timeout: float) -> None:
+        self.node_name = node_name
+        self.health = health
+        self.max_body_size = max_body_size
+        self._timeout = httpx.Timeout(timeout, connect=min(1.0, timeout))
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:  # created on the serving loop, on first use
+            self._client = httpx.AsyncClient(timeout=self._timeout, trust_env=False, follow_redirects=False,
+                                             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def body(self, receive: Receive) -> Body:
+        return Body(receive, self.max_body_size)
+
+    async def forward(self, scope: dict[str, Any], body: Body, send: Send, nodes: tuple[str, ...],
+                      region: str, request_id: str, client_region: str, started: float) -> int:
+        """Send the request to the first reachable of `nodes`, relay the answer; returns its status.
+
+        Raises ForwardFailed with `reached=False` when no node could be connected to, so the caller
+        may choose another region (as long as `body.started` is false).
+        """
+        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP]
+        client = scope.get("client")
+        forwarded_for = [v for k, v in headers if k == b"x-forwarded-for"]
+        headers = [(k, v) for k, v in headers if k != b"x-forwarded-for"]
+        if client:
+            chain = b", ".join([*forwarded_for, client[0].encode()])
+            headers.append((b"x-forwarded-for", chain))
+        headers += [(b"x-request-id", request_id.encode()), (FORWARDED_BY, self.node_name.encode()),
+                    (CLIENT_REGION, client_region.encode())]
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
+        http = self._http()
+        errors: list[str] = []
+        for node in nodes:
+            request = http.build_request(scope["method"], node + target.decode("latin-1"), headers=headers,
+                                         content=body if has_body else None)
+            try:
+                response = await http.send(request, stream=True)
+            except httpx.ConnectError as exc:
+                self.health.mark_down(node, f"forward failed to connect: {exc}")
+                errors.append(f"{node}: {exc}")
+                if body.started:
+                    break  # the body is partly consumed: it cannot be sent again
+                continue
+            except httpx.HTTPError as exc:
+                raise ForwardFailed(f"forwarding to {node} (region {region}) failed: {exc or type(exc).__name__}",
+                                    region=region, node=node) from None
+            try:
+                timing = (f'forward;dur={(time.perf_counter() - started) * 1000:.3f};desc="{region}"').encode()
+                upstream = response.headers.get("server-timing")
+                out = [(k, v) for k, v in response.headers.raw if k.lower() not in _RESPONSE_HOP_BY_HOP]
+                out.append((b"server-timing", timing + (b", " + upstream.encode("latin-1") if upstream else b"")))
+                await send({"type": "http.response.start", "status": response.status_code, "headers": out})
+                try:
+                    async for chunk in response.aiter_raw():
+                        if chunk and scope["method"] != "HEAD":
+                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except httpx.HTTPError as exc:
+                    self.health.mark_down(node, f"answer broke off: {exc or type(exc).__name__}")
+                    raise RelayBroken from exc
+                await send({"type": "http.response.body", "body": b""})
+            finally:
+                await response.aclose()
+            return response.status_code
+        raise ForwardFailed(f"no node of region {region} could be reached: {'; '.join(errors)}", region=region,
+                            nodes=list(nodes), reached=False)

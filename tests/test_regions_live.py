@@ -1,0 +1,243 @@
+"""Three real nodes on loopback (regions us, eu, ap): resolution, placement, forwarding, failover, loops."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from live import ROOT, LiveServer
+
+from isolate.build import build
+
+REGIONS = ("us", "eu", "ap")
+COORDINATES = {"us": [38.9, -77.4], "eu": [50.1, 8.7], "ap": [1.35, 103.8]}
+MANIFEST = f'''
+[modules.hello]
+path = "{ROOT / "samples" / "hello"}"
+
+[modules.pinned]
+path = "{ROOT / "samples" / "hello"}"
+variables = {{ greeting = "Hallo" }}
+regions = ["eu"]
+
+[modules.echo]
+path = "{ROOT / "samples" / "echo"}"
+
+[[routes]]
+path = "/hello"
+module = "hello"
+
+[[routes]]
+path = "/pinned"
+module = "pinned"
+
+[[routes]]
+path = "/echo/..."
+module = "echo"
+'''
+
+
+def region_table(nodes: dict[str, LiveServer], **changes: Any) -> dict[str, Any]:
+    table: dict[str, Any] = {
+        "regions": [{"id": r, "name": r.upper(), "coordinates": COORDINATES[r], "nodes": [nodes[r].edge_url]}
+                    for r in REGIONS],
+        "networks": [["127.1.0.0/16", "eu"], ["127.2.0.0/16", "ap"]],
+    }
+    table.update(changes)
+    return table
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LiveServer]]:
+    for sample in ("hello", "echo"):
+        build(ROOT / "samples" / sample)
+    root = tmp_path_factory.mktemp("regions")
+    (root / "isolate.toml").write_text(MANIFEST)
+    servers = {r: LiveServer(root / r) for r in REGIONS}
+    (root / "regions.json").write_text(json.dumps(region_table(servers)))
+    for region, server in servers.items():
+        server.args = ["--manifest", str(root / "isolate.toml"), "--regions", str(root / "regions.json"),
+                       "--region", region, "--node-name", region]
+    try:
+        for server in servers.values():
+            server.start()
+        for server in servers.values():  # the first checks ran while later nodes were still starting
+            eventually(partial(all_healthy, server))
+        yield servers
+    finally:
+        for server in servers.values():
+            if server.process is not None and server.process.poll() is None:
+                server.stop()
+
+
+def get(node: LiveServer, path: str, *, source: str | None = None, **kwargs: Any) -> httpx.Response:
+    transport = httpx.HTTPTransport(local_address=source) if source else None
+    with httpx.Client(base_url=node.edge_url, timeout=30, transport=transport) as client:
+        return client.get(path, **kwargs)
+
+
+def eventually(check: Callable[[], bool], seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def all_healthy(node: LiveServer) -> bool:
+    with node.admin() as admin:
+        health = admin.get("/v1/regions").json()["health"]
+    return len(health) == 2 and all(state["healthy"] for state in health.values())
+
+
+def put_table(node: LiveServer, table: dict[str, Any]) -> None:
+    with node.admin() as admin:
+        response = admin.put("/v1/regions", json=table)
+        assert response.status_code == 200, response.text
+
+
+def test_region_by_header(nodes: dict[str, LiveServer]) -> None:
+    us = nodes["us"]
+    local = get(us, "/hello")
+    assert local.headers["x-isolate-region"] == "us" and "client in us" in local.text
+    for region in ("eu", "ap"):
+        response = get(us, "/hello", headers={"x-isolate-region": region})
+        assert response.status_code == 200
+        assert response.text == f"Hello, world! (from C, region {region}, client in {region})\n"
+        assert response.headers["x-isolate-region"] == region
+        timing = response.headers["server-timing"]
+        assert timing.startswith("forward;dur=") and f'desc="{region}"' in timing
+        assert all(f"{name};dur=" in timing for name in ("routing", "queue", "instantiate", "guest"))
+    unknown = get(us, "/hello", headers={"x-isolate-region": "mars"})
+    assert unknown.status_code == 400 and unknown.json()["error"] == "unknown_region"
+    assert "us, eu, ap" in unknown.json()["detail"]
+
+
+def test_region_by_client_network(nodes: dict[str, LiveServer]) -> None:
+    from_ap = get(nodes["us"], "/hello", source="127.2.0.1")
+    assert from_ap.headers["x-isolate-region"] == "ap" and "client in ap" in from_ap.text
+    from_eu = get(nodes["ap"], "/hello", source="127.1.0.9")
+    assert from_eu.headers["x-isolate-region"] == "eu"
+    # no network matches 127.0.0.1: the node's own region
+    assert get(nodes["ap"], "/hello").headers["x-isolate-region"] == "ap"
+    # the header wins over the address
+    assert get(nodes["us"], "/hello", source="127.2.0.1", headers={"x-isolate-region": "us"}).text.endswith(
+        "region us, client in us)\n")
+
+
+def test_pinned_module_runs_only_in_eu(nodes: dict[str, LiveServer]) -> None:
+    for asked in ("us", "ap"):
+        response = get(nodes[asked], "/pinned")
+        assert response.status_code == 200 and response.headers["x-isolate-region"] == "eu"
+        assert response.text == f"Hallo, world! (from C, region eu, client in {asked})\n"
+
+
+def test_forwarding_keeps_method_headers_body_and_request_id(nodes: dict[str, LiveServer]) -> None:
+    payload = b"0123456789abcdef" * 12800  # 200 KiB (the echo sample wants text), sent in chunks
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(payload), 16384):
+            yield payload[i:i + 16384]
+
+    with httpx.Client(base_url=nodes["us"].edge_url, timeout=30) as client:
+        response = client.post("/echo/x?y=1", content=chunks(), headers={
+            "x-isolate-region": "eu", "x-request-id": "req-123", "x-custom": "kept", "content-type": "a/b"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == "req-123" and response.headers["x-isolate-region"] == "eu"
+    echoed = response.json()
+    assert echoed["method"] == "POST" and echoed["path"] == "/echo/x" and echoed["query"] == "y=1"
+    assert echoed["request_id"] == "req-123"
+    headers = dict(echoed["headers"])
+    assert headers["x-custom"] == "kept" and headers["x-isolate-forwarded-by"] == "us"
+    assert headers["x-isolate-client-region"] == "eu" and headers["x-forwarded-for"] == "127.0.0.1"
+    assert echoed["body"] == payload.decode()
+    assert "request_id=req-123" in nodes["eu"].log()
+
+
+def test_failover_when_eu_dies_and_recovery(nodes: dict[str, LiveServer]) -> None:
+    us, eu = nodes["us"], nodes["eu"]
+    assert eu.process is not None
+    eu.process.send_signal(signal.SIGKILL)
+    eu.process.wait()
+    try:
+        # The first request already fails over: the refused connection marks eu down at once.
+        response = get(us, "/hello", headers={"x-isolate-region": "eu"})
+        assert response.status_code == 200 and response.headers["x-isolate-region"] == "us"
+        assert "client in eu" in response.text  # the guest still learns where the client is
+        # from ap, eu's clients go to eu's nearest live region too (us), once ap's checks see eu down
+        eventually(lambda: get(nodes["ap"], "/hello", headers={"x-isolate-region": "eu"})
+                   .headers["x-isolate-region"] == "us")
+        # residency: the pinned module may not fail over
+        pinned = get(us, "/pinned")
+        assert pinned.status_code == 503 and pinned.headers["retry-after"] == "1"
+        body = pinned.json()
+        assert body["error"] == "region_unavailable" and body["allowed_regions"] == ["eu"]
+        assert "may run only in eu" in body["detail"] and body["regions"][0]["healthy"] == 0
+        with us.admin() as admin:
+            health = admin.get("/v1/regions").json()["health"]
+        assert health[eu.edge_url]["healthy"] is False
+    finally:
+        eu.start()
+    eventually(lambda: get(us, "/pinned").status_code == 200)
+    assert get(us, "/hello", headers={"x-isolate-region": "eu"}).headers["x-isolate-region"] == "eu"
+
+
+def test_no_forwarding_loop_with_a_bad_table(nodes: dict[str, LiveServer]) -> None:
+    us, eu = nodes["us"], nodes["eu"]
+    good = region_table(nodes)
+    # us sends the pinned module to eu; eu's table (wrongly) pins it to us.
+    put_table(eu, {**good, "placement": {"pinned": ["us"]}})
+    try:
+        started = time.monotonic()
+        response = get(us, "/pinned")
+        assert response.status_code == 508 and response.json()["error"] == "forwarding_loop"
+        assert response.json()["forwarded_by"] == "us" and time.monotonic() - started < 5
+        # A client cannot use the header to bypass residency either.
+        spoofed = get(eu, "/pinned", headers={"x-isolate-forwarded-by": "someone"})
+        assert spoofed.status_code == 508
+    finally:
+        put_table(eu, {**good, "placement": {"pinned": ["eu"]}})
+    assert get(us, "/pinned").status_code == 200
+
+
+def test_a_node_listed_in_the_wrong_region_is_not_used(nodes: dict[str, LiveServer]) -> None:
+    us = nodes["us"]
+    good = region_table(nodes)
+    wrong = json.loads(json.dumps(good))
+    wrong["regions"][1]["nodes"] = [nodes["ap"].edge_url]  # "eu" points at the ap node
+    wrong["regions"][2]["nodes"] = []
+    wrong["placement"] = {"pinned": ["eu"]}
+    put_table(us, wrong)
+    try:
+        def eu_is_down() -> bool:
+            with us.admin() as admin:
+                state = admin.get("/v1/regions").json()["health"].get(nodes["ap"].edge_url)
+            return state is not None and not state["healthy"] and "serves region 'ap'" in state["error"]
+
+        eventually(eu_is_down)
+        response = get(us, "/hello", headers={"x-isolate-region": "eu"})
+        assert response.headers["x-isolate-region"] == "us"  # not the ap node posing as eu
+    finally:
+        put_table(us, {**good, "placement": {"pinned": ["eu"]}})
+
+
+def test_region_table_api_validates_whole_and_persists(nodes: dict[str, LiveServer], tmp_path: Path) -> None:
+    ap = nodes["ap"]
+    with ap.admin() as admin:
+        before = admin.get("/v1/regions").json()
+        assert before["local_region"] == "ap" and [r["id"] for r in before["regions"]] == list(REGIONS)
+        assert before["placement"] == {"pinned": ["eu"]}
+        bad = admin.put("/v1/regions", json={"regions": [{"id": "us"}, {"id": "eu"}]})
+        assert bad.status_code == 400 and "serves region 'ap'" in bad.json()["detail"]
+        bad = admin.put("/v1/regions", json={**region_table(nodes), "placement": {"x": ["mars"]}})
+        assert bad.status_code == 400 and bad.json()["error"] == "invalid_config"
+        assert admin.get("/v1/regions").json()["regions"] == before["regions"]  # unchanged
+    ap.restart()
+    with ap.admin() as admin:
+        assert admin.get("/v1/regions").json()["placement"] == {"pinned": ["eu"]}
