@@ -9,7 +9,7 @@ SAMPLES := hello echo router transform crash
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install toolchains samples serve test lint typecheck unit bench bench-quick bench-micro clean
+.PHONY: install toolchains samples serve regions test lint typecheck unit bench bench-quick bench-micro clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ samples: $(TOOLS)
 # The edge listener on :8787 and the admin API on :8788, with every sample of isolate.toml deployed.
 serve: samples
 	$(VENV)/bin/isolate serve --manifest isolate.toml
+
+# Three nodes on this machine (us :8787, eu :8797, ap :8807), joined by one region table.
+regions: samples
+	$(VENV)/bin/isolate serve --manifest isolate.toml --simulate-regions
 
 lint: install
 	$(PY) -m ruff check isolate tests bench

@@ -33,9 +33,9 @@ def _fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-def _config(data_dir: str | None) -> Config:
+def _config(data_dir: str | None, **overrides: Any) -> Config:
     try:
-        return Config.from_env(data_dir=Path(data_dir) if data_dir else None)
+        return Config.from_env(data_dir=Path(data_dir) if data_dir else None, **overrides)
     except IsolateError as exc:
         _fail(f"{exc.kind}: {exc.detail}")
 
@@ -118,6 +118,8 @@ def main() -> None:
 @click.option("--node-name", default="", help="This node's name in forwarded requests [default: hostname:port].")
 @click.option("--no-cache", is_flag=True, help="Turn the edge response cache off.")
 @click.option("--cache-size", default="64MiB", show_default=True, help="Bytes of responses the edge cache keeps.")
+@click.option("--module-cache-size", type=int, default=None,
+              help="Pre-linked modules kept hot [env ISOLATE_MODULE_CACHE_SIZE; default 1024].")
 @click.option("--regions", "regions_file", type=click.Path(exists=True, dir_okay=False),
               help="Region table JSON (as GET /v1/regions prints it); replaces the manifest's.")
 @click.option("--simulate-regions", is_flag=True,
@@ -125,18 +127,20 @@ def main() -> None:
 def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_port: int, admin_token: str | None,
           manifest: str | None, max_body_size: str, workers: int | None, queue_limit: int, log_level: str,
           no_access_log: bool, region: str, node_name: str, no_cache: bool, cache_size: str,
-          regions_file: str | None, simulate_regions: bool) -> None:
+          module_cache_size: int | None, regions_file: str | None, simulate_regions: bool) -> None:
     """Run the edge and admin listeners until interrupted."""
     from . import manifest as manifests
     from .http import build, run
 
+    node = "" if region == DEFAULT_REGION else f"[{region}] "  # tells simulated nodes' lines apart
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+                        format=f"%(asctime)s {node}%(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check is noise
     if simulate_regions:
         from .simulate import simulate
 
         sys.exit(simulate(sys.argv[2:], manifest, data_dir, host, port, admin_port))
-    config = _config(data_dir)
+    config = _config(data_dir, module_cache_size=module_cache_size)
     try:
         server = ServerConfig(
             host=host, port=port, admin_host=admin_host, admin_port=admin_port, admin_token=admin_token,
@@ -158,7 +162,7 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
             if region_table is not None and loaded.placement:
                 region_table = manifests.with_placement(region_table, loaded.placement)
             elif loaded.placement and apps.state.regions.empty:
-                logging.getLogger("isolate.server").warning(
+                logging.getLogger("isolate.server").info(
                     "manifest %s pins modules to regions, but this node has no region table: placement "
                     "applies once one is set (--regions, [regions.ID] or PUT /v1/regions)", manifest)
         except IsolateError as exc:

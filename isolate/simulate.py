@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -105,7 +106,13 @@ def simulate(argv: Sequence[str], manifest: str | None, data_dir: str | None, ho
         click.echo(f"try:  curl -si http://{host}:{port}/hello -H 'x-isolate-region: eu'\n"
                    f"      curl -si --interface 127.2.0.1 http://{host}:{port}/hello   # a client in ap\n"
                    f"      kill {nodes[1][3].pid}   # stop eu, and watch requests for eu fail over\n")
+        reported: set[int] = set()
         while any(node[3].poll() is None for node in nodes):
+            for region, _, _, process in nodes:
+                if process.poll() is not None and process.pid not in reported:
+                    reported.add(process.pid)
+                    click.echo(f"\nthe {region} node (pid {process.pid}) exited with status {process.returncode}; "
+                               f"start it again with:\n  {shlex.join(process.args)}\n")  # type: ignore[arg-type]
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

@@ -93,11 +93,46 @@ def test_guest_output_control_characters_are_escaped(server: LiveServer, tmp_pat
     assert result.returncode == 0 and "\x1b" not in result.stdout and "\\x1b[31mred\\x07" in result.stdout
 
 
+def test_stats_regions_and_purge(server: LiveServer, tmp_path: Path) -> None:
+    cli = server.cli_args()
+    cached = g.response_bytes(headers=[["cache-control", "max-age=300"]], body=b"cached")
+    wasm = tmp_path / "cached.wasm"
+    wasm.write_bytes(g.wasm(g.module(response=cached)))
+    assert isolate("deploy", "cached", str(wasm), "--route", "/cached", *cli).returncode == 0
+    with server.edge() as edge:
+        assert [edge.get("/cached").headers["x-cache"] for _ in range(3)] == ["MISS", "HIT", "HIT"]
+    stats = isolate("stats", *cli)
+    assert stats.returncode == 0, stats.stderr
+    assert "region local:" in stats.stdout and "response cache  1 entries" in stats.stdout
+    assert "2 hits (0 coalesced)" in stats.stdout  # the server is shared: other tests made misses
+    assert json.loads(isolate("stats", "--json", *cli).stdout)["response_cache"]["hits"] == 2
+    assert isolate("purge", "--url", "/cached", *cli).stdout.strip() == "purged 1 responses"
+    assert isolate("purge", "--module", "cached", *cli).stdout.strip() == "purged 0 responses"
+    both = isolate("purge", "--url", "/a", "--all", *cli)
+    assert both.returncode == 1 and "exactly one of" in both.stderr
+    table = tmp_path / "regions.json"
+    table.write_text(json.dumps({"regions": [{"id": "local", "name": "Here", "nodes": []},
+                                             {"id": "eu", "nodes": ["http://127.0.0.1:9"]}]}))
+    shown = isolate("regions", "--set", str(table), *cli)
+    assert shown.returncode == 0, shown.stderr
+    assert "this node: region local" in shown.stdout and "* local    Here" in shown.stdout
+    assert "http://127.0.0.1:9" in shown.stdout
+    table.write_text(json.dumps({"regions": [{"id": "eu"}]}))
+    refused = isolate("regions", "--set", str(table), *cli)
+    assert refused.returncode == 1 and "serves region 'local'" in refused.stderr
+    table.write_text(json.dumps({"regions": []}))
+    assert isolate("regions", "--set", str(table), *cli).returncode == 0
+    isolate("delete", "cached", *cli)
+
+
 def test_help_documents_every_command() -> None:
     result = isolate("--help")
-    for command in ("serve", "deploy", "modules", "routes", "rollback", "delete", "token", "invoke", "build", "new"):
+    for command in ("serve", "deploy", "modules", "routes", "rollback", "delete", "token", "invoke", "build", "new",
+                    "stats", "regions", "purge"):
         assert command in result.stdout
-    assert "--admin-port" in isolate("serve", "--help").stdout
+    serve_help = isolate("serve", "--help").stdout
+    for option in ("--admin-port", "--region", "--regions", "--simulate-regions", "--no-cache", "--cache-size"):
+        assert option in serve_help
 
 
 def test_bench_command_prints_medians(tmp_path: Path) -> None:

@@ -153,9 +153,10 @@ def test_admin_module_lifecycle(admin: AsgiClient, edge: AsgiClient) -> None:
     patched = admin.patch("/v1/modules/site", json={"variables": {"a": "b"}, "limits": {"timeout": "1s"}}).json()
     assert patched["variables"] == {"a": "b"} and patched["limits"]["timeout"] == 1.0
     assert [m["name"] for m in admin.get("/v1/modules").json()["modules"]] == ["site"]
-    assert admin.delete("/v1/modules/site").json() == {"deleted": "site"}
+    assert admin.delete("/v1/modules/site").json() == {"deleted": "site", "routes_removed": 1}
     assert admin.get("/v1/modules/site").status_code == 404
-    gone = edge.get("/")  # the route outlived its module
+    assert admin.get("/v1/routes").json() == {"routes": []}  # its routes went with it
+    gone = edge.get("/")
     assert gone.status_code == 404 and gone.json()["error"] == "not_found"
 
 

@@ -30,13 +30,15 @@ def edge(server: LiveServer) -> Iterator[httpx.Client]:
 
 def test_every_sample_is_deployed(server: LiveServer) -> None:
     names = [m["name"] for m in server.admin().get("/v1/modules").json()["modules"]]
-    assert names == sorted(["crash", "echo", "hello", "hello-wat", "router", "transform"])
+    assert names == sorted(["crash", "echo", "hello", "hello-eu", "hello-wat", "router", "transform"])
 
 
 def test_hello_c(edge: httpx.Client) -> None:
     assert edge.get("/hello/ada").text == "Hello, ada! (from C, region local, client in local)\n"
     assert edge.get("/").text == "Hello, world! (from C, region local, client in local)\n"
     assert edge.get("/wat").text == "hello from isolate\n"
+    # pinned to eu, but a single node without a region table runs everything itself
+    assert edge.get("/eu/hello").text == "Hallo, world! (from C, region local, client in local)\n"
 
 
 def test_echo_rust(edge: httpx.Client) -> None:
@@ -105,7 +107,7 @@ def test_sdk_error_messages_reach_the_host_log(server: LiveServer, edge: httpx.C
 
 def test_readme_lists_every_sample_url() -> None:
     readme = (ROOT / "README.md").read_text()
-    for url in ["/hello/ada", "/wat", "/echo/", "/users/1", "/transform/sha256", "/crash/oom"]:
+    for url in ["/hello/ada", "/eu/hello", "/wat", "/echo/", "/users/1", "/transform/sha256", "/crash/oom"]:
         assert url in readme, url
     manifest = (ROOT / "isolate.toml").read_text()
     for sample in SAMPLES:

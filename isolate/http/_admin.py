@@ -121,7 +121,12 @@ def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str
         name = request.path_params["name"]
         await run_in_threadpool(host.delete, name)
         purge(module=name)
-        return JSONResponse({"deleted": name})
+        # Its routes go too: a dangling route would make every later PUT /v1/routes of the table fail.
+        kept = [route for route in state.routes.routes if route.module != name]
+        removed = len(state.routes.routes) - len(kept)
+        if removed:
+            await run_in_threadpool(state.replace_routes, RouteTable.build(kept))
+        return JSONResponse({"deleted": name, "routes_removed": removed})
 
     async def get_routes(request: Request) -> Response:
         return JSONResponse({"routes": state.routes.to_list()})

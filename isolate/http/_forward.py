@@ -26,7 +26,7 @@ _HOP_BY_HOP = frozenset({
 })
 _RESPONSE_HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade", b"server-timing",
+    b"transfer-encoding", b"upgrade", b"server-timing", b"date", b"server",  # this node sends its own date
 })
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
