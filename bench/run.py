@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -99,9 +100,11 @@ def rss_mb(pid: int) -> float:
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, duration: int, connections: int, script: Path | None = None) -> tuple[float, float]:
+def wrk(url: str, duration: int, connections: int, script: Path | None = None,
+        headers: tuple[str, ...] = ()) -> tuple[float, float]:
     """(requests/s, p99 latency in ms) from one wrk run with one thread (the other core is the server's)."""
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *(a for h in headers
+                                                                                  for a in ("-H", h)), url]
     if script is not None:
         command[1:1] = ["-s", str(script)]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -114,8 +117,9 @@ def wrk(url: str, duration: int, connections: int, script: Path | None = None) -
 
 
 class IsolateServer:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *args: str) -> None:
         self.data_dir = data_dir
+        self.args = args
         self.port, self.admin_port = free_port(), free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -123,7 +127,7 @@ class IsolateServer:
         started = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "isolate.cli", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
-             "--admin-port", str(self.admin_port), "--no-access-log", "--log-level", "warning"],
+             "--admin-port", str(self.admin_port), "--no-access-log", "--log-level", "warning", *self.args],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
             stderr=open(self.data_dir.parent / "isolate.log", "ab"))
         wait_http(f"http://127.0.0.1:{self.admin_port}/readyz")
@@ -190,6 +194,61 @@ def phase_http(s: Settings, urls: dict[str, str], progress: Progress) -> dict[st
         "http_p99_ms": {n: round(statistics.median(p for _, p in v), 3) for n, v in runs.items()},
         "ratio_vs_workerd": round(rps["isolate"] / rps["workerd_fresh_instance"], 3),
         "ratio_vs_plain": round(rps["isolate"] / rps["starlette_plain"], 3),
+    }
+
+
+def cached_wat() -> str:
+    """The hello guest, answering with `cache-control: max-age=3600` (a response the edge may store)."""
+    hello = (BENCH / "guests" / "hello.wat").read_text()
+    response = msgpack.packb({"status": 200, "headers": [["cache-control", "max-age=3600"]],
+                              "body": EXPECTED_BODY.decode()})
+    data = "".join(f"\\{b:02x}" for b in response)
+    hello = re.sub(r'\(data \(i32\.const 1024\)\s*"[^)]*"\)', lambda _: f'(data (i32.const 1024) "{data}")', hello)
+    return re.sub(r"\(i64\.const \d+\)\)\)", lambda _: f"(i64.const {len(response)})))", hello)
+
+
+def phase_regions(s: Settings, work: Path, hello: bytes, progress: Progress) -> dict[str, Any]:
+    """Two nodes (us, eu): hello served by eu directly, and through us (one forwarding hop)."""
+    task = progress.add_task("regions: direct vs forwarded", total=2 * s.rounds + 1)
+    us = IsolateServer(work / "us", "--region", "us")
+    eu = IsolateServer(work / "eu", "--region", "eu")
+    table = {"regions": [{"id": "us", "nodes": [us.url]}, {"id": "eu", "nodes": [eu.url]}]}
+    try:
+        for node in (us, eu):
+            node.data_dir.mkdir()
+            (node.data_dir / "regions.json").write_text(json.dumps(table))
+            node.start()
+            with node.admin() as admin:
+                admin.put("/v1/modules/hello", content=hello).raise_for_status()
+                admin.put("/v1/routes", json={"routes": [{"path": "/hello", "module": "hello"}]}).raise_for_status()
+        header = ("x-isolate-region: eu",)
+        for node in (eu, us):
+            wrk(f"{node.url}/hello", 1, s.connections, headers=header)  # warm-up
+            if httpx.get(f"{node.url}/hello", headers={"x-isolate-region": "eu"}).headers["x-isolate-region"] != "eu":
+                raise SystemExit("the us node did not forward to eu")
+        runs: dict[str, list[tuple[float, float]]] = {"direct": [], "forwarded": []}
+        for _ in range(s.rounds):
+            runs["direct"].append(wrk(f"{eu.url}/hello", s.duration, s.connections, headers=header))
+            progress.advance(task)
+            runs["forwarded"].append(wrk(f"{us.url}/hello", s.duration, s.connections, headers=header))
+            progress.advance(task)
+        latency: dict[str, float] = {}
+        with httpx.Client(headers={"x-isolate-region": "eu"}) as client:
+            for name, url in (("direct", f"{eu.url}/hello"), ("forwarded", f"{us.url}/hello")):
+                samples = []
+                for _ in range(300):
+                    started = time.perf_counter()
+                    client.get(url)
+                    samples.append(time.perf_counter() - started)
+                latency[name] = round(statistics.median(samples) * 1000, 3)
+        progress.advance(task)
+    finally:
+        us.stop()
+        eu.stop()
+    return {
+        "regions_rps": {n: round(statistics.median(r for r, _ in v), 1) for n, v in runs.items()},
+        "regions_p99_ms": {n: round(statistics.median(p for _, p in v), 3) for n, v in runs.items()},
+        "regions_latency_ms": latency,
     }
 
 
@@ -310,7 +369,13 @@ def markdown(r: dict[str, Any]) -> str:
               f"- upload → first response, {r['cold_module_bytes'] / 1e6:.2f} MB module: "
               f"**{r['cold_upload_to_first_response_ms']} ms**",
               f"- server start → ready with {r['cold_start_modules']:,} modules: **{r['cold_start_to_ready_ms']} ms**",
-              ""]
+              "", "## Regions (two nodes on this machine)", "",
+              "| hello in region eu | req/s (median) | p99 ms | one request at a time, median ms |",
+              "|---|---|---|---|"]
+    for name in ("direct", "forwarded"):
+        lines.append(f"| {name} | {r['regions_rps'][name]:,.0f} | {r['regions_p99_ms'][name]} | "
+                     f"{r['regions_latency_ms'][name]} |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -368,7 +433,11 @@ def main() -> None:
         stack.callback(server.stop)
         with server.admin() as admin:
             admin.put("/v1/modules/hello", content=hello).raise_for_status()
-            admin.put("/v1/routes", json={"routes": [{"path": "/hello", "module": "hello"}]}).raise_for_status()
+            admin.put("/v1/modules/cached", content=wat_to_wasm(cached_wat())).raise_for_status()
+            admin.put("/v1/routes", json={"routes": [
+                {"path": "/hello", "module": "hello"},
+                {"path": "/nocache/hello", "module": "hello", "cache": False},
+                {"path": "/cached/hello", "module": "cached"}]}).raise_for_status()
         plain_port, fresh_port, wplain_port = free_port(), free_port(), free_port()
         starlette = subprocess.Popen([sys.executable, str(PEERS / "starlette_plain.py"), "--port", str(plain_port)],
                                      cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -385,7 +454,9 @@ def main() -> None:
         stack.callback(stop, workerd)
         urls = {"isolate": f"{server.url}/hello", "starlette_plain": f"http://127.0.0.1:{plain_port}/hello",
                 "workerd_fresh_instance": f"http://127.0.0.1:{fresh_port}/hello",
-                "workerd_plain": f"http://127.0.0.1:{wplain_port}/hello"}
+                "workerd_plain": f"http://127.0.0.1:{wplain_port}/hello",
+                # the same guest with the response cache off for its route, and one whose answers it stores
+                "isolate_cache_off": f"{server.url}/nocache/hello", "isolate_cache_hit": f"{server.url}/cached/hello"}
         for name, url in urls.items():
             wait_http(url)
             body = httpx.get(url).content
@@ -397,6 +468,8 @@ def main() -> None:
         results.update(phase_tenants(s, server, work, progress))
         results.update(phase_head_of_line(s, server, progress))
         results.update(phase_cold(server, progress))
+        server.stop()
+        results.update(phase_regions(s, work, hello, progress))
     results["meta"] = {
         "quick": s.quick, "rounds": s.rounds, "duration_s": s.duration, "connections": s.connections,
         "iterations": s.iterations, "cpus": os.cpu_count(), "python": platform.python_version(),

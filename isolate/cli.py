@@ -135,7 +135,6 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
     node = "" if region == DEFAULT_REGION else f"[{region}] "  # tells simulated nodes' lines apart
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {node}%(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check is noise
     if simulate_regions:
         from .simulate import simulate
 

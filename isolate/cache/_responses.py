@@ -16,8 +16,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from cachetools import LRUCache
-
 from ..abi import Response
 from ._bounded import BoundedCache
 
@@ -111,8 +109,11 @@ class ResponseCache:
     def __init__(self, max_entries: int, max_bytes: int, timer: Callable[[], float] = time.monotonic) -> None:
         self.timer = timer
         self._entries: BoundedCache[tuple[str, tuple[str, ...]], Entry] = BoundedCache(max_entries, max_bytes, timer)
-        self._vary: LRUCache[str, tuple[str, ...]] = LRUCache(max_entries)  # key -> vary names last stored
-        self._pass: LRUCache[str, bool] = LRUCache(max_entries)  # keys last seen uncacheable: no coalescing
+        # Plain dicts, emptied when they reach max_entries: they are consulted on every request, and
+        # losing them only costs a miss (vary) or one round of waiting (pass).
+        self._max_keys = max_entries
+        self._vary: dict[str, tuple[str, ...]] = {}  # key -> vary names of the response last stored
+        self._pass: dict[str, bool] = {}  # keys whose last answer was not storable: no coalescing
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self.hits = self.misses = self.bypasses = self.coalesced = self.stores = self.purged = 0
 
@@ -134,17 +135,19 @@ class ResponseCache:
         """Keep `response` if it may be shared; returns whether it was stored."""
         fresh = freshness(response.status, response.headers)
         if fresh is None:
-            self._pass[key] = True
+            self._mark_pass(key)
             return False
         ttl, vary = fresh
         size = len(response.body) + sum(len(n) + len(v) for n, v in response.headers) + _ENTRY_OVERHEAD
         if size > self._entries.maxsize:
-            self._pass[key] = True
+            self._mark_pass(key)
             return False
         now = self.timer()
         entry = Entry(response.status, list(response.headers), response.body, module, route, url, now, now + ttl, size)
         if self._vary.get(key) != vary:
             self._forget(key)  # entries under the old vary names can no longer be selected
+            if len(self._vary) >= self._max_keys:
+                self._vary.clear()
             self._vary[key] = vary
         self._entries[(key, _selector(vary, headers))] = entry
         self._pass.pop(key, None)
@@ -161,8 +164,9 @@ class ResponseCache:
         if entry is not None:
             self.hits += 1
             return entry, None
-        waiting = self._inflight.get(key)
-        if waiting is not None and key not in self._pass:
+        passing = key in self._pass
+        waiting = None if passing else self._inflight.get(key)
+        if waiting is not None:
             await asyncio.shield(waiting)
             entry = self.lookup(key, headers)
             if entry is not None:
@@ -172,20 +176,26 @@ class ResponseCache:
         self.misses += 1
         if method != "GET":
             return None, await run()  # HEAD: no body to store
-        leader = key not in self._inflight and key not in self._pass
+        leader = not passing and key not in self._inflight
         if leader:
             self._inflight[key] = asyncio.get_running_loop().create_future()
         try:
             try:
                 response = await run()
             except BaseException:
-                self._pass[key] = True  # a failing guest: let concurrent requests run rather than queue
+                self._mark_pass(key)  # a failing guest: let concurrent requests run rather than queue
                 raise
             self.store(key, headers, response, module, route, url)
             return None, response
         finally:
             if leader:
                 self._inflight.pop(key).set_result(None)
+
+    def _mark_pass(self, key: str) -> None:
+        if key not in self._pass:
+            if len(self._pass) >= self._max_keys:
+                self._pass.clear()
+            self._pass[key] = True
 
     def bypass(self) -> None:
         self.bypasses += 1

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
+import aiohttp
 
 from ..errors import ForwardFailed, PayloadTooLarge
 from ._health import NodeHealth
@@ -37,7 +37,7 @@ class RelayBroken(Exception):
 
 
 class Body:
-    """The client's request body as an async stream for httpx, bounded, replayable until first read."""
+    """The client's request body as an async stream for the forwarding client, bounded; `started` once read."""
 
     def __init__(self, receive: Receive, limit: int) -> None:
         self._receive = receive
@@ -68,19 +68,24 @@ class Forwarder:
         self.node_name = node_name
         self.health = health
         self.max_body_size = max_body_size
-        self._timeout = httpx.Timeout(timeout, connect=min(1.0, timeout))
-        self._client: httpx.AsyncClient | None = None
+        # connect fails fast so failover is quick; an answer may take as long as a guest may run
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=min(1.0, timeout), sock_read=timeout)
+        self._session: aiohttp.ClientSession | None = None
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:  # created on the serving loop, on first use
-            self._client = httpx.AsyncClient(timeout=self._timeout, trust_env=False, follow_redirects=False,
-                                             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
-        return self._client
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created on the serving loop, on first use
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=0, enable_cleanup_closed=True),
+                timeout=self._timeout, trust_env=False, auto_decompress=False,
+                # relay the client's headers as they are: no User-Agent, Accept or Accept-Encoding of ours
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            )
+        return self._session
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def body(self, receive: Receive) -> Body:
         return Body(receive, self.max_body_size)
@@ -106,37 +111,38 @@ class Forwarder:
             target += b"?" + scope["query_string"]
         has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
         http = self._http()
+        text_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
         errors: list[str] = []
         for node in nodes:
-            request = http.build_request(scope["method"], node + target.decode("latin-1"), headers=headers,
-                                         content=body if has_body else None)
             try:
-                response = await http.send(request, stream=True)
-            except httpx.ConnectError as exc:
+                response = await http.request(scope["method"], node + target.decode("latin-1"),
+                                              headers=text_headers, data=body if has_body else None,
+                                              allow_redirects=False, compress=None)
+            except aiohttp.ClientConnectorError as exc:
                 self.health.mark_down(node, f"forward failed to connect: {exc}")
                 errors.append(f"{node}: {exc}")
                 if body.started:
                     break  # the body is partly consumed: it cannot be sent again
                 continue
-            except httpx.HTTPError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 raise ForwardFailed(f"forwarding to {node} (region {region}) failed: {exc or type(exc).__name__}",
                                     region=region, node=node) from None
             try:
                 timing = (f'forward;dur={(time.perf_counter() - started) * 1000:.3f};desc="{region}"').encode()
                 upstream = response.headers.get("server-timing")
-                out = [(k, v) for k, v in response.headers.raw if k.lower() not in _RESPONSE_HOP_BY_HOP]
+                out = [(k.lower(), v) for k, v in response.raw_headers if k.lower() not in _RESPONSE_HOP_BY_HOP]
                 out.append((b"server-timing", timing + (b", " + upstream.encode("latin-1") if upstream else b"")))
-                await send({"type": "http.response.start", "status": response.status_code, "headers": out})
+                await send({"type": "http.response.start", "status": response.status, "headers": out})
                 try:
-                    async for chunk in response.aiter_raw():
+                    async for chunk in response.content.iter_any():
                         if chunk and scope["method"] != "HEAD":
                             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except httpx.HTTPError as exc:
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     self.health.mark_down(node, f"answer broke off: {exc or type(exc).__name__}")
                     raise RelayBroken from exc
                 await send({"type": "http.response.body", "body": b""})
             finally:
-                await response.aclose()
-            return response.status_code
+                response.release()
+            return response.status
         raise ForwardFailed(f"no node of region {region} could be reached: {'; '.join(errors)}", region=region,
                             nodes=list(nodes), reached=False)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 
 from ..routing import RegionTable
 
@@ -80,13 +80,14 @@ class NodeHealth:
             self._task = None
 
     async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=self.timeout, trust_env=False, follow_redirects=False) as client:
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as client:
             while True:
                 started = time.monotonic()
                 await self.check_all(client)
                 await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
-    async def check_all(self, client: httpx.AsyncClient) -> None:
+    async def check_all(self, client: aiohttp.ClientSession) -> None:
         table = self._tables()
         remote = {node: region.id for region in table.regions.values() if region.id != self._local
                   for node in region.nodes}
@@ -95,16 +96,16 @@ class NodeHealth:
                 del self._status[node]  # gone from the table
         await asyncio.gather(*(self._check(client, node, region) for node, region in remote.items()))
 
-    async def _check(self, client: httpx.AsyncClient, node: str, region: str) -> None:
+    async def _check(self, client: aiohttp.ClientSession, node: str, region: str) -> None:
         started = time.perf_counter()
         try:
-            response = await client.get(node + HEALTH_PATH)
-            body = response.json() if response.status_code == 200 else None
+            async with client.get(node + HEALTH_PATH, allow_redirects=False) as response:
+                body = await response.json(content_type=None) if response.status == 200 else None
             if not isinstance(body, dict):
-                raise ValueError(f"health check answered {response.status_code}")
+                raise ValueError(f"health check answered {response.status}")
             if body.get("region") != region:
                 raise ValueError(f"node says it serves region {body.get('region')!r}, the table says {region!r}")
-        except (httpx.HTTPError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self.mark_down(node, str(exc) or type(exc).__name__)
             return
         status = self._status.setdefault(node, NodeStatus())
