@@ -160,6 +160,19 @@ def test_forwarding_keeps_method_headers_body_and_request_id(nodes: dict[str, Li
     assert "request_id=req-123" in nodes["eu"].log()
 
 
+def test_forwarded_bodies_obey_the_body_limit(nodes: dict[str, LiveServer]) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit applies while streaming
+        for _ in range(11):
+            yield b"x" * (1024 * 1024)
+
+    with httpx.Client(base_url=nodes["us"].edge_url, timeout=60) as client:
+        declared = client.post("/echo/x", content=b"x" * (11 * 1024 * 1024), headers={"x-isolate-region": "eu"})
+        assert declared.status_code == 413 and declared.json()["error"] == "payload_too_large"
+        streamed = client.post("/echo/x", content=chunks(), headers={"x-isolate-region": "eu"})
+        assert streamed.status_code == 413 and streamed.json()["error"] == "payload_too_large"
+        assert client.get("/hello", headers={"x-isolate-region": "eu"}).status_code == 200  # still serving
+
+
 def test_failover_when_eu_dies_and_recovery(nodes: dict[str, LiveServer]) -> None:
     us, eu = nodes["us"], nodes["eu"]
     assert eu.process is not None

@@ -43,7 +43,7 @@ class Body:
         self._receive = receive
         self._limit = limit
         self.started = False
-        self.disconnected = False
+        self.error: Exception | None = None  # why reading stopped; the client library wraps it
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         self.started = True
@@ -51,12 +51,13 @@ class Body:
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
-                self.disconnected = True
-                raise ForwardFailed("client disconnected while sending the body")
+                self.error = ForwardFailed("client disconnected while sending the body")
+                raise self.error
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self._limit:
-                raise PayloadTooLarge(f"request body exceeds the {self._limit}-byte limit", limit=self._limit)
+                self.error = PayloadTooLarge(f"request body exceeds the {self._limit}-byte limit", limit=self._limit)
+                raise self.error
             if chunk:
                 yield chunk
             if not message.get("more_body", False):
@@ -125,6 +126,8 @@ class Forwarder:
                     break  # the body is partly consumed: it cannot be sent again
                 continue
             except (aiohttp.ClientError, TimeoutError) as exc:
+                if body.error is not None:
+                    raise body.error from None  # the client's fault (e.g. 413), not the other node's
                 raise ForwardFailed(f"forwarding to {node} (region {region}) failed: {exc or type(exc).__name__}",
                                     region=region, node=node) from None
             try:

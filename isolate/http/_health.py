@@ -84,7 +84,10 @@ class NodeHealth:
         async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as client:
             while True:
                 started = time.monotonic()
-                await self.check_all(client)
+                try:
+                    await self.check_all(client)
+                except Exception:  # a bug here must not silently freeze every node's state
+                    log.exception("health check round failed")
                 await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
     async def check_all(self, client: aiohttp.ClientSession) -> None:
