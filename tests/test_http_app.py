@@ -50,6 +50,19 @@ def route(admin: AsgiClient, *routes: dict[str, object]) -> None:
     assert response.status_code == 200, response.text
 
 
+def test_every_answer_says_where_and_how_it_ran(admin: AsgiClient, edge: AsgiClient) -> None:
+    deploy(admin, "hello", g.HELLO)
+    route(admin, {"path": "/hello", "module": "hello"})
+    response = edge.get("/hello")
+    assert response.headers["x-isolate-region"] == "local" and response.headers["x-cache"] == "MISS"
+    timing = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
+    assert list(timing) == ["routing", "queue", "instantiate", "guest"]
+    assert all(float(value) >= 0 for value in timing.values())
+    assert edge.get("/hello", headers={"x-isolate-region": "local"}).status_code == 200
+    other = edge.get("/hello", headers={"x-isolate-region": "eu"})  # no region table: only "local" exists
+    assert other.status_code == 400 and other.json()["error"] == "unknown_region"
+
+
 def test_upload_route_call(admin: AsgiClient, edge: AsgiClient) -> None:
     info = deploy(admin, "echo", g.ECHO, var="greeting=hi")
     assert (info["name"], info["version"]) == ("echo", 1) and info["compile_ms"] and len(str(info["digest"])) == 64
@@ -69,6 +82,8 @@ def test_unknown_route_is_404_json(edge: AsgiClient) -> None:
     body = response.json()
     assert body["error"] == "not_found" and body["request_id"] == response.headers["x-request-id"]
     assert len(body["request_id"]) == 32  # generated when the client sent none
+    assert response.headers["x-isolate-region"] == "local"
+    assert response.headers["server-timing"].startswith("total;dur=")
 
 
 def test_invalid_request_id_is_replaced(edge: AsgiClient) -> None:

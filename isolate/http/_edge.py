@@ -280,8 +280,9 @@ class EdgeApp:
         diagnostic = {"error": exc.kind, "detail": exc.detail, "request_id": request_id}
         diagnostic.update((k, v) for k, v in exc.extra.items() if k not in diagnostic)
         body = json.dumps(diagnostic).encode()
+        timing = f"total;dur={(time.perf_counter() - started) * 1000:.3f}".encode()
         headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode()),
-                   self._region_header]
+                   self._region_header, (b"server-timing", timing)]
         if exc.status == 503:
             headers.append((b"retry-after", b"1"))
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})
