@@ -75,3 +75,18 @@ class AsgiClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@pytest.fixture
+def edge(apps: Any) -> Iterator[AsgiClient]:
+    """The edge app of the test module's `apps` fixture (an `isolate.http.Apps`), in-process."""
+    with AsgiClient(apps.edge, base_url="http://edge.test") as client:
+        yield client
+
+
+@pytest.fixture
+def admin(apps: Any) -> Iterator[AsgiClient]:
+    """The admin app of the test module's `apps` fixture, with its bearer token."""
+    with AsgiClient(apps.admin, base_url="http://admin.test", headers={"authorization": f"Bearer {apps.token}"}) \
+            as client:
+        yield client

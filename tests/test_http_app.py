@@ -27,18 +27,6 @@ def apps(tmp_path: Path) -> Iterator[Apps]:
     built.close()
 
 
-@pytest.fixture
-def edge(apps: Apps) -> Iterator[AsgiClient]:
-    with AsgiClient(apps.edge, base_url="http://edge.test") as client:
-        yield client
-
-
-@pytest.fixture
-def admin(apps: Apps) -> Iterator[AsgiClient]:
-    with AsgiClient(apps.admin, base_url="http://admin.test", headers=AUTH) as client:
-        yield client
-
-
 def deploy(admin: AsgiClient, name: str, wat: str, **params: str) -> dict[str, object]:
     response = admin.put(f"/v1/modules/{name}", content=g.wasm(wat), params=params)
     assert response.status_code == 201, response.text

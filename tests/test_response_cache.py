@@ -46,18 +46,6 @@ def apps(tmp_path: Path, clock: Clock) -> Iterator[Apps]:
     built.close()
 
 
-@pytest.fixture
-def edge(apps: Apps) -> Iterator[AsgiClient]:
-    with AsgiClient(apps.edge, base_url="http://edge.test") as client:
-        yield client
-
-
-@pytest.fixture
-def admin(apps: Apps) -> Iterator[AsgiClient]:
-    with AsgiClient(apps.admin, base_url="http://admin.test", headers=AUTH) as client:
-        yield client
-
-
 def guest(headers: list[list[str]], body: bytes = b"hello", handler_prefix: str = "") -> bytes:
     response = g.response_bytes(headers=headers, body=body)
     return g.wasm(g.module(handler_prefix + g.returns(response), response=response))
