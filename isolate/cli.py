@@ -158,6 +158,8 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
             apps.state.replace_routes(table)
             if region_table is None and loaded.regions is not None:
                 region_table = loaded.regions
+            if region_table is None and loaded.placement and not apps.state.regions.empty:
+                region_table = apps.state.regions  # the stored table (PUT /v1/regions) gets it too
             if region_table is not None and loaded.placement:
                 region_table = manifests.with_placement(region_table, loaded.placement)
             elif loaded.placement and apps.state.regions.empty:

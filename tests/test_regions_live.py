@@ -146,15 +146,17 @@ def test_forwarding_keeps_method_headers_body_and_request_id(nodes: dict[str, Li
             yield payload[i:i + 16384]
 
     with httpx.Client(base_url=nodes["us"].edge_url, timeout=30) as client:
-        response = client.post("/echo/x?y=1", content=chunks(), headers={
-            "x-isolate-region": "eu", "x-request-id": "req-123", "x-custom": "kept", "content-type": "a/b"})
+        response = client.post("/echo/x?y=1&q=%41", content=chunks(), headers={
+            "x-isolate-region": "eu", "x-request-id": "req-123", "x-custom": "kept", "content-type": "a/b",
+            "connection": "keep-alive, x-hop", "x-hop": "dropped"})
     assert response.status_code == 200, response.text
     assert response.headers["x-request-id"] == "req-123" and response.headers["x-isolate-region"] == "eu"
     echoed = response.json()
-    assert echoed["method"] == "POST" and echoed["path"] == "/echo/x" and echoed["query"] == "y=1"
+    assert echoed["method"] == "POST" and echoed["path"] == "/echo/x" and echoed["query"] == "y=1&q=%41"
     assert echoed["request_id"] == "req-123"
     headers = dict(echoed["headers"])
     assert headers["x-custom"] == "kept" and headers["x-isolate-forwarded-by"] == "us"
+    assert "x-hop" not in headers  # named in Connection: hop-by-hop
     assert headers["x-isolate-client-region"] == "eu" and headers["x-forwarded-for"] == "127.0.0.1"
     assert echoed["body"] == payload.decode()
     assert "request_id=req-123" in nodes["eu"].log()

@@ -12,7 +12,8 @@ import pytest
 from conftest import AsgiClient
 
 from isolate import Config
-from isolate.cache import freshness
+from isolate.abi import Response
+from isolate.cache import ResponseCache, freshness
 from isolate.config import ServerConfig
 from isolate.http import Apps, build
 
@@ -248,6 +249,7 @@ def test_statistics_reach_metrics_and_stats(apps: Apps, admin: AsgiClient, edge:
     (200, [("Cache-Control", "max-age=5")], (5.0, ())),
     (200, [("cache-control", 'max-age="7"')], (7.0, ())),
     (200, [("cache-control", "max-age=abc")], None),
+    (200, [("cache-control", "max-age=\u00b2")], None),  # a Unicode digit is not a number of seconds
     (200, [("cache-control", "max-age=5"), ("Vary", "B, a"), ("vary", "a")], (5.0, ("a", "b"))),
     (404, [("cache-control", "max-age=5")], (5.0, ())),
     (500, [("cache-control", "max-age=5")], None),
@@ -256,3 +258,61 @@ def test_statistics_reach_metrics_and_stats(apps: Apps, admin: AsgiClient, edge:
 def test_freshness_rules(status: int, headers: list[tuple[str, str]],
                          expected: tuple[float, tuple[str, ...]] | None) -> None:
     assert freshness(status, headers) == expected
+
+
+def test_a_purge_during_a_miss_keeps_its_answer_out() -> None:
+    cache = ResponseCache(100, 1 << 20, Clock())
+    answer = Response(200, (("cache-control", "max-age=60"),), b"old", (), {})
+
+    async def scenario() -> None:
+        started = asyncio.Event()
+        release = asyncio.Event()
+
+        async def run() -> Response:
+            started.set()
+            await release.wait()
+            return answer
+
+        miss = asyncio.create_task(cache.fetch("k", "GET", [], run, "m", "/r", "/u"))
+        await started.wait()
+        assert cache.purge(module="m") == 0  # a deploy, while the old version is still answering
+        release.set()
+        await miss
+
+    asyncio.run(scenario())
+    assert cache.lookup("k", []) is None and cache.statistics().stores == 0
+
+
+def test_many_distinct_urls_stay_reachable() -> None:
+    cache = ResponseCache(10, 1 << 20, Clock())
+    answer = Response(200, (("cache-control", "max-age=60"),), b"x", (), {})
+    for i in range(50):
+        assert cache.store(f"k{i}", [], answer, "m", "/r", f"/u?{i}")
+    assert all(cache.lookup(f"k{i}", []) is not None for i in range(40, 50))  # the 10 most recent
+    assert cache.statistics().entries == 10
+
+
+def test_a_client_slow_to_send_its_body_holds_up_no_one(apps: Apps, admin: AsgiClient) -> None:
+    setup(admin, "fresh", guest([["cache-control", "max-age=60"]]))
+    scope = {"type": "http", "method": "GET", "path": "/slow", "raw_path": b"/slow", "query_string": b"",
+             "headers": [(b"host", b"edge.test"), (b"content-length", b"10")], "client": ("127.0.0.1", 1)}
+
+    async def scenario() -> httpx.Response:
+        never = asyncio.Event()
+
+        async def stalled() -> dict[str, object]:
+            await never.wait()  # the body never comes
+            return {}
+
+        async def send(message: dict[str, object]) -> None:
+            pass
+
+        stuck = asyncio.create_task(apps.edge(scope, stalled, send))
+        await asyncio.sleep(0.05)
+        transport = httpx.ASGITransport(app=apps.edge)
+        async with httpx.AsyncClient(transport=transport, base_url="http://edge.test") as client:
+            response = await asyncio.wait_for(client.get("/slow"), 10)
+        stuck.cancel()
+        return response
+
+    assert asyncio.run(scenario()).status_code == 200

@@ -107,6 +107,7 @@ def test_not_conflicts() -> None:
         ({"path": "/a", "module": "x", "methods": ["G E T"]}, "HTTP methods"),
         ({"path": "/a", "module": "x", "host": "a/b"}, "route host"),
         ({"path": "/a", "module": "x", "host": "*.*.com"}, "route host"),
+        ({"path": "/a", "module": "x", "cache": "false"}, "route cache must be true or false"),
     ],
 )
 def test_invalid_routes(route: dict[str, object], match: str) -> None:

@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from cachetools import LRUCache
+
 from ..abi import Response
 from ._bounded import BoundedCache
 
@@ -70,7 +72,7 @@ def freshness(status: int, headers: Sequence[tuple[str, str]]) -> tuple[float, t
                     return None
                 if key in ("max-age", "s-maxage"):
                     argument = argument.strip().strip('"')
-                    if not argument.isdigit():
+                    if not (argument.isascii() and argument.isdigit()):
                         return None  # malformed freshness: RFC 9111 says treat as stale
                     if key == "max-age":
                         max_age = int(argument)
@@ -109,11 +111,14 @@ class ResponseCache:
     def __init__(self, max_entries: int, max_bytes: int, timer: Callable[[], float] = time.monotonic) -> None:
         self.timer = timer
         self._entries: BoundedCache[tuple[str, tuple[str, ...]], Entry] = BoundedCache(max_entries, max_bytes, timer)
-        # Plain dicts, emptied when they reach max_entries: they are consulted on every request, and
-        # losing them only costs a miss (vary) or one round of waiting (pass).
+        # key -> vary names of the response last stored. An LRU twice the entry bound: a key it drops
+        # is one whose entries are older than any other's, and next in line for eviction anyway.
+        self._vary: LRUCache[str, tuple[str, ...]] = LRUCache(2 * max_entries)
+        # Keys whose last answer was not storable (no coalescing for them). A plain dict emptied when
+        # full: it is consulted on every request, and losing it costs one round of waiting.
         self._max_keys = max_entries
-        self._vary: dict[str, tuple[str, ...]] = {}  # key -> vary names of the response last stored
-        self._pass: dict[str, bool] = {}  # keys whose last answer was not storable: no coalescing
+        self._pass: dict[str, bool] = {}
+        self._generation = 0  # bumped by every purge: an answer begun before a purge is not stored
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self.hits = self.misses = self.bypasses = self.coalesced = self.stores = self.purged = 0
 
@@ -144,10 +149,10 @@ class ResponseCache:
             return False
         now = self.timer()
         entry = Entry(response.status, list(response.headers), response.body, module, route, url, now, now + ttl, size)
-        if self._vary.get(key) != vary:
-            self._forget(key)  # entries under the old vary names can no longer be selected
-            if len(self._vary) >= self._max_keys:
-                self._vary.clear()
+        previous = self._vary.get(key)
+        if previous != vary:
+            if previous is not None:
+                self._forget(key)  # entries under the old vary names can no longer be selected
             self._vary[key] = vary
         self._entries[(key, _selector(vary, headers))] = entry
         self._pass.pop(key, None)
@@ -179,13 +184,15 @@ class ResponseCache:
         leader = not passing and key not in self._inflight
         if leader:
             self._inflight[key] = asyncio.get_running_loop().create_future()
+        generation = self._generation
         try:
             try:
                 response = await run()
             except BaseException:
                 self._mark_pass(key)  # a failing guest: let concurrent requests run rather than queue
                 raise
-            self.store(key, headers, response, module, route, url)
+            if generation == self._generation:  # else a purge (deploy, rollback, routes) came meanwhile
+                self.store(key, headers, response, module, route, url)
             return None, response
         finally:
             if leader:
@@ -203,6 +210,7 @@ class ResponseCache:
     def purge(self, *, module: str | None = None, route: str | None = None, url: str | None = None,
               everything: bool = False) -> int:
         """Drop the entries of a module, of a route (its path pattern) or of one URL (path?query)."""
+        self._generation += 1
         if everything:
             count = len(self._entries)
             self._entries.clear()

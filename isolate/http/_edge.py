@@ -131,7 +131,8 @@ class EdgeApp:
             regions = self.state.regions
             if forwarded_by:
                 # One hop at most: a forwarded request runs here or nowhere, whatever this table says.
-                client_region = client_region if _REGION.fullmatch(client_region) else self.region
+                known = _REGION.fullmatch(client_region) and (client_region in regions.regions or regions.empty)
+                client_region = client_region if known else self.region
                 allowed = regions.placement.get(module)
                 if allowed is not None and self.region not in allowed:
                     raise ForwardingLoop(
@@ -153,9 +154,10 @@ class EdgeApp:
                     return
             routed = time.perf_counter()
             queued = [0.0]
+            # Read before the cache: a request that leads a coalesced miss must not wait on its client.
+            body = await _read_body(receive, self.config.max_body_size)
 
             async def invoke() -> Response:
-                body = await _read_body(receive, self.config.max_body_size)
                 request = Request(
                     method=method,
                     path=path,

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import yarl
 
 from ..errors import ForwardFailed, PayloadTooLarge
 from ._health import NodeHealth
@@ -98,7 +99,9 @@ class Forwarder:
         Raises ForwardFailed with `reached=False` when no node could be connected to, so the caller
         may choose another region (as long as `body.started` is false).
         """
-        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP]
+        named = {t.strip().lower().encode() for k, v in scope["headers"] if k == b"connection"
+                 for t in v.decode("latin-1").split(",")}  # headers the client marked hop-by-hop
+        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP and k not in named]
         client = scope.get("client")
         forwarded_for = [v for k, v in headers if k == b"x-forwarded-for"]
         headers = [(k, v) for k, v in headers if k != b"x-forwarded-for"]
@@ -116,10 +119,12 @@ class Forwarder:
         errors: list[str] = []
         for node in nodes:
             try:
-                response = await http.request(scope["method"], node + target.decode("latin-1"),
+                # encoded=True: the path goes as the client sent it (no dot-segment or escape rewriting)
+                url = yarl.URL(node + target.decode("latin-1"), encoded=True)
+                response = await http.request(scope["method"], url,
                                               headers=text_headers, data=body if has_body else None,
                                               allow_redirects=False, compress=None)
-            except aiohttp.ClientConnectorError as exc:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 self.health.mark_down(node, f"forward failed to connect: {exc}")
                 errors.append(f"{node}: {exc}")
                 if body.started:

@@ -83,6 +83,8 @@ class Route:
             if not methods or not all(isinstance(m, str) and _METHOD.fullmatch(m) for m in methods):
                 raise InvalidConfig(f"route methods must be a non-empty list of HTTP methods: {self.methods!r}")
             object.__setattr__(self, "methods", methods)
+        if not isinstance(self.options.get("cache", True), bool):
+            raise InvalidConfig(f"route cache must be true or false: {self.options['cache']!r}")
         object.__setattr__(self, "rank", self.precedence())
 
     @property
