@@ -316,3 +316,14 @@ def test_a_client_slow_to_send_its_body_holds_up_no_one(apps: Apps, admin: AsgiC
         return response
 
     assert asyncio.run(scenario()).status_code == 200
+
+
+def test_a_purge_does_not_reorder_what_is_least_recently_used() -> None:
+    cache = ResponseCache(3, 1 << 20, Clock())
+    answer = Response(200, (("cache-control", "max-age=60"),), b"x", (), {})
+    for key in ("a", "b", "c"):
+        cache.store(key, [], answer, "m", "/r", f"/{key}")
+    assert cache.lookup("a", []) is not None  # a is now the most recently used
+    assert cache.purge(url="/elsewhere") == 0
+    cache.store("d", [], answer, "m", "/r", "/d")  # one must go: b, the least recently used
+    assert cache.lookup("b", []) is None and cache.lookup("a", []) is not None

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Protocol, TypeVar
 
-from cachetools import TLRUCache
+from cachetools import Cache, TLRUCache
 
 
 class Sized(Protocol):
@@ -46,3 +46,8 @@ class BoundedCache(TLRUCache[K, V]):
         item = super().popitem()
         self.evictions += 1
         return item
+
+    def scan(self) -> Iterator[tuple[K, V]]:
+        """Every live entry, without marking it used (`items()` would: a purge would reorder the LRU)."""
+        for key in list(self):
+            yield key, Cache.__getitem__(self, key)

@@ -68,7 +68,7 @@ class GuestCache:
     def clear(self, namespace: str) -> int:
         """Drop every entry of one module (used when a module is deleted); returns how many."""
         with self._lock:
-            keys = [key for key in list(self._entries.keys()) if key[0] == namespace]
+            keys = [key for key, _ in self._entries.scan() if key[0] == namespace]
             for key in keys:
                 self._entries.pop(key, None)
             return len(keys)

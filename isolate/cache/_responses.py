@@ -216,7 +216,7 @@ class ResponseCache:
             self._entries.clear()
             self._vary.clear()
         else:
-            doomed = [k for k, e in list(self._entries.items())
+            doomed = [k for k, e in self._entries.scan()
                       if (module is not None and e.module == module) or (route is not None and e.route == route)
                       or (url is not None and e.url == url)]
             for k in doomed:
@@ -226,7 +226,7 @@ class ResponseCache:
         return count
 
     def _forget(self, key: str) -> None:
-        for k in [k for k in list(self._entries.keys()) if k[0] == key]:
+        for k in [k for k, _ in self._entries.scan() if k[0] == key]:
             self._entries.pop(k, None)
 
     def statistics(self) -> ResponseCacheStatistics:
