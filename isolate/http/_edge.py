@@ -156,12 +156,13 @@ class EdgeApp:
             queued = [0.0]
             # Read before the cache: a request that leads a coalesced miss must not wait on its client.
             body = await _read_body(receive, self.config.max_body_size)
+            query = scope["query_string"].decode("latin-1")
 
             async def invoke() -> Response:
                 request = Request(
                     method=method,
                     path=path,
-                    query=scope["query_string"].decode("latin-1"),
+                    query=query,
                     headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
                     body=body,
                     params=match.params,
@@ -175,7 +176,6 @@ class EdgeApp:
             cache = self.cache
             if cache is not None and (method == "GET" or method == "HEAD") and not private \
                     and match.route.options.get("cache", True):
-                query = scope["query_string"].decode("latin-1")
                 url = f"{path}?{query}" if query else path
                 key = cache.key(host, path, query, client_region)
                 entry, fresh = await cache.fetch(key, method, scope["headers"], invoke, module, match.route.path, url)
