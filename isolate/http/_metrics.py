@@ -41,6 +41,15 @@ class _Histogram:
         return out
 
 
+def _cache_families(cache: str, what: str, counters: tuple[tuple[str, str, int], ...],
+                    gauges: tuple[tuple[str, str, int], ...]) -> Iterator[Any]:
+    """`isolate_<cache>_<name>` counters and gauges, documented as "<what> <doc>"."""
+    for name, doc, value in counters:
+        yield CounterMetricFamily(f"isolate_{cache}_{name}", f"{what} {doc}", value=value)
+    for name, doc, value in gauges:
+        yield GaugeMetricFamily(f"isolate_{cache}_{name}", f"{what} {doc}", value=value)
+
+
 class Metrics:
     """Per-server counters (tests run several servers in one process, so no global registry)."""
 
@@ -110,25 +119,20 @@ class Metrics:
         yield CounterMetricFamily("isolate_module_cache_evictions", "Module cache evictions", value=cache.evictions)
         yield GaugeMetricFamily("isolate_module_cache_size", "Pre-linked modules held", value=cache.size)
         guest = stats.guest_cache
-        yield CounterMetricFamily("isolate_guest_cache_hits", "Guest cache_get hits", value=guest.hits)
-        yield CounterMetricFamily("isolate_guest_cache_misses", "Guest cache_get misses", value=guest.misses)
-        yield CounterMetricFamily("isolate_guest_cache_stores", "Guest cache_put calls stored", value=guest.stores)
-        yield CounterMetricFamily("isolate_guest_cache_evictions", "Guest cache entries evicted before their TTL",
-                                  value=guest.evictions)
-        yield GaugeMetricFamily("isolate_guest_cache_entries", "Guest cache entries held", value=guest.entries)
-        yield GaugeMetricFamily("isolate_guest_cache_bytes", "Guest cache bytes held", value=guest.bytes)
+        yield from _cache_families("guest_cache", "Guest cache", counters=(
+            ("hits", "cache_get hits", guest.hits), ("misses", "cache_get misses", guest.misses),
+            ("stores", "cache_put calls stored", guest.stores),
+            ("evictions", "entries evicted before their TTL", guest.evictions),
+        ), gauges=(("entries", "entries held", guest.entries), ("bytes", "bytes held", guest.bytes)))
         if self._responses is not None:
             rc = self._responses.statistics()
-            for name, doc, value in (("hits", "served from the cache", rc.hits),
-                                     ("misses", "that ran the guest", rc.misses),
-                                     ("bypasses", "not eligible for the cache", rc.bypasses),
-                                     ("coalesced", "that waited for a concurrent miss, then hit", rc.coalesced),
-                                     ("stores", "stored", rc.stores),
-                                     ("evictions", "evicted before expiry", rc.evictions),
-                                     ("purged", "purged", rc.purged)):
-                yield CounterMetricFamily(f"isolate_response_cache_{name}", f"Responses {doc}", value=value)
-            yield GaugeMetricFamily("isolate_response_cache_entries", "Responses held", value=rc.entries)
-            yield GaugeMetricFamily("isolate_response_cache_bytes", "Bytes of responses held", value=rc.bytes)
+            yield from _cache_families("response_cache", "Responses", counters=(
+                ("hits", "served from the cache", rc.hits), ("misses", "that ran the guest", rc.misses),
+                ("bypasses", "not eligible for the cache", rc.bypasses),
+                ("coalesced", "that waited for a concurrent miss, then hit", rc.coalesced),
+                ("stores", "stored", rc.stores), ("evictions", "evicted before expiry", rc.evictions),
+                ("purged", "purged", rc.purged),
+            ), gauges=(("entries", "held", rc.entries), ("bytes", "bytes held", rc.bytes)))
         yield GaugeMetricFamily("isolate_modules", "Deployed module names", value=stats.modules)
         yield CounterMetricFamily("isolate_artifact_recompiles", "Artifacts recompiled from .wasm",
                                   value=stats.artifact_recompiles)
