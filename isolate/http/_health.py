@@ -50,7 +50,8 @@ class NodeHealth:
         found = table.regions.get(region)
         if found is None:
             return ()
-        nodes = [n for n in found.nodes if self._status.get(n, NodeStatus()).healthy]
+        status = self._status
+        nodes = [n for n in found.nodes if n not in status or status[n].healthy]  # unchecked counts as up
         if len(nodes) > 1:
             turn = next(self._turn) % len(nodes)
             nodes = nodes[turn:] + nodes[:turn]
