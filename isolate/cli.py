@@ -152,31 +152,19 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
         apps = build(config, server)
     except IsolateError as exc:
         _fail(f"{exc.kind}: {exc.detail}")
-    if loaded is not None:
+    if loaded is not None or region_table is not None:
         try:
-            deployed, table = manifests.apply(loaded, apps.host)
-            apps.state.replace_routes(table)
-            if region_table is None and loaded.regions is not None:
-                region_table = loaded.regions
-            if region_table is None and loaded.placement and not apps.state.regions.empty:
-                region_table = apps.state.regions  # the stored table (PUT /v1/regions) gets it too
-            if region_table is not None and loaded.placement:
-                region_table = manifests.with_placement(region_table, loaded.placement)
-            elif loaded.placement and apps.state.regions.empty:
+            if loaded is not None:
+                result = apps.node.apply_manifest(loaded, region_table)
                 logging.getLogger("isolate.server").info(
-                    "manifest %s pins modules to regions, but this node has no region table: placement "
-                    "applies once one is set (--regions, [regions.ID] or PUT /v1/regions)", manifest)
+                    "manifest %s: deployed %s; %d routes", manifest, ", ".join(result.deployed) or "nothing new",
+                    result.routes)
+            elif region_table is not None:
+                apps.node.set_regions(apps.state.check_regions(region_table))
         except IsolateError as exc:
             apps.close()
-            _fail(f"{exc.kind}: {exc.detail}")
-        logging.getLogger("isolate.server").info("manifest %s: deployed %s; %d routes", manifest,
-                                                 ", ".join(deployed) or "nothing new", len(table.routes))
-    if region_table is not None:
-        try:
-            apps.state.replace_regions(region_table)
-        except IsolateError as exc:
-            apps.close()
-            _fail(f"{exc.kind}: {regions_file or manifest}: {exc.detail}")
+            where = f"{regions_file}: " if loaded is None else ""
+            _fail(f"{exc.kind}: {where}{exc.detail}")
     try:
         run(apps, server)
     except IsolateError as exc:
@@ -202,8 +190,9 @@ def _region_table_file(path: Path) -> RegionTable:
 @admin_token_option
 @click.argument("name")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--route", "routes", multiple=True, metavar="[HOST]/PATH",
-              help="Route to this module, e.g. /hello, /users/:id, /static/..., api.example.com/v1/...")
+@click.option("--route", "routes", multiple=True, metavar="[METHODS ][HOST]/PATH",
+              help="Route to this module, e.g. /hello, /users/:id, /static/..., api.example.com/v1/..., "
+                   "'GET,HEAD /users/:id' (only those methods).")
 @click.option("--memory", help="Memory limit, e.g. 64MiB.")
 @click.option("--timeout", help="Time limit, e.g. 200ms.")
 @click.option("--response-size", help="Response size limit, e.g. 1MiB.")
@@ -216,6 +205,7 @@ def deploy(data_dir: str | None, admin_url: str, admin_token: str | None, name: 
     from .manifest import read_module
 
     params: list[tuple[str, str]] = []
+    new_routes = [_route_spec(spec, name) for spec in routes]
     try:
         for key, value, parse in (("memory", memory, parse_size), ("timeout", timeout, parse_duration),
                                   ("response_size", response_size, parse_size), ("stack", stack, parse_size)):
@@ -233,13 +223,23 @@ def deploy(data_dir: str | None, admin_url: str, admin_token: str | None, name: 
     info = admin.call("PUT", module_path, content=wasm, params=params)
     click.echo(f"deployed {info['name']} v{info['version']} sha256:{info['digest'][:12]} {info['size']} bytes "
                f"(compiled in {info['compile_ms']:.1f} ms)")
-    if routes:
-        table = admin.call("GET", "/v1/routes")["routes"]
-        for spec in routes:
-            host, slash, path = spec.partition("/")
-            table.append({"host": host or "*", "path": slash + path, "module": name})
-        admin.call("PUT", "/v1/routes", json={"routes": table})
+    if new_routes:
+        body = admin.call("POST", "/v1/routes", json={"routes": new_routes})
         click.echo(f"routed {', '.join(routes)} → {name}")
+        for warning in body.get("warnings", []):
+            click.echo(f"warning: {warning}", err=True)
+
+
+def _route_spec(spec: str, module: str) -> dict[str, Any]:
+    """A route from `[METHODS ][HOST]/PATH`, e.g. `/hello`, `GET,HEAD api.example.com/users/:id`."""
+    methods, _, target = spec.strip().rpartition(" ")
+    host, slash, path = target.partition("/")
+    if not slash:
+        _fail(f"--route {spec!r}: expected [METHODS ][HOST]/PATH, e.g. /hello or 'GET,HEAD /users/:id'")
+    route: dict[str, Any] = {"host": host or "*", "path": slash + path, "module": module}
+    if methods.strip():
+        route["methods"] = [m.strip().upper() for m in methods.replace(" ", ",").split(",") if m.strip()]
+    return route
 
 
 @main.command()
@@ -260,9 +260,16 @@ def modules(data_dir: str | None, admin_url: str, admin_token: str | None) -> No
 @admin_token_option
 def routes(data_dir: str | None, admin_url: str, admin_token: str | None) -> None:
     """List the route table of the running server."""
-    for route in Admin(admin_url, admin_token, data_dir).call("GET", "/v1/routes")["routes"]:
-        methods = ",".join(route.get("methods", [])) or "*"
-        click.echo(f"{route['host']}{route['path']}\t{methods}\t→ {route['module']}")
+    table = Admin(admin_url, admin_token, data_dir).call("GET", "/v1/routes")["routes"]
+    if not table:
+        click.echo("no routes (add one with `isolate deploy NAME FILE --route /path` or a manifest)")
+        return
+    rows = [(f"{r['host']}{r['path']}", ",".join(r.get("methods", [])) or "*", r["module"],
+             "no" if r.get("cache") is False else "yes", r.get("origin", "api")) for r in table]
+    header = ("ROUTE", "METHODS", "MODULE", "CACHE", "FROM")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 @main.command()
@@ -456,8 +463,7 @@ def invoke(data_dir: str | None, name: str, method: str, path: str, body: str, h
     except IsolateError as exc:
         for record in getattr(exc, "logs", ()):
             click.echo(f"[{record.stream} {record.level}] {_clean(record.message).rstrip()}", err=True)
-        click.echo(json.dumps(exc.to_dict()), err=True)
-        sys.exit(1)
+        _fail(f"{exc.kind}: {exc.detail}")
     for record in response.logs:
         click.echo(f"[{record.stream} {record.level}] {_clean(record.message).rstrip()}", err=True)
     click.echo(f"HTTP {response.status}")

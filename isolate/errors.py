@@ -2,15 +2,19 @@
 
     IsolateError                      kind               status
     ├── InvalidConfig                 invalid_config     400   a limit, setting, route or manifest is invalid
+    │   ├── ManifestError             invalid_manifest   400   a manifest problem, located as `file:line: where: reason`
     │   └── RouteConflict             route_conflict     409   two routes match the same requests
     ├── InvalidName                   invalid_name       400   module name breaks NAME_PATTERN
-    ├── InvalidRequest                invalid_request    400   a malformed request (bad JSON, bad parameter)
+    ├── InvalidRequest                invalid_request    400   a malformed request (bad HTTP, JSON or parameter)
     │   └── UnknownRegion             unknown_region     400   x-isolate-region names no region in the table
     ├── Unauthorized                  unauthorized       401   missing or wrong admin bearer token
     ├── NotFound                      not_found          404   no such module, version or route
+    ├── MethodNotAllowed              method_not_allowed 405   a route matches the path but not the method (`allow`)
+    ├── RequestTimeout                request_timeout    408   the request head did not arrive in time
     ├── ModuleTooLarge                module_too_large   413   upload over Config.max_module_size
     ├── PayloadTooLarge               payload_too_large  413   request body over ServerConfig.max_body_size
     ├── UriTooLong                    uri_too_long       414   URL over ServerConfig.max_url_length
+    ├── HeadersTooLarge               headers_too_large  431   request head over ServerConfig.max_header_size
     ├── InvalidModule                 invalid_module     422   not valid wasm, or breaks ABI v1 (imports/exports)
     ├── BuildError                    build_failed       422   a guest's toolchain failed (`isolate build`)
     ├── GuestError                                             the guest failed while serving a request
@@ -20,12 +24,13 @@
     │   ├── Trap                      trap               500   any other trap; `trap_code` says which
     │   ├── AbiViolation              abi                502   broke the ABI: bad pointer, msgpack, status, header
     │   └── ResponseTooLarge          response_too_large 502   response over limits.response_size
-    ├── Overloaded                    overloaded         503   every pooled isolate slot is busy
+    ├── Overloaded                    overloaded         503   no worker, isolate slot, memory budget or connection free
     ├── RegionForbidden               region_forbidden   451   placement allows no region this request may go to
     ├── RegionUnavailable             region_unavailable 503   every region allowed to serve it has no healthy node
     ├── ForwardFailed                 forward_failed     502   the node a request was forwarded to failed mid-way
     ├── ForwardingLoop                forwarding_loop    508   a forwarded request would have been forwarded again
-    └── StorageError                  storage            500   the data directory is damaged or unwritable
+    ├── StorageError                  storage            500   the data directory is damaged or unwritable
+    └── InternalError                 internal           500   a bug: an unexpected exception, logged with its traceback
 
 Statuses follow a gateway's view of the guest as its upstream: a guest that answers wrongly is a
 502, one that answers too late a 504. `to_dict()` is the machine-readable diagnostic.
@@ -83,6 +88,23 @@ class UnknownRegion(InvalidRequest):
 class Unauthorized(IsolateError):
     kind = "unauthorized"
     status = 401
+
+
+class MethodNotAllowed(IsolateError):
+    """`allow` (in `extra`) lists the methods the matching routes accept; the reply carries `Allow`."""
+
+    kind = "method_not_allowed"
+    status = 405
+
+
+class RequestTimeout(IsolateError):
+    kind = "request_timeout"
+    status = 408
+
+
+class HeadersTooLarge(IsolateError):
+    kind = "headers_too_large"
+    status = 431
 
 
 class PayloadTooLarge(IsolateError):
@@ -190,17 +212,33 @@ class StorageError(IsolateError):
     status = 500
 
 
+class InternalError(IsolateError):
+    kind = "internal"
+    status = 500
+
+
+class ManifestError(InvalidConfig):
+    """A manifest problem, located: `path:line: where: reason`."""
+
+    kind = "invalid_manifest"
+    status = 400
+
+
 ERRORS: tuple[type[IsolateError], ...] = (
     InvalidConfig,
+    ManifestError,
     RouteConflict,
     InvalidName,
     InvalidRequest,
     UnknownRegion,
     Unauthorized,
     NotFound,
+    MethodNotAllowed,
+    RequestTimeout,
     ModuleTooLarge,
     PayloadTooLarge,
     UriTooLong,
+    HeadersTooLarge,
     InvalidModule,
     BuildError,
     Timeout,
@@ -215,5 +253,6 @@ ERRORS: tuple[type[IsolateError], ...] = (
     ForwardFailed,
     ForwardingLoop,
     StorageError,
+    InternalError,
 )
 """Every concrete error, for documentation and for the table test that keeps kinds unique."""

@@ -13,8 +13,8 @@ from typing import Any
 from .abi import Request, Response, decode_response, encode_request
 from .cache import CacheStatistics, GuestCache, GuestCacheStatistics, ModuleCache
 from .config import Config, Limits
-from .engine import Prepared, Runtime, run
-from .errors import GuestError, InvalidConfig, InvalidModule, IsolateError, ModuleTooLarge, NotFound
+from .engine import Prepared, Runtime, run, wat_to_wasm
+from .errors import GuestError, InvalidConfig, InvalidModule, IsolateError, ModuleTooLarge, NotFound, StorageError
 from .registry import ModuleRecord, ModuleStore, VersionRecord, sha256, validate_name
 
 
@@ -73,7 +73,11 @@ class Host:
         self._cache: ModuleCache[Prepared] = ModuleCache(self.config.module_cache_size)
         self.guest_cache = GuestCache(self.config.guest_cache_entries, self.config.guest_cache_bytes)
         self._limits: dict[str, Limits] = {}  # effective limits per module name, derived from records
-        self._lock = threading.Lock()
+        # Whether a module's active code can wait in the host (e.g. WASI poll_oneoff): such code must
+        # never run on an event loop. Unknown names count as blocking until they have run once.
+        self._blocking: dict[str, bool] = {}
+        self._lock = threading.Lock()  # counters and lazily created engines: held for nanoseconds
+        self._control = threading.RLock()  # deploy, configure, rollback, delete: held across fsyncs
         self._invocations = 0
         self._failures: Counter[str] = Counter()
         self._recompiles = 0
@@ -98,15 +102,18 @@ class Host:
     def deploy(
         self,
         name: str,
-        wasm: bytes,
+        wasm: bytes | str,
         *,
         limits: Mapping[str, Any] | Limits | None = None,
         variables: Mapping[str, str] | None = None,
     ) -> VersionInfo:
-        """Validate, compile and store `wasm` as a new active version of `name`.
+        """Validate, compile and store `wasm` (a binary, or WebAssembly text) as a new active version.
 
-        `limits`/`variables` replace the module's settings; None keeps those of the previous version.
+        `limits` changes only the limits it names (a `None` value returns that one to the host
+        default; a `Limits` value sets all of them); `variables` replaces the module's variables.
+        Settings not given carry over from the previous version.
         """
+        wasm = _binary(wasm)
         if len(wasm) > self.config.max_module_size:
             raise ModuleTooLarge(
                 f"module of {len(wasm)} bytes exceeds the {self.config.max_module_size}-byte limit",
@@ -114,7 +121,7 @@ class Host:
             )
         validate_name(name)
         previous = self._store.find(name)
-        overrides = self._overrides(limits) if limits is not None else dict(previous.limits if previous else {})
+        overrides = self._overrides(limits, previous.limits if previous else {})
         effective = self._effective(overrides)
         if variables is not None:
             variables = _check_variables(variables)
@@ -129,12 +136,13 @@ class Host:
         digest = sha256(wasm)
         prepared = runtime.prepare(digest, module, shape)
         artifact = runtime.serialize(module)
-        with self._lock:
+        with self._control:
             self._store.put_wasm(digest, wasm)
             self._store.put_artifact(digest, runtime.fingerprint, artifact)
+            self._cache.put(_cache_key(digest, effective.stack), prepared)
+            self._blocking[name] = True  # until the new version has run once, it may wait in the host
             record = self._store.add_version(name, digest, len(wasm), compile_s * 1000, overrides, variables)
             self._limits[name] = effective
-        self._cache.put(_cache_key(digest, effective.stack), prepared)
         return _version_info(name, record.version(record.active))
 
     def configure(
@@ -146,19 +154,19 @@ class Host:
     ) -> ModuleInfo:
         """Change a module's limit overrides or variables without a new version."""
         changes: dict[str, Any] = {}
-        if limits is not None:
-            changes["limits"] = self._overrides(limits)
-            self._effective(changes["limits"])
         if variables is not None:
             changes["variables"] = _check_variables(variables)
-        with self._lock:
+        with self._control:
+            if limits is not None:
+                changes["limits"] = self._overrides(limits, self._store.get(name).limits)
+                self._effective(changes["limits"])
             record = self._store.update(name, **changes)
             self._limits.pop(name, None)
         return self._info(record)
 
     def rollback(self, name: str, version: int | None = None) -> ModuleInfo:
         """Make `version` (default: the one before the active version) active again."""
-        with self._lock:
+        with self._control:
             record = self._store.get(name)
             if version is None:
                 older = [v.version for v in record.versions if v.version < record.active]
@@ -166,20 +174,29 @@ class Host:
                     raise NotFound(f"module {name!r} has no version before {record.active}", module=name)
                 version = max(older)
             record.version(version)  # raises NotFound for an unknown version
+            self._blocking[name] = True  # the older code may wait in the host: learn again
             record = self._store.update(name, active=version)
         return self._info(record)
 
     def delete(self, name: str) -> None:
-        with self._lock:
+        with self._control:
             self._store.delete(name)
             self._limits.pop(name, None)
+            self._blocking.pop(name, None)
         self.guest_cache.clear(name)
 
     def modules(self) -> list[ModuleInfo]:
         return [self._info(record) for record in self._store.records()]
 
+    def module_names(self) -> list[str]:
+        return self._store.names()
+
     def module(self, name: str) -> ModuleInfo:
         return self._info(self._store.get(name))
+
+    def may_block(self, name: str) -> bool:
+        """Whether `name`'s active code can wait in the host (unknown until it has run: True)."""
+        return self._blocking.get(name, True)
 
     # -- data plane ---------------------------------------------------------------------------
 
@@ -192,6 +209,7 @@ class Host:
             version = record.version()
             limits = self._limits.get(name) or self._limits_for(record)
             prepared = self._cache.get(_cache_key(version.digest, limits.stack), self._load)
+            self._blocking[name] = getattr(prepared.shape, "may_block", True)
             outcome = run(prepared, encode_request(request, record.variables), limits, self.config.log_limit,
                           (self.guest_cache, name))
             try:
@@ -263,10 +281,14 @@ class Host:
             return runtime.prepare(digest, module, shape)
         return runtime.prepare(digest, module)
 
-    def _overrides(self, limits: Mapping[str, Any] | Limits) -> dict[str, Any]:
-        if isinstance(limits, Limits):
-            return {k: v for k, v in limits.as_dict().items() if v != self.config.limits.as_dict()[k]}
-        overrides = dict(limits)
+    def _overrides(self, limits: Mapping[str, Any] | Limits | None, current: Mapping[str, Any]) -> dict[str, Any]:
+        """The module's new overrides: `current` with the limits named in `limits` changed."""
+        if limits is None:
+            overrides = dict(current)
+        elif isinstance(limits, Limits):
+            overrides = {k: v for k, v in limits.as_dict().items() if v != self.config.limits.as_dict()[k]}
+        else:
+            overrides = {k: v for k, v in {**current, **limits}.items() if v is not None}
         self._effective(overrides)
         return overrides
 
@@ -274,16 +296,26 @@ class Host:
         return self.config.check_limits(self.config.limits.merged(overrides))
 
     def _limits_for(self, record: ModuleRecord) -> Limits:
-        limits = self._effective(record.limits)
+        try:
+            limits = self._effective(record.limits)
+        except IsolateError as exc:
+            # A stored setting this host no longer accepts (edited by hand, or a lower ceiling since)
+            # fails this module's requests with a diagnostic; it never reaches an engine.
+            raise StorageError(f"stored limits of module {record.name!r} are invalid: {exc.detail}; set them "
+                               "again with PATCH /v1/modules/NAME", module=record.name) from None
         self._limits[record.name] = limits
         return limits
 
     def _info(self, record: ModuleRecord) -> ModuleInfo:
+        try:
+            limits = self._effective(record.limits)
+        except IsolateError:
+            limits = self.config.limits  # shown as the defaults; requests fail until fixed (_limits_for)
         return ModuleInfo(
             name=record.name,
             active_version=record.active,
             versions=tuple(_version_info(record.name, v) for v in record.versions),
-            limits=self._effective(record.limits),
+            limits=limits,
             limit_overrides=dict(record.limits),
             variables=dict(record.variables),
         )
@@ -298,7 +330,22 @@ def _version_info(name: str, v: VersionRecord) -> VersionInfo:
     return VersionInfo(name, v.version, v.digest, v.size, v.created, v.compile_ms)
 
 
+def _binary(wasm: bytes | str) -> bytes:
+    """A module's binary: WebAssembly text (a str, or bytes that are not a binary) is compiled first."""
+    if isinstance(wasm, str):
+        return wat_to_wasm(wasm)
+    if wasm[:4] != b"\0asm" and wasm.lstrip()[:1] in (b"(", b";"):
+        try:
+            text = bytes(wasm).decode()
+        except UnicodeDecodeError:
+            return bytes(wasm)  # not text either: the validator names what is wrong
+        return wat_to_wasm(text)
+    return bytes(wasm)
+
+
 def _check_variables(variables: Mapping[str, str]) -> dict[str, str]:
+    if not isinstance(variables, Mapping):
+        raise InvalidConfig(f"variables must be a mapping of strings, got {type(variables).__name__}")
     for key, value in variables.items():
         if not isinstance(key, str) or not key or not isinstance(value, str):
             raise InvalidConfig(f"variables must map non-empty strings to strings; got {key!r}: {value!r}")

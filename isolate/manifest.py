@@ -42,14 +42,10 @@ from typing import Any
 
 from .config import parse_limits
 from .engine import wat_to_wasm
-from .errors import InvalidConfig, IsolateError
+from .errors import InvalidConfig, IsolateError, ManifestError
 from .host import Host
 from .registry import sha256, validate_name
 from .routing import RegionTable, RouteTable, parse_networks_csv, validate_region
-
-
-class ManifestError(InvalidConfig):
-    """A manifest problem, located: `path:line: where: reason`."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +54,8 @@ class ModuleSpec:
     path: Path
     limits: dict[str, Any] = field(default_factory=dict)
     variables: dict[str, str] = field(default_factory=dict)
+    line: int = 1
+    """Where the module's table starts in the manifest, for errors found when it is deployed."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,10 @@ def load(path: Path) -> Manifest:
         variables = spec.get("variables", {})
         if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
             fail("must be a table of strings", module=name, key="variables")
-        modules.append(ModuleSpec(name, (path.parent / spec["path"]).resolve(), parsed, dict(variables)))
+        if not (path.parent / spec["path"]).exists():
+            fail(f"no such file or directory: {(path.parent / spec['path']).resolve()}", module=name, key="path")
+        modules.append(ModuleSpec(name, (path.parent / spec["path"]).resolve(), parsed, dict(variables),
+                                  _locate(text, module=name, route=None, key="path")))
 
     routes = data.get("routes", [])
     if not isinstance(routes, list):
@@ -210,11 +211,15 @@ def read_module(path: Path) -> bytes:
     return wat_to_wasm(data.decode()) if str(path).endswith(".wat") else data
 
 
-def apply(manifest: Manifest, host: Host) -> tuple[list[str], RouteTable]:
-    """Deploy what changed; returns the names deployed and the manifest's route table (not yet applied)."""
+def apply(manifest: Manifest, host: Host) -> list[str]:
+    """Deploy the modules whose bytes or settings changed; returns their names (`Node` sets the routes)."""
     deployed = []
     for spec in manifest.modules:
-        wasm = read_module(spec.path)
+        where = f"{manifest.path}:{spec.line}: modules.{spec.name}.path"
+        try:
+            wasm = read_module(spec.path)
+        except IsolateError as exc:
+            raise ManifestError(f"{where}: {exc.kind}: {exc.detail}", module=spec.name, line=spec.line) from None
         try:
             current = host.module(spec.name)
         except IsolateError:
@@ -224,10 +229,10 @@ def apply(manifest: Manifest, host: Host) -> tuple[list[str], RouteTable]:
             try:
                 host.deploy(spec.name, wasm, limits=spec.limits, variables=spec.variables)
             except IsolateError as exc:
-                raise ManifestError(f"{manifest.path}: module {spec.name} ({spec.path}): {exc.kind}: {exc.detail}",
-                                    module=spec.name) from None
+                raise ManifestError(f"{manifest.path}:{spec.line}: modules.{spec.name} ({spec.path}): {exc.kind}: "
+                                    f"{exc.detail}", module=spec.name, line=spec.line) from None
             deployed.append(spec.name)
-    return deployed, RouteTable.build(manifest.routes)
+    return deployed
 
 
 def _line_in_message(message: str) -> int:
@@ -245,6 +250,11 @@ def _locate(text: str, *, module: str | None, route: int | None, key: str | None
     elif route is not None:
         headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*routes\s*\]\]", line)]
         start = headers[route] if route < len(headers) else 0
+    if key and module is None and route is None:
+        header = re.compile(r"\s*\[{1,2}\s*" + re.escape(key) + r"\s*[\].]")
+        found = next((i for i, line in enumerate(lines) if header.match(line)), None)
+        if found is not None:
+            return found + 1
     if key:
         pattern = re.compile(r"\s*" + re.escape(key) + r"\s*[=.]")
         for offset, line in enumerate(lines[start + 1 if (module or route is not None) else 0:]):

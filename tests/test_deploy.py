@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import guests as g
 import pytest
 from conftest import HostFactory
 
-from isolate import Host, InvalidConfig, InvalidModule, InvalidName, Limits, ModuleTooLarge, NotFound
+from isolate import Config, Host, InvalidConfig, InvalidModule, InvalidName, Limits, ModuleTooLarge, NotFound
 
 
 def test_deploy_returns_version_and_lists_module(host: Host) -> None:
@@ -134,7 +136,37 @@ def test_limits_and_variables_are_validated_and_kept(host: Host) -> None:
     info = host.module("m")
     assert info.limits.timeout == 1.5 and info.limit_overrides == {"timeout": 1.5}
     assert info.variables == {"k": "v"}
-    info = host.configure("m", limits={}, variables={})
+    info = host.configure("m", limits={"timeout": None}, variables={})  # None: back to the default
     assert info.limits == Limits() and info.variables == {}
     assert host.deploy("m", VALID, limits=Limits(memory=64 << 20)).version == 3
     assert host.module("m").limit_overrides == {"memory": 64 << 20}
+
+
+def test_a_limit_changes_only_when_it_is_named(tmp_path: Path) -> None:
+    with Host(Config(data_dir=tmp_path)) as host:
+        host.deploy("m", VALID, limits={"memory": 8 << 20})
+        assert host.configure("m", limits={"timeout": 1.0}).limits.memory == 8 << 20
+        host.deploy("m", VALID, limits={"response_size": 4096})
+        info = host.module("m")
+        assert (info.limits.memory, info.limits.timeout, info.limits.response_size) == (8 << 20, 1.0, 4096)
+        assert host.configure("m", limits={"memory": None}).limit_overrides == {"timeout": 1.0, "response_size": 4096}
+
+
+def test_versions_are_never_reused_after_a_delete(tmp_path: Path) -> None:
+    with Host(Config(data_dir=tmp_path)) as host:
+        host.deploy("m", VALID)
+        host.deploy("m", VALID)
+        host.delete("m")
+        assert host.deploy("m", VALID).version == 3
+    with Host(Config(data_dir=tmp_path)) as host:  # and after a restart
+        host.delete("m")
+    with Host(Config(data_dir=tmp_path)) as host:
+        assert host.deploy("m", VALID).version == 4
+
+
+def test_deploy_accepts_webassembly_text(tmp_path: Path) -> None:
+    with Host(Config(data_dir=tmp_path)) as host:
+        text = (Path(__file__).parent.parent / "samples" / "hello-wat" / "hello.wat").read_text()
+        assert host.deploy("t", text).version == 1
+        assert host.deploy("t", text.encode()).digest == host.module("t").versions[0].digest
+        assert host.invoke("t").status == 200

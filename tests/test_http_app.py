@@ -208,7 +208,7 @@ def test_route_conflicts_name_the_pair_and_keep_the_old_table(admin: AsgiClient,
                                                         {"path": "/u/:name", "module": "a"}]})
     assert response.status_code == 409
     assert response.json()["error"] == "route_conflict" and response.json()["routes"] == [0, 1]
-    assert admin.get("/v1/routes").json()["routes"] == [{"host": "*", "path": "/x", "module": "a"}]
+    assert admin.get("/v1/routes").json()["routes"] == [{"host": "*", "path": "/x", "module": "a", "origin": "api"}]
     assert edge.get("/x").status_code == 200
 
 

@@ -146,3 +146,19 @@ def test_listener_port_in_use_fails_clearly(tmp_path: Path) -> None:
         server.port = blocker.getsockname()[1]
         with pytest.raises(RuntimeError, match="cannot listen"):
             server.start()
+
+
+@pytest.mark.parametrize(("text", "line", "reason"), [
+    ('[modules.hello]\npath = "hello.wat"\n\n[[route]]\npath = "/x"\nmodule = "hello"\n', 4, "unknown table(s) route"),
+    ('# a comment\n[modules.hello]\n\npath = "missing.wasm"\n', 4, "modules.hello.path: no such file or directory"),
+])
+def test_manifest_mistakes_name_their_line(tmp_path: Path, text: str, line: int, reason: str) -> None:
+    from isolate.errors import ManifestError
+    from isolate.manifest import load
+
+    (tmp_path / "hello.wat").write_text("(module)")
+    manifest = tmp_path / "isolate.toml"
+    manifest.write_text(text)
+    with pytest.raises(ManifestError) as info:
+        load(manifest)
+    assert info.value.detail.startswith(f"{manifest}:{line}: ") and reason in info.value.detail

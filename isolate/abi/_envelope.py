@@ -100,8 +100,10 @@ def decode_response(data: bytes) -> tuple[int, tuple[tuple[str, str], ...], byte
     if not isinstance(obj, dict):
         raise AbiViolation(f"response must be a msgpack map, got {type(obj).__name__}")
     status = obj.get("status")
-    if type(status) is not int or not 100 <= status <= 599:
-        raise AbiViolation(f"response status must be an integer in 100-599, got {status!r}", field="status")
+    # 1xx are interim responses: sent by a guest they would split the response stream (an interim
+    # head, then the guest's body parsed as the final answer), so a guest's final status is 200-599.
+    if type(status) is not int or not 200 <= status <= 599:
+        raise AbiViolation(f"response status must be an integer in 200-599, got {status!r}", field="status")
     headers = _check_headers(obj.get("headers", ()))
     body = obj.get("body", b"")
     if body is None:

@@ -4,7 +4,6 @@ from ._admin import build_admin_app
 from ._auth import load_or_create_token, token_path
 from ._edge import EdgeApp
 from ._server import Apps, bind, build, run, serve_apps, uvicorn_server
-from ._state import ServerState
 
-__all__ = ["Apps", "EdgeApp", "ServerState", "bind", "build", "build_admin_app", "load_or_create_token", "run",
+__all__ = ["Apps", "EdgeApp", "bind", "build", "build_admin_app", "load_or_create_token", "run",
            "serve_apps", "token_path", "uvicorn_server"]

@@ -11,18 +11,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
-from ..cache import ResponseCache
 from ..config import parse_limits
-from ..errors import InvalidConfig, InvalidRequest, IsolateError, ModuleTooLarge
-from ..host import Host, ModuleInfo, VersionInfo
+from ..errors import InvalidRequest, IsolateError, MethodNotAllowed, ModuleTooLarge, NotFound
+from ..host import ModuleInfo, VersionInfo
+from ..node import Node
 from ..registry import validate_name
-from ..routing import RegionTable, RouteTable
+from ..routing import RegionTable
 from ._auth import BearerAuth
+from ._errors import as_isolate_error, new_request_id, render, request_id_of, send_error
 from ._health import NodeHealth
 from ._metrics import Metrics
-from ._state import ServerState
 
 LIMIT_QUERY = ("memory", "timeout", "response_size", "stack")
 
@@ -49,19 +49,17 @@ async def _json_body(request: Request) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InvalidRequest(f"request body is not valid JSON: {reason}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     return body
 
 
-def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str,
-                    cache: ResponseCache | None = None, health: NodeHealth | None = None) -> Any:
+def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth | None = None) -> Any:
+    host, state, cache = node.host, node.state, node.cache
     max_module = host.config.max_module_size
-
-    def purge(**selector: Any) -> int:
-        return cache.purge(**selector) if cache is not None else 0
 
     async def put_module(request: Request) -> Response:
         name = validate_name(request.path_params["name"])
@@ -82,8 +80,7 @@ def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str
             chunks.append(chunk)
         wasm = b"".join(chunks)
         # Compiling takes milliseconds of CPU: keep it off the event loop.
-        info = await run_in_threadpool(host.deploy, name, wasm, limits=limits, variables=variables)
-        purge(module=name)  # cached answers came from the old version
+        info = await run_in_threadpool(node.deploy, name, wasm, limits=limits, variables=variables)
         return JSONResponse(version_json(info), status_code=201)
 
     async def list_modules(request: Request) -> Response:
@@ -103,9 +100,11 @@ def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str
         variables = body.get("variables")
         if variables is not None and not isinstance(variables, dict):
             raise InvalidRequest("variables must be an object")
-        parsed = parse_limits(limits) if limits is not None else None
-        info = await run_in_threadpool(host.configure, request.path_params["name"], limits=parsed, variables=variables)
-        purge(module=info.name)  # new variables can change every answer
+        # A null limit goes back to the host default; the others named are parsed from text or numbers.
+        parsed = ({**parse_limits({k: v for k, v in limits.items() if v is not None}),
+                   **{k: None for k, v in limits.items() if v is None}} if limits is not None else None)
+        info = await run_in_threadpool(node.configure, request.path_params["name"], limits=parsed,
+                                       variables=variables)
         return JSONResponse(module_json(info))
 
     async def rollback(request: Request) -> Response:
@@ -113,38 +112,32 @@ def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str
         version = body.get("version")
         if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
             raise InvalidRequest("version must be an integer")
-        info = await run_in_threadpool(host.rollback, request.path_params["name"], version)
-        purge(module=info.name)
+        info = await run_in_threadpool(node.rollback, request.path_params["name"], version)
         return JSONResponse(module_json(info))
 
     async def delete_module(request: Request) -> Response:
         name = request.path_params["name"]
-        await run_in_threadpool(host.delete, name)
-        purge(module=name)
-        # Its routes go too: a dangling route would make every later PUT /v1/routes of the table fail.
-        kept = [route for route in state.routes.routes if route.module != name]
-        removed = len(state.routes.routes) - len(kept)
-        if removed:
-            await run_in_threadpool(state.replace_routes, RouteTable.build(kept))
+        removed = await run_in_threadpool(node.delete, name)
         return JSONResponse({"deleted": name, "routes_removed": removed})
 
     async def get_routes(request: Request) -> Response:
         return JSONResponse({"routes": state.routes.to_list()})
 
-    async def put_routes(request: Request) -> Response:
+    async def routes_body(request: Request) -> list[Any]:
         body = await _json_body(request)
         routes = body.get("routes")
-        if not isinstance(routes, list):
+        if not isinstance(routes, list) or set(body) != {"routes"}:
             raise InvalidRequest('body must be {"routes": [...]}')
-        table = RouteTable.build(routes)
-        deployed = set(m.name for m in host.modules())
-        for index, route in enumerate(table.routes):
-            if route.module not in deployed:
-                raise InvalidConfig(f"route {index} ({route.host}{route.path}) refers to module {route.module!r}, "
-                                    "which is not deployed", route=index)
-        await run_in_threadpool(state.replace_routes, table)
-        purge(everything=True)  # a URL may now belong to another module
+        return routes
+
+    async def put_routes(request: Request) -> Response:
+        # Validating a big table takes a while: off the event loop, like every control change.
+        table = await run_in_threadpool(node.set_routes, await routes_body(request))
         return JSONResponse({"routes": table.to_list()})
+
+    async def add_routes(request: Request) -> Response:
+        table, warnings = await run_in_threadpool(node.add_routes, await routes_body(request))
+        return JSONResponse({"routes": table.to_list(), "warnings": warnings})
 
     def regions_json() -> dict[str, Any]:
         return {"local_region": state.local_region, **state.regions.to_dict(),
@@ -157,8 +150,11 @@ def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str
         body = await _json_body(request)
         body.pop("local_region", None)  # read-only fields a client may send back from GET
         body.pop("health", None)
-        table = state.check_regions(RegionTable.build(body))
-        await run_in_threadpool(state.replace_regions, table)
+
+        def set_regions() -> None:
+            node.set_regions(state.check_regions(RegionTable.build(body)))
+
+        await run_in_threadpool(set_regions)
         return JSONResponse(regions_json())
 
     async def purge_cache(request: Request) -> Response:
@@ -172,10 +168,10 @@ def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str
         if kind == "all":
             if value is not True:
                 raise InvalidRequest('"all" must be true')
-            return JSONResponse({"purged": purge(everything=True)})
+            return JSONResponse({"purged": node.purge(everything=True)})
         if not isinstance(value, str) or not value:
             raise InvalidRequest(f"{kind} must be a non-empty string")
-        return JSONResponse({"purged": purge(**{kind: value})})
+        return JSONResponse({"purged": node.purge(**{kind: value})})
 
     async def stats(request: Request) -> Response:
         s = host.statistics()
@@ -199,14 +195,21 @@ def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str
     async def metrics_endpoint(request: Request) -> Response:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    async def isolate_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, IsolateError)
-        return JSONResponse(exc.to_dict(), status_code=exc.status)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": kind, "detail": exc.detail}, status_code=exc.status_code)
+    async def error(request: Request, exc: Exception) -> Response:
+        """Every failure of the admin API, rendered by the one renderer (`_errors.render`)."""
+        if isinstance(exc, HTTPException):
+            if exc.status_code == 405:
+                # Starlette's `Allow` names only the first route of the path; every route counts.
+                matching = [r for r in routes if r.matches(request.scope)[0] != Match.NONE]
+                allow = sorted({m for r in matching for m in r.methods or ()})
+                exc = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}", allow=allow)
+            elif exc.status_code == 404:
+                exc = NotFound(f"no admin endpoint {request.url.path}")
+            else:
+                exc = InvalidRequest(str(exc.detail))
+        failure = as_isolate_error(exc)
+        status, headers, body = render(failure, request_id(request), head_only=request.method == "HEAD")
+        return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
     routes = [
         Route("/healthz", healthz),
@@ -220,10 +223,47 @@ def build_admin_app(host: Host, state: ServerState, metrics: Metrics, token: str
         Route("/v1/modules/{name}/rollback", rollback, methods=["POST"]),
         Route("/v1/routes", get_routes, methods=["GET"]),
         Route("/v1/routes", put_routes, methods=["PUT"]),
+        Route("/v1/routes", add_routes, methods=["POST"]),
         Route("/v1/regions", get_regions, methods=["GET"]),
         Route("/v1/regions", put_regions, methods=["PUT"]),
         Route("/v1/cache/purge", purge_cache, methods=["POST"]),
         Route("/v1/stats", stats, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={IsolateError: isolate_error, HTTPException: http_error})
-    return BearerAuth(app, token)
+    app = Starlette(routes=routes, exception_handlers={Exception: error, HTTPException: error, IsolateError: error})
+    return RequestIds(BearerAuth(app, token))
+
+
+def request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id") or new_request_id())
+
+
+class RequestIds:
+    """Gives every admin request an id (the client's, if valid), answers with it, and renders any
+    failure that escapes the app (Starlette re-raises after its error handler has answered)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = request_id_of(scope["headers"])
+        scope.setdefault("state", {})["request_id"] = rid
+        header = (b"x-request-id", rid.encode())
+        started = False
+
+        async def send_with_id(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = [h for h in message.get("headers", []) if h[0] != b"x-request-id"]
+                message = {**message, "headers": [*headers, header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:
+                return  # answered already (by the error handler); Starlette re-raised it for servers to log
+            await send_error(send_with_id, as_isolate_error(exc), rid, head_only=scope["method"] == "HEAD")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hmac
-import json
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
+from ..errors import Unauthorized
 from ..registry import atomic_write
 
 TOKEN_FILE = "admin-token"
@@ -35,7 +35,7 @@ def load_or_create_token(data_dir: Path) -> str:
 
 
 class BearerAuth:
-    """ASGI middleware: every path under `/v1` needs `Authorization: Bearer <token>`, else 401."""
+    """ASGI middleware: every path under `/v1` needs `Authorization: Bearer <token>`, else `Unauthorized`."""
 
     def __init__(self, app: Any, token: str, protected_prefix: str = "/v1") -> None:
         self.app = app
@@ -46,15 +46,5 @@ class BearerAuth:
         if scope["type"] == "http" and scope["path"].startswith(self._prefix):
             given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             if not hmac.compare_digest(given, self._expected):
-                body = json.dumps(
-                    {"error": "unauthorized", "detail": "missing or invalid bearer token; see `isolate token`"}
-                ).encode()
-                await send({
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"www-authenticate", b'Bearer realm="isolate-admin"')],
-                })
-                await send({"type": "http.response.body", "body": body})
-                return
+                raise Unauthorized("missing or invalid bearer token; see `isolate token`")
         await self.app(scope, receive, send)

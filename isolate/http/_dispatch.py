@@ -1,7 +1,10 @@
 """Where a guest runs: inline on the event loop when it is known to be quick, else on a bounded pool.
 
-A thread hop costs tens of microseconds, more than a quick guest takes. A module runs inline once
-its last `needed` runs each used under `inline_threshold` of CPU; `needed` starts at
+A thread hop costs tens of microseconds, more than a quick guest takes. A module whose code can
+wait in the host (it imports WASI `poll_oneoff` or another host function that can block) never runs
+inline, whatever its past runs cost: waiting burns no CPU, so its CPU time says nothing. Any other
+module runs inline once its last `needed` runs each used under `inline_threshold` of CPU (and of
+wall time, when it ran inline); `needed` starts at
 `PROMOTE_AFTER` (so the first runs of unknown code never touch the loop) and grows eightfold each
 time a module is caught being slow, so a module that is only sometimes slow soon stays on the pool.
 Slow or unknown modules run on worker threads, where wasm runs with the GIL released, at a lower
@@ -35,8 +38,14 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
 
 
+def _never_blocks(module: str) -> bool:
+    return False
+
+
 class Dispatcher:
-    def __init__(self, workers: int, queue_limit: int, inline_threshold: float) -> None:
+    def __init__(self, workers: int, queue_limit: int, inline_threshold: float,
+                 may_block: Callable[[str], bool] = _never_blocks) -> None:
+        self._may_block = may_block
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolate-guest",
                                             initializer=_lower_priority)
         self._capacity = workers + queue_limit
@@ -46,7 +55,7 @@ class Dispatcher:
         self.inflight = 0
 
     def is_inline(self, module: str) -> bool:
-        return self._streak.get(module, 0) >= self._needed.get(module, PROMOTE_AFTER)
+        return self._streak.get(module, 0) >= self._needed.get(module, PROMOTE_AFTER) and not self._may_block(module)
 
     def record(self, module: str, seconds: float) -> None:
         if seconds < self._threshold:
@@ -62,11 +71,12 @@ class Dispatcher:
         Returns its result and the seconds it waited for a worker (0 inline).
         """
         if self.is_inline(module):
-            started = time.thread_time()
+            started, wall = time.thread_time(), time.perf_counter()
             try:
                 return fn(), 0.0
             finally:
-                self.record(module, time.thread_time() - started)
+                # On the loop, wall time is what other requests waited: count it too.
+                self.record(module, max(time.thread_time() - started, time.perf_counter() - wall))
         if self.inflight >= self._capacity:
             raise Overloaded(f"server busy: {self.inflight} guests running or queued", limit=self._capacity)
         self.inflight += 1

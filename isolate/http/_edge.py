@@ -6,10 +6,8 @@ table, body limits and error mapping are all the framework this path needs.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import os
 import re
 import time
 from typing import Any
@@ -21,6 +19,7 @@ from ..errors import (
     ForwardFailed,
     ForwardingLoop,
     IsolateError,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     RegionUnavailable,
@@ -29,29 +28,50 @@ from ..errors import (
 )
 from ..host import Host
 from ..routing import REGION_PATTERN
+from ..state import ServerState
 from ._dispatch import Dispatcher
+from ._errors import as_isolate_error, new_request_id, send_error
 from ._forward import CLIENT_REGION, FORWARDED_BY, Forwarder, RelayBroken
 from ._health import HEALTH_PATH
 from ._metrics import Metrics
-from ._state import ServerState
 
 access_log = logging.getLogger("isolate.access")
 guest_log = logging.getLogger("isolate.guest")
 
-# Guest headers that would break framing or identity are dropped: the server owns these.
+# Guest headers that would break framing, or say where and how a request ran, are dropped: the
+# server owns these (and every `x-isolate-*` name, see `_guest_headers`).
 RESERVED_HEADERS = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
     "trailer", "transfer-encoding", "upgrade", "content-length", "x-request-id",
+    "x-cache", "server-timing", "server", "age", "date",
 })
+_RESERVED_PREFIX = "x-isolate-"
+# Statuses whose responses never carry a body (RFC 9110 §6.4.1); HEAD answers carry none either.
+_NO_BODY = frozenset({204, 304})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
 _GUEST_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 _JSON = (b"content-type", b"application/json")
 _REGION = re.compile(REGION_PATTERN)
 _HIT, _MISS, _BYPASS = b"HIT", b"MISS", b"BYPASS"
-# Generated request ids: a random per-process prefix and a counter (unique, and ~10x cheaper than uuid4).
-_ID_PREFIX = os.urandom(8).hex()
-_ID_COUNTER = itertools.count(1)
+
+
+def _guest_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    """A guest's (or cached) headers without those the server owns."""
+    out = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in RESERVED_HEADERS and not lname.startswith(_RESERVED_PREFIX):
+            out.append((lname.encode("latin-1"), value.encode("latin-1")))
+    return out
+
+
+def _framed(status: int, method: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """Add the length and return what may be sent: no body (nor length) for 204/304, none for HEAD."""
+    if status in _NO_BODY:
+        return b""
+    headers.append((b"content-length", str(len(body)).encode()))
+    return b"" if method == "HEAD" else body
 
 
 def clean(text: str) -> str:
@@ -110,7 +130,7 @@ class EdgeApp:
             elif key == b"authorization":
                 private = True
         if not request_id:
-            request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+            request_id = new_request_id()
         method = scope["method"]
         path = scope["path"]
         module = "-"
@@ -121,8 +141,13 @@ class EdgeApp:
             if path == HEALTH_PATH:
                 await self._health(send, request_id)
                 return
-            match = self.state.routes.match(host, path, method)
+            routes = self.state.routes
+            match = routes.match(host, path, method)
             if match is None:
+                allowed = routes.allowed(host, path) if hasattr(routes, "allowed") else None
+                if allowed:
+                    raise MethodNotAllowed(f"{method} is not allowed for {host or '-'}{path}",
+                                           allow=sorted(allowed))
                 raise NotFound(f"no route for {method} {host or '-'}{path}")
             module = match.route.module
             if declared is not None and declared > self.config.max_body_size:
@@ -131,7 +156,8 @@ class EdgeApp:
             regions = self.state.regions
             if forwarded_by:
                 # One hop at most: a forwarded request runs here or nowhere, whatever this table says.
-                known = _REGION.fullmatch(client_region) and (client_region in regions.regions or regions.empty)
+                # Without a table there is no other region a client could be in.
+                known = _REGION.fullmatch(client_region) and client_region in regions.regions
                 client_region = client_region if known else self.region
                 allowed = regions.placement.get(module)
                 if allowed is not None and self.region not in allowed:
@@ -191,8 +217,8 @@ class EdgeApp:
                 response, x_cache = await invoke(), _BYPASS
         except (_Disconnected, RelayBroken):
             return
-        except IsolateError as exc:
-            await self._fail(send, exc, request_id, module, method, path, started)
+        except Exception as exc:  # an IsolateError, or a bug: either way the client gets the diagnostic
+            await self._fail(send, as_isolate_error(exc), request_id, module, method, path, started)
             return
         info = response.info
         timing = (f"routing;dur={(routed - started) * 1000:.3f}, queue;dur={queued[0] * 1000:.3f}, "
@@ -254,41 +280,28 @@ class EdgeApp:
 
     async def _reply(self, send: Any, response: Response, request_id: str, method: str, x_cache: bytes,
                      timing: str) -> None:
-        headers = [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in response.headers
-            if name.lower() not in RESERVED_HEADERS
-        ]
-        headers += [(b"content-length", str(len(response.body)).encode()), (b"x-request-id", request_id.encode()),
-                    self._region_header, (b"x-cache", x_cache), (b"server-timing", timing.encode())]
+        headers = _guest_headers(response.headers)
+        body = _framed(response.status, method, response.body, headers)
+        headers += [(b"x-request-id", request_id.encode()), self._region_header, (b"x-cache", x_cache),
+                    (b"server-timing", timing.encode())]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else response.body})
+        await send({"type": "http.response.body", "body": body})
 
     async def _reply_cached(self, send: Any, entry: Entry, request_id: str, method: str, routing: float) -> None:
         assert self.cache is not None
-        headers = [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in entry.headers
-            if name.lower() not in RESERVED_HEADERS and name.lower() != "age"
-        ]
-        headers += [(b"content-length", str(len(entry.body)).encode()), (b"x-request-id", request_id.encode()),
-                    self._region_header, (b"x-cache", _HIT), (b"age", str(self.cache.age(entry)).encode()),
+        headers = _guest_headers(entry.headers)
+        body = _framed(entry.status, method, entry.body, headers)
+        headers += [(b"x-request-id", request_id.encode()), self._region_header, (b"x-cache", _HIT),
+                    (b"age", str(self.cache.age(entry)).encode()),
                     (b"server-timing", f'routing;dur={routing * 1000:.3f}, cache;desc="hit"'.encode())]
         await send({"type": "http.response.start", "status": entry.status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else entry.body})
+        await send({"type": "http.response.body", "body": body})
 
     async def _fail(self, send: Any, exc: IsolateError, request_id: str, module: str, method: str, path: str,
                     started: float) -> None:
-        diagnostic = {"error": exc.kind, "detail": exc.detail, "request_id": request_id}
-        diagnostic.update((k, v) for k, v in exc.extra.items() if k not in diagnostic)
-        body = json.dumps(diagnostic).encode()
         timing = f"total;dur={(time.perf_counter() - started) * 1000:.3f}".encode()
-        headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode()),
-                   self._region_header, (b"server-timing", timing)]
-        if exc.status == 503:
-            headers.append((b"retry-after", b"1"))
-        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        await send_error(send, exc, request_id, head_only=method == "HEAD",
+                         extra=(self._region_header, (b"server-timing", timing)))
         elapsed = time.perf_counter() - started
         self.metrics.observe(module, exc.status, elapsed, None)
         self.metrics.failure(module, exc.kind)

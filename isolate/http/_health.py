@@ -114,6 +114,6 @@ class NodeHealth:
             return
         status = self._status.setdefault(node, NodeStatus())
         if not status.healthy:
-            log.warning("node %s is healthy again", node)
+            log.info("node %s is healthy again", node)
         status.healthy, status.error, status.checked = True, None, time.time()
         status.latency_ms = (time.perf_counter() - started) * 1000

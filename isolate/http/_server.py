@@ -18,14 +18,16 @@ from ..cache import ResponseCache
 from ..config import Config, ServerConfig
 from ..errors import InvalidConfig
 from ..host import Host
+from ..node import Node
+from ..state import ServerState
 from ._admin import build_admin_app
 from ._auth import load_or_create_token
 from ._dispatch import Dispatcher
 from ._edge import EdgeApp
 from ._forward import Forwarder
 from ._health import NodeHealth
+from ._logs import logging_off_loop
 from ._metrics import Metrics
-from ._state import ServerState
 
 log = logging.getLogger("isolate.server")
 
@@ -49,6 +51,7 @@ class Apps:
     cache: ResponseCache | None
     health: NodeHealth
     forwarder: Forwarder
+    node: Node
 
     def close(self) -> None:
         self.dispatcher.close()
@@ -64,13 +67,14 @@ def build(config: Config, server: ServerConfig, host: Host | None = None,
     state = ServerState(config.data_dir, server.region)
     cache = ResponseCache(server.cache_entries, server.cache_bytes, timer) if server.cache else None
     metrics = Metrics(host, cache)
-    dispatcher = Dispatcher(server.workers, server.queue_limit, server.inline_threshold)
+    dispatcher = Dispatcher(server.workers, server.queue_limit, server.inline_threshold, host.may_block)
     token = server.admin_token or load_or_create_token(config.data_dir)
     health = NodeHealth(lambda: state.regions, server.region, server.health_interval, server.health_timeout)
     forwarder = Forwarder(server.node_name, health, server.max_body_size, config.max_timeout + 5)
     edge = EdgeApp(host, state, server, metrics, dispatcher, cache, forwarder)
-    admin = build_admin_app(host, state, metrics, token, cache, health)
-    return Apps(host, state, edge, admin, dispatcher, token, cache, health, forwarder)
+    node = Node(host, state, cache)
+    admin = build_admin_app(node, metrics, token, health)
+    return Apps(host, state, edge, admin, dispatcher, token, cache, health, forwarder, node)
 
 
 def uvicorn_server(app: Any, host: str, port: int) -> uvicorn.Server:
@@ -127,7 +131,7 @@ async def serve_apps(apps: Apps, server: ServerConfig, edge_sock: socket.socket,
         await asyncio.sleep(0.01)
     else:
         apps.state.ready = True
-        log.warning("isolate ready: edge http://%s:%d  admin http://%s:%d  region %s  (%d modules, %d routes)",
+        log.info("isolate ready: edge http://%s:%d  admin http://%s:%d  region %s  (%d modules, %d routes)",
                     server.host, edge_sock.getsockname()[1], server.admin_host, admin_sock.getsockname()[1],
                     server.region, len(apps.host.modules()), len(apps.state.routes.routes))
     try:
@@ -152,7 +156,7 @@ def run(apps: Apps, server: ServerConfig) -> None:
     except ImportError:  # pragma: no cover - uvicorn[standard] brings uvloop on Linux
         runner = asyncio.Runner()
     try:
-        with runner:
+        with runner, logging_off_loop():
             runner.run(serve_apps(apps, server, edge_sock, admin_sock))
     finally:
         edge_sock.close()

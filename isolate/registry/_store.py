@@ -7,6 +7,7 @@ Layout under the data directory:
     compiled/<fingerprint>/<sha256>.cwasm    precompiled code for one engine fingerprint
     compiled/<fingerprint>/<sha256>.json     {"wasm_sha256", "artifact_sha256"}: written by this host
     modules/<name>.json                      versions, active version, limits, variables
+    modules/<name>.deleted                   {"next_version"} of a deleted name: versions are never reused
 
 A deploy writes the blob, then the artifact, then the metadata; only the metadata's atomic rename
 makes a version visible, so a crash at any point leaves the previous version serving.
@@ -104,7 +105,13 @@ class ModuleStore:
         except OSError as exc:
             raise StorageError(f"cannot use data directory {root}: {exc}") from None
         self._records: dict[str, ModuleRecord] = {}
+        self._retired: dict[str, int] = {}  # deleted name -> the next version number it may use
         self.skipped: list[str] = []  # metadata files that could not be read at start-up
+        for path in sorted(self._modules_dir.glob("*.deleted")):
+            try:
+                self._retired[path.stem] = int(json.loads(path.read_bytes())["next_version"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                self.skipped.append(f"{path.name}: {exc}")
         for path in sorted(self._modules_dir.glob("*.json")):
             try:
                 record = ModuleRecord.from_json(path.read_bytes())
@@ -144,7 +151,7 @@ class ModuleStore:
         validate_name(name)
         with self._lock:
             old = self._records.get(name)
-            number = old.next_version if old else 1
+            number = old.next_version if old else self._retired.get(name, 1)
             version = VersionRecord(number, digest, size, round(time.time(), 3), round(compile_ms, 3))
             record = ModuleRecord(
                 name=name,
@@ -162,15 +169,19 @@ class ModuleStore:
             return self._commit(replace(self.get(name), **changes))
 
     def delete(self, name: str) -> ModuleRecord:
+        """Forget a name; its next version number is kept (written first) so a redeploy never reuses one."""
         with self._lock:
             record = self.get(name)
             path = self._modules_dir / f"{name}.json"
             try:
+                atomic_write(self._modules_dir / f"{name}.deleted",
+                             json.dumps({"next_version": record.next_version}).encode())
                 path.unlink()
                 fsync_dir(self._modules_dir)
             except OSError as exc:
                 raise StorageError(f"cannot delete module {name!r}: {exc}") from None
             del self._records[name]
+            self._retired[name] = record.next_version
             return record
 
     def _commit(self, record: ModuleRecord) -> ModuleRecord:

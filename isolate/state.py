@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidConfig, StorageError
-from ..registry import atomic_write
-from ..routing import RegionTable, RouteTable
+from .errors import InvalidConfig, StorageError
+from .registry import atomic_write
+from .routing import RegionTable, RouteTable
 
 ROUTES_FILE = "routes.json"
 REGIONS_FILE = "regions.json"

@@ -1,0 +1,93 @@
+"""The one place an error becomes an HTTP answer: status, headers and the JSON diagnostic.
+
+Both listeners (edge and admin), the connection-level checks of the HTTP protocol and the bearer
+check all render through here, so every failure a client sees has the same shape:
+`{"error": kind, "detail": ..., "request_id": ..., **extra}` with `x-request-id` beside it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from ..errors import InternalError, IsolateError, MethodNotAllowed, Unauthorized
+
+log = logging.getLogger("isolate.server")
+
+Header = tuple[bytes, bytes]
+_JSON = (b"content-type", b"application/json")
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# Generated request ids: a random per-process prefix and a counter (unique, and ~10x cheaper than uuid4).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The client's `x-request-id` if it is 1-128 characters of `A-Za-z0-9._:-`, else a new one."""
+    for key, value in headers:
+        if key == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+            return value.decode("latin-1")
+    return new_request_id()
+
+
+def as_isolate_error(exc: BaseException) -> IsolateError:
+    """Anything raised while serving, as a member of the error tree (unexpected ones are logged)."""
+    if isinstance(exc, IsolateError):
+        return exc
+    if isinstance(exc, RecursionError):
+        from ..errors import InvalidRequest
+
+        return InvalidRequest("input is nested too deeply")
+    log.error("unexpected error while serving a request", exc_info=exc)
+    return InternalError(f"internal error ({type(exc).__name__}); the server log has the traceback")
+
+
+def diagnostic(exc: IsolateError, request_id: str) -> bytes:
+    body: dict[str, Any] = {"error": exc.kind, "detail": exc.detail, "request_id": request_id}
+    body.update((k, v) for k, v in exc.extra.items() if k not in body)
+    return json.dumps(body, default=str).encode()
+
+
+def render(exc: IsolateError, request_id: str, *, head_only: bool = False,
+           extra: Iterable[Header] = ()) -> tuple[int, list[Header], bytes]:
+    """Status, headers and body of the diagnostic for `exc` (no body for HEAD, but its length)."""
+    body = diagnostic(exc, request_id)
+    headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode())]
+    if exc.status in (503, 429):
+        headers.append((b"retry-after", b"1"))
+    if isinstance(exc, Unauthorized):
+        headers.append((b"www-authenticate", b'Bearer realm="isolate-admin"'))
+    if isinstance(exc, MethodNotAllowed):
+        headers.append((b"allow", ", ".join(exc.extra.get("allow", ())).encode()))
+    headers.extend(extra)
+    return exc.status, headers, b"" if head_only else body
+
+
+async def send_error(send: Any, exc: IsolateError, request_id: str, *, head_only: bool = False,
+                     extra: Iterable[Header] = ()) -> None:
+    """Send the diagnostic through an ASGI `send`."""
+    status, headers, body = render(exc, request_id, head_only=head_only, extra=extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def raw_response(exc: IsolateError, request_id: str | None = None) -> bytes:
+    """A whole HTTP/1.1 response that closes the connection, for errors found below ASGI."""
+    from http import HTTPStatus
+
+    status, headers, body = render(exc, request_id or new_request_id(), extra=[(b"connection", b"close")])
+    try:
+        reason = HTTPStatus(status).phrase.encode()
+    except ValueError:
+        reason = b"Error"
+    lines = [b"HTTP/1.1 %d %s" % (status, reason)] + [k + b": " + v for k, v in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body

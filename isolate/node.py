@@ -1,0 +1,212 @@
+"""`Node`, the control plane: every change to modules, routes, regions and caches, and its rules.
+
+The admin API, the CLI and the manifest are thin adapters over this object. Its rules:
+
+- a deploy, reconfiguration, rollback or delete purges that module's cached responses;
+- deleting a module removes its routes in the same step, so no route ever names a missing module;
+- every route's target must be deployed when the table is set (checked and written in one step);
+- a manifest applied at start-up deploys what changed and owns the routes it declares, while routes
+  added through the admin API (`isolate deploy --route`) are kept, unless they now conflict or name
+  a module that is gone: each route dropped is reported with its reason.
+
+Control changes are serialised by one lock; the request path never takes it (it reads the tables,
+which are swapped whole).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .cache import ResponseCache
+from .errors import InvalidConfig, IsolateError, RouteConflict
+from .host import Host, ModuleInfo, VersionInfo
+from .routing import RegionTable, Route, RouteTable
+from .state import ServerState
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
+
+log = logging.getLogger("isolate.server")
+
+ORIGIN = "origin"
+"""Route option naming who added a route: "manifest" (owned by the manifest) or "api" (kept)."""
+MANIFEST, API = "manifest", "api"
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestResult:
+    deployed: tuple[str, ...]
+    routes: int
+    dropped: tuple[str, ...]
+    """Routes added through the API that could not be kept, each with the reason."""
+
+
+class Node:
+    """Owns the host, the live tables and the response cache; applies the control-plane rules."""
+
+    def __init__(self, host: Host, state: ServerState, cache: ResponseCache | None = None) -> None:
+        self.host = host
+        self.state = state
+        self.cache = cache
+        self._lock = threading.RLock()
+
+    # -- modules ------------------------------------------------------------------------------
+
+    def deploy(self, name: str, wasm: bytes | str, *, limits: Mapping[str, Any] | None = None,
+               variables: Mapping[str, str] | None = None) -> VersionInfo:
+        with self._lock:
+            info = self.host.deploy(name, wasm, limits=limits, variables=variables)
+            self.purge(module=name)  # cached answers came from the old version
+            return info
+
+    def configure(self, name: str, *, limits: Mapping[str, Any] | None = None,
+                  variables: Mapping[str, str] | None = None) -> ModuleInfo:
+        with self._lock:
+            info = self.host.configure(name, limits=limits, variables=variables)
+            self.purge(module=name)  # new variables can change every answer
+            return info
+
+    def rollback(self, name: str, version: int | None = None) -> ModuleInfo:
+        with self._lock:
+            info = self.host.rollback(name, version)
+            self.purge(module=name)
+            return info
+
+    def delete(self, name: str) -> int:
+        """Delete a module and its routes in one step; returns how many routes went with it."""
+        with self._lock:
+            self.host.module(name)  # NotFound before anything changes
+            kept = [route for route in self.state.routes.routes if route.module != name]
+            removed = len(self.state.routes.routes) - len(kept)
+            if removed:
+                # Routes first: were the module deleted first, a crash in between would leave a
+                # stored table naming a missing module.
+                self.state.replace_routes(RouteTable.build(kept))
+            self.host.delete(name)
+            self.purge(module=name)
+            return removed
+
+    # -- tables -------------------------------------------------------------------------------
+
+    def set_routes(self, routes: Iterable[Route | Mapping[str, Any]], origin: str = API) -> RouteTable:
+        """Validate a whole table, check every target is deployed, persist and swap it, in one step."""
+        table = RouteTable.build(_with_origin(routes, origin))
+        with self._lock:
+            self._check_targets(table.routes)
+            self.state.replace_routes(table)
+            self.purge(everything=True)  # a URL may now belong to another module
+        return table
+
+    def add_routes(self, routes: Iterable[Route | Mapping[str, Any]]) -> tuple[RouteTable, list[str]]:
+        """Add routes to the table (origin "api"); returns the table and a warning per shadowed route."""
+        with self._lock:
+            added = [_route(r, API) for r in routes]
+            table = self.set_routes([*self.state.routes.routes, *added])
+        return table, _shadow_warnings(table, added)
+
+    def set_regions(self, table: RegionTable) -> RegionTable:
+        with self._lock:
+            self.state.replace_regions(table)
+        return table
+
+    def purge(self, **selector: Any) -> int:
+        return self.cache.purge(**selector) if self.cache is not None else 0
+
+    def _check_targets(self, routes: Sequence[Route]) -> None:
+        deployed = set(self.host.module_names())
+        for index, route in enumerate(routes):
+            if route.module not in deployed:
+                raise InvalidConfig(f"route {index} ({route.host}{route.path}) refers to module {route.module!r}, "
+                                    "which is not deployed", route=index)
+
+    # -- the manifest -------------------------------------------------------------------------
+
+    def apply_manifest(self, manifest: Manifest, regions: RegionTable | None = None) -> ManifestResult:
+        """Deploy what changed, then set the manifest's routes beside the API's, then the region table.
+
+        Precedence of region tables: `regions` (serve --regions FILE), then the manifest's own
+        [regions], then the stored table; the manifest's module placement is merged into it.
+        """
+        from . import manifest as manifests
+
+        with self._lock:
+            deployed = manifests.apply(manifest, self.host)
+            for name in deployed:
+                self.purge(module=name)
+            declared = [_route(raw, MANIFEST) for raw in manifest.routes]
+            table, dropped = self._merge_api_routes(declared)
+            self._check_targets(table.routes)
+            self.state.replace_routes(table)
+            self.purge(everything=True)
+            region_table = regions or manifest.regions
+            if region_table is None and manifest.placement and not self.state.regions.empty:
+                region_table = self.state.regions  # the stored table (PUT /v1/regions) gets it too
+            if region_table is not None and manifest.placement:
+                region_table = manifests.with_placement(region_table, manifest.placement)
+            elif manifest.placement and self.state.regions.empty:
+                log.info("manifest %s pins modules to regions, but this node has no region table: placement "
+                         "applies once one is set (--regions, [regions.ID] or PUT /v1/regions)", manifest.path)
+            if region_table is not None:
+                self.state.replace_regions(region_table)
+        for reason in dropped:
+            log.warning("route dropped at start-up: %s", reason)
+        return ManifestResult(tuple(deployed), len(table.routes), tuple(dropped))
+
+    def _merge_api_routes(self, declared: list[Route]) -> tuple[RouteTable, list[str]]:
+        """The manifest's routes plus each stored API route that still fits, and why others do not."""
+        deployed = set(self.host.module_names())
+        kept = list(declared)
+        dropped: list[str] = []
+        for route in self.state.routes.routes:
+            if route.options.get(ORIGIN, MANIFEST) != API:
+                continue  # the manifest's own routes are replaced by the manifest
+            where = f"{route.host}{route.path} -> {route.module} (added through the admin API)"
+            if route.module not in deployed:
+                dropped.append(f"{where}: module {route.module!r} is no longer deployed")
+                continue
+            try:
+                RouteTable.build([*kept, route])
+            except RouteConflict as exc:
+                dropped.append(f"{where}: conflicts with the manifest ({exc.detail})")
+                continue
+            kept.append(route)
+        return RouteTable.build(kept), dropped
+
+
+def _route(raw: Route | Mapping[str, Any], origin: str) -> Route:
+    if isinstance(raw, Route):
+        return raw
+    return RouteTable.build(_with_origin([raw], origin)).routes[0]
+
+
+def _with_origin(routes: Iterable[Route | Mapping[str, Any]], origin: str) -> list[Route | Mapping[str, Any]]:
+    """Routes tagged with who added them, unless already tagged (a table read back keeps its tags)."""
+    out: list[Route | Mapping[str, Any]] = []
+    for raw in routes:
+        if isinstance(raw, Mapping):
+            if raw.get(ORIGIN, origin) not in (MANIFEST, API):
+                raise InvalidConfig(f"route origin must be {MANIFEST!r} or {API!r}: {raw.get(ORIGIN)!r}")
+            raw = {**raw, ORIGIN: raw.get(ORIGIN, origin)}
+        out.append(raw)
+    return out
+
+
+def _shadow_warnings(table: RouteTable, added: Sequence[Route]) -> list[str]:
+    """For each added route, the more specific routes that take some of its requests."""
+    shadowed = getattr(table, "shadowed", None)
+    if shadowed is None:
+        return []
+    warnings = []
+    for route in added:
+        try:
+            others = shadowed(route)
+        except IsolateError:
+            continue
+        for other in others:
+            warnings.append(f"route {route.host}{route.path} -> {route.module} is shadowed by the more specific "
+                            f"{other.host}{other.path} -> {other.module} for the requests both match")
+    return warnings

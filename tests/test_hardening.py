@@ -1,0 +1,223 @@
+"""Hostile guests and clients against the edge and admin apps: framing, owned headers, admin input,
+control-plane races, regions without a table. In-process over ASGI; the live tier is below."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import guests as g
+import pytest
+from conftest import AsgiClient
+from live import LiveServer
+
+from isolate import Config
+from isolate.config import ServerConfig
+from isolate.http import Apps, build
+
+TOKEN = "test-token"
+
+
+@pytest.fixture
+def apps(tmp_path: Path) -> Iterator[Apps]:
+    built = build(Config(data_dir=tmp_path / "data", pool_instances=16), ServerConfig(admin_token=TOKEN, workers=2))
+    built.state.ready = True
+    yield built
+    built.close()
+
+
+def answering(status: int, headers: list[list[str]] | None = None, body: bytes = b"guest body") -> str:
+    return g.module(response=g.response_bytes(status=status, headers=headers, body=body))
+
+
+def deploy(admin: AsgiClient, name: str, wat: str) -> None:
+    assert admin.put(f"/v1/modules/{name}", content=g.wasm(wat)).status_code == 201
+
+
+def route(admin: AsgiClient, *routes: dict[str, object]) -> None:
+    response = admin.put("/v1/routes", json={"routes": list(routes)})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("status", [100, 101, 103, 199, 0, 600, -1])
+def test_a_guest_cannot_send_an_interim_or_invalid_status(admin: AsgiClient, edge: AsgiClient, status: int) -> None:
+    deploy(admin, "g", answering(status))
+    route(admin, {"path": "/g", "module": "g"})
+    response = edge.get("/g")
+    assert response.status_code == 502 and response.json()["error"] == "abi"
+    assert response.json()["field"] == "status"
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_body_with_204_and_304(admin: AsgiClient, edge: AsgiClient, status: int) -> None:
+    deploy(admin, "g", answering(status, [["cache-control", "max-age=60"]]))
+    route(admin, {"path": "/g", "module": "g"})
+    for _ in range(2):  # a miss, then (204 is cacheable) possibly a hit: neither carries the body
+        response = edge.get("/g")
+        assert response.status_code == status and response.content == b""
+        assert "content-length" not in response.headers
+
+
+def test_head_gets_the_length_but_no_body(admin: AsgiClient, edge: AsgiClient) -> None:
+    deploy(admin, "g", answering(200))
+    route(admin, {"path": "/g", "module": "g"})
+    response = edge.head("/g")
+    assert response.status_code == 200 and response.content == b""
+    assert response.headers["content-length"] == str(len(b"guest body"))
+
+
+def test_the_server_owns_where_and_how_headers(admin: AsgiClient, edge: AsgiClient) -> None:
+    forged = [["x-isolate-region", "mars"], ["x-cache", "HIT"], ["server-timing", "fake;dur=0"],
+              ["server", "evil"], ["age", "999"], ["date", "yesterday"], ["x-isolate-forwarded-by", "x"],
+              ["X-Cache", "HIT"], ["content-length", "1"], ["transfer-encoding", "chunked"], ["x-mine", "kept"]]
+    deploy(admin, "g", answering(200, forged))
+    route(admin, {"path": "/g", "module": "g", "cache": False})
+    response = edge.get("/g")
+    assert response.status_code == 200 and response.content == b"guest body"
+    assert response.headers["x-isolate-region"] == "local" and response.headers["x-cache"] == "BYPASS"
+    assert response.headers.get_list("x-cache") == ["BYPASS"]
+    assert "fake" not in response.headers["server-timing"]
+    assert "server" not in response.headers and "age" not in response.headers
+    assert "x-isolate-forwarded-by" not in response.headers and response.headers["x-mine"] == "kept"
+
+
+def test_a_client_cannot_claim_a_region_when_there_is_no_table(admin: AsgiClient, edge: AsgiClient) -> None:
+    deploy(admin, "echo", g.ECHO)
+    route(admin, {"path": "/e", "module": "echo"})
+    import msgpack
+
+    response = edge.get("/e", headers={"x-isolate-forwarded-by": "me", "x-isolate-client-region": "mars"})
+    assert response.status_code == 200
+    assert msgpack.unpackb(response.content)["client_region"] == "local"
+
+
+@pytest.mark.parametrize("routes", [
+    [{"path": "/x", "module": "a", "methods": [1]}],
+    [{"path": "/x", "module": "a", "methods": [None]}],
+    [{"path": "/x", "module": "a", "methods": [["GET"]]}],
+    [{"path": "/x", "module": "a", "methods": {"GET": 1}}],
+    [{"path": 7, "module": "a"}],
+    [{"path": "/x", "module": ["a"]}],
+    [{"path": "/x", "module": "a", "host": 3}],
+    [{"path": "/x", "module": "a", "cache": "yes"}],
+    ["/x"],
+    [None],
+])
+def test_bad_route_input_is_a_400_diagnostic(admin: AsgiClient, routes: list[object]) -> None:
+    deploy(admin, "a", g.HELLO)
+    response = admin.put("/v1/routes", json={"routes": routes})
+    assert response.status_code == 400 and response.headers["content-type"] == "application/json"
+    assert response.json()["error"] == "invalid_config" and response.json()["request_id"]
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"limits":' * 50_000, b"\xff\xfe", b"{"])
+def test_malformed_admin_json_is_a_400_diagnostic(admin: AsgiClient, body: bytes) -> None:
+    deploy(admin, "a", g.HELLO)
+    for method, path in (("PUT", "/v1/routes"), ("PATCH", "/v1/modules/a"), ("POST", "/v1/cache/purge"),
+                         ("PUT", "/v1/regions")):
+        response = admin.request(method, path, content=body)
+        assert response.status_code == 400, (method, path, response.text)
+        assert response.json()["error"] == "invalid_request" and response.headers["x-request-id"]
+
+
+def test_every_admin_error_is_the_json_diagnostic(apps: Apps, admin: AsgiClient) -> None:
+    missing = admin.get("/v1/nothing-here", headers={"x-request-id": "mine-1"})
+    assert missing.status_code == 404 and missing.json() == {
+        "error": "not_found", "detail": "no admin endpoint /v1/nothing-here", "request_id": "mine-1"}
+    wrong = admin.request("DELETE", "/v1/routes")
+    assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
+    assert set(wrong.headers["allow"].replace(" ", "").split(",")) >= {"GET", "PUT"}
+    with AsgiClient(apps.admin, base_url="http://admin.test") as anonymous:
+        denied = anonymous.get("/v1/modules")
+        assert denied.status_code == 401 and denied.json()["error"] == "unauthorized"
+        assert denied.json()["request_id"] == denied.headers["x-request-id"]
+        assert denied.headers["www-authenticate"].startswith("Bearer")
+    bad = admin.patch("/v1/modules/nope", json={"limits": {"memory": "1MiB"}})
+    assert bad.status_code == 404 and bad.json()["error"] == "not_found"
+    for limits in ({"memory": [1]}, {"memory": True}, {"timeout": -1}, {"stack": "64GiB"}, {"bogus": 1}):
+        deploy(admin, "a", g.HELLO)
+        response = admin.patch("/v1/modules/a", json={"limits": limits})
+        assert response.status_code == 400 and response.json()["error"] == "invalid_config", (limits, response.text)
+
+
+def test_405_with_allow_when_only_the_method_is_wrong(admin: AsgiClient, edge: AsgiClient) -> None:
+    deploy(admin, "a", g.HELLO)
+    route(admin, {"path": "/only-get", "module": "a", "methods": ["GET", "HEAD"]},
+          {"path": "/items/:id", "module": "a", "methods": ["PUT"]})
+    response = edge.post("/only-get")
+    assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
+    assert response.headers["allow"] == "GET, HEAD"
+    assert edge.get("/items/3").headers["allow"] == "PUT"
+    assert edge.get("/nowhere").status_code == 404
+
+
+def test_a_delete_racing_a_route_table_never_leaves_a_dangling_route(apps: Apps, admin: AsgiClient) -> None:
+    """Deletes and route-table writes from many threads: afterwards every route names a module."""
+    wasm = g.wasm(g.HELLO)
+    errors: list[BaseException] = []
+
+    def churn(i: int) -> None:
+        try:
+            for round_ in range(15):
+                name = f"m{i}-{round_ % 3}"
+                apps.node.deploy(name, wasm)
+                try:
+                    apps.node.set_routes([{"path": f"/r/{name}/{n}", "module": n} for n in apps.host.module_names()])
+                except Exception as exc:  # a module deleted meanwhile: the whole table is refused
+                    if getattr(exc, "kind", "") != "invalid_config":
+                        raise
+                apps.node.delete(name)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    deployed = set(apps.host.module_names())
+    assert all(route.module in deployed for route in apps.state.routes.routes)
+
+
+def test_api_routes_survive_a_restart_with_a_manifest(tmp_path: Path) -> None:
+    wat = tmp_path / "hello.wat"
+    wat.write_text(g.HELLO)
+    manifest = tmp_path / "isolate.toml"
+    manifest.write_text('[modules.hello]\npath = "hello.wat"\n\n[[routes]]\npath = "/hello"\nmodule = "hello"\n')
+    with LiveServer(tmp_path / "data", "--manifest", str(manifest)) as server, server.admin() as admin:
+        assert admin.put("/v1/modules/extra", content=g.wasm(g.HELLO)).status_code == 201
+        added = admin.post("/v1/routes", json={"routes": [{"path": "/extra", "module": "extra"},
+                                                          {"path": "/hello", "module": "extra", "methods": ["POST"]},
+                                                          {"path": "/gone", "module": "extra"}]})
+        assert added.status_code == 200, added.text
+        # The manifest now claims /gone with every method: that API route must be dropped, and said so.
+        manifest.write_text(manifest.read_text() + '\n[[routes]]\npath = "/gone"\nmodule = "hello"\n')
+        server.restart()
+        with server.admin() as again:
+            table = {(r["path"], tuple(r.get("methods", ())), r["module"], r["origin"])
+                     for r in again.get("/v1/routes").json()["routes"]}
+        assert table == {("/hello", (), "hello", "manifest"), ("/gone", (), "hello", "manifest"),
+                         ("/extra", (), "extra", "api"), ("/hello", ("POST",), "extra", "api")}
+        assert "route dropped at start-up: */gone -> extra" in server.log()
+
+
+def test_keep_alive_204_carries_no_smuggled_answer(tmp_path: Path) -> None:
+    """On one keep-alive connection, a guest's 204 with a body must not become the next answer."""
+    forged = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged"
+    with LiveServer(tmp_path / "data") as server, server.admin() as admin:
+        assert admin.put("/v1/modules/nc", content=g.wasm(answering(204, body=forged))).status_code == 201
+        assert admin.put("/v1/routes", json={"routes": [{"path": "/nc", "module": "nc", "cache": False}]}
+                         ).status_code == 200
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /nc HTTP/1.1\r\nhost: a\r\n\r\nGET /.isolate/health HTTP/1.1\r\nhost: a\r\n\r\n")
+            received = b""
+            while received.count(b"HTTP/1.1 ") < 2 or not received.endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 204 ") and b"forged" not in received
+        assert received.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 200 OK" in received.split(b"\r\n\r\n", 1)[1]
