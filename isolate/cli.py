@@ -189,7 +189,7 @@ def _region_table_file(path: Path) -> RegionTable:
 @admin_url_option
 @admin_token_option
 @click.argument("name")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=click.Path(exists=True))
 @click.option("--route", "routes", multiple=True, metavar="[METHODS ][HOST]/PATH",
               help="Route to this module, e.g. /hello, /users/:id, /static/..., api.example.com/v1/..., "
                    "'GET,HEAD /users/:id' (only those methods).")
@@ -201,7 +201,7 @@ def _region_table_file(path: Path) -> RegionTable:
 def deploy(data_dir: str | None, admin_url: str, admin_token: str | None, name: str, file: str,
            routes: tuple[str, ...], memory: str | None, timeout: str | None, response_size: str | None,
            stack: str | None, variables: tuple[str, ...]) -> None:
-    """Upload FILE (.wasm, or .wat text) as a new version of module NAME."""
+    """Upload FILE (.wasm, .wat text, or a guest source directory, built first) as a new version of NAME."""
     from .manifest import read_module
 
     params: list[tuple[str, str]] = []
@@ -452,13 +452,24 @@ def bench_command(file: str, iterations: int, body_sizes: tuple[str, ...], path:
 @click.option("--body", default="", help="Request body (text).")
 @click.option("--header", "headers", multiple=True, metavar="NAME:VALUE")
 def invoke(data_dir: str | None, name: str, method: str, path: str, body: str, headers: tuple[str, ...]) -> None:
-    """Run one request through NAME in-process (no server); print the response and guest logs."""
+    """Run one request through NAME in-process (no server); print the response and guest logs.
+
+    Route parameters are taken from the stored route table when one of NAME's routes matches PATH."""
     pairs = [tuple(part.strip() for part in h.split(":", 1)) for h in headers if ":" in h]
     path_only, _, query = path.partition("?")
-    request = Request(method=method.upper(), path=path_only, query=query, body=body.encode(),
-                      headers=[(k.lower(), v) for k, v in pairs])
+    config = _config(data_dir)
     try:
-        with Host(_config(data_dir)) as host:
+        # Route parameters come from the stored route table, as the server would match them.
+        from .state import ServerState
+
+        match = ServerState(config.data_dir).routes.match("", path_only, method.upper())
+    except IsolateError:
+        match = None
+    params = dict(match.params) if match is not None and match.route.module == name else {}
+    request = Request(method=method.upper(), path=path_only, query=query, body=body.encode(),
+                      headers=[(k.lower(), v) for k, v in pairs], params=params)
+    try:
+        with Host(config) as host:
             response = host.invoke(name, request)
     except IsolateError as exc:
         for record in getattr(exc, "logs", ()):
