@@ -9,22 +9,25 @@ SAMPLES := hello echo router transform crash
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install toolchains samples serve regions test lint typecheck unit bench bench-quick bench-micro clean
+.PHONY: install toolchains samples serve regions test lint typecheck unit bench bench-quick bench-plot bench-micro clean
 
-$(STAMP): pyproject.toml
+# The distribution is `isolate-edge` (PyPI's `isolate` is another project): drop an install made under the old name.
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip uninstall --quiet --disable-pip-version-check -y isolate 2>/dev/null || true
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,sdk]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# Guest toolchains: zig (PyPI, via the sdk extra), a rustc with the wasm32 standard library
-# (rustup's if it has the target, else Debian's rustc + libstd-rust-dev-wasm32), Node.js and the
-# AssemblyScript compiler (npm, pinned by guest-sdk/assemblyscript/package-lock.json).
+# Guest toolchains: zig (PyPI, via the sdk extra), a rustc with the wasm32 standard library and its
+# cargo (the newest rustc that has the target, rustup's or Debian's; else Debian's rustc, cargo and
+# libstd-rust-dev-wasm32), Node.js and the AssemblyScript compiler (npm, pinned by
+# guest-sdk/assemblyscript/package-lock.json). cargo builds only projects that declare dependencies.
 $(TOOLS): $(STAMP) guest-sdk/assemblyscript/package-lock.json
-	@$(PY) -c 'from isolate.build import find_rustc; find_rustc()' 2>/dev/null || { \
-	  echo "installing Debian rustc with the wasm32 standard library"; \
-	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q rustc libstd-rust-dev-wasm32; }
+	@$(PY) -c 'from isolate.build import find_rustc; assert find_rustc().cargo()' 2>/dev/null || { \
+	  echo "installing Debian rustc and cargo with the wasm32 standard library"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q rustc cargo libstd-rust-dev-wasm32; }
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; }
 	cd guest-sdk/assemblyscript && npm ci --no-audit --no-fund --loglevel=error
 	touch $(TOOLS)
@@ -61,15 +64,21 @@ $(BENCH_STAMP): $(STAMP) bench/peers/package-lock.json
 	cd bench/peers && npm install --no-audit --no-fund --loglevel=error
 	touch $(BENCH_STAMP)
 
+# `make bench` writes bench/results/latest.* (the committed reference); bench-quick writes quick.*
+# beside it, same keys, never overwriting the last full run; bench-plot redraws latest.md/.png from its .json.
 bench: $(BENCH_STAMP)
 	$(PY) bench/run.py
 
 bench-quick: $(BENCH_STAMP)
 	$(PY) bench/run.py --quick
 
+bench-plot: $(BENCH_STAMP)
+	$(PY) bench/run.py --plot-only
+
 bench-micro: install
 	$(PY) bench/micro.py
 
 clean:
 	rm -rf $(VENV) .isolate .pytest_cache .mypy_cache .ruff_cache guest-sdk/*/node_modules samples/*/node_modules
+	rm -rf build dist *.egg-info
 	find samples guest-sdk -type d -name build -prune -exec rm -rf {} +

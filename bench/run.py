@@ -2,7 +2,9 @@
 
 Phases: (1) in-process medians, (2) HTTP on loopback with wrk, peers in alternating rounds,
 (3) 1 / 100 / 1,000 tenants, (4) head-of-line latency beside a CPU-heavy guest, (5) cold paths.
-Writes bench/results/latest.json, latest.md and latest.png. `--quick` is the same with short runs.
+Writes bench/results/latest.json, .md and .png; `--quick` runs short and writes quick.* instead, with
+the same keys, so a quick check never overwrites the last full run. `--plot-only` redraws .md and .png
+from a run's .json without measuring anything.
 A benchmark, not a test: it asserts nothing about speed.
 """
 
@@ -332,11 +334,20 @@ def phase_cold(server: IsolateServer, progress: Progress) -> dict[str, Any]:
             "cold_start_to_ready_ms": round(ready_s * 1000, 1), "cold_start_modules": modules}
 
 
-def write_reports(results: dict[str, Any], out: Path) -> None:
+def report_stem(quick: bool) -> str:
+    """Full runs are the committed reference (latest.*); quick ones go beside them (quick.*)."""
+    return "quick" if quick else "latest"
+
+
+def write_reports(results: dict[str, Any], out: Path, stem: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "latest.md").write_text(markdown(results))
-    plot(results, out / "latest.png")
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    render(results, out, stem)
+
+
+def render(results: dict[str, Any], out: Path, stem: str) -> None:
+    (out / f"{stem}.md").write_text(markdown(results))
+    plot(results, out / f"{stem}.png")
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -384,31 +395,51 @@ def plot(r: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import StrMethodFormatter
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    names = list(r["http_rps"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), width_ratios=[1.35, 1])
+    # Horizontal bars: peer names are long (workerd_fresh_instance) and overlapped as x labels.
+    names = list(r["http_rps"])[::-1]  # top to bottom in the report's order
     values = [r["http_rps"][n] for n in names]
     low = [v - r["http_rps_range"][n][0] for n, v in zip(names, values, strict=True)]
     high = [r["http_rps_range"][n][1] - v for n, v in zip(names, values, strict=True)]
-    colors = ["#2a9d8f" if n == "isolate" else "#8d99ae" for n in names]
-    left.bar(names, values, yerr=[low, high], capsize=4, color=colors)
+    colors = ["#2a9d8f" if n.startswith("isolate") else "#8d99ae" for n in names]
+    left.barh(names, values, xerr=[low, high], capsize=3, color=colors)
+    for i, (value, above) in enumerate(zip(values, high, strict=True)):  # right of the range, not on it
+        left.annotate(f"{value:,.0f}", (value + above, i), xytext=(6, 0), textcoords="offset points", va="center",
+                      fontsize=9)
+    left.set_xlim(0, max(r["http_rps_range"][n][1] for n in names) * 1.2)
     left.set_title("HTTP hello on loopback (req/s, median, min–max)")
-    left.tick_params(axis="x", labelrotation=15)
+    left.set_xlabel("requests per second")
+    left.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     counts = [str(t["modules"]) for t in r["tenants"]]
     right.bar(counts, [t["rps"] for t in r["tenants"]], color="#2a9d8f")
     right.set_title("isolate with N tenants (req/s; RSS MB on top)")
     right.set_xlabel("deployed modules, hit uniformly")
     for i, t in enumerate(r["tenants"]):
         right.annotate(f"{t['rss_mb']:.0f} MB", (i, t["rps"]), ha="center", va="bottom")
+    right.set_ylim(0, max(t["rps"] for t in r["tenants"]) * 1.12)  # room for the labels on top
+    right.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="short runs, same keys (under 2 minutes)")
+    parser.add_argument("--quick", action="store_true",
+                        help="short runs (under 2 minutes), written to quick.* with the same keys")
     parser.add_argument("--out", type=Path, default=BENCH / "results")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="redraw OUT/latest.md and .png (quick.* with --quick) from its .json; measure nothing")
     args = parser.parse_args()
+    stem = report_stem(args.quick)
+    if args.plot_only:
+        source = args.out / f"{stem}.json"
+        if not source.is_file():
+            raise SystemExit(f"{source} does not exist: run `make {'bench-quick' if args.quick else 'bench'}` first")
+        render(json.loads(source.read_text()), args.out, stem)
+        console.print(f"redrew {args.out / stem}.md and .png from {source}")
+        return
     s = settings(args.quick)
     for tool in ("wrk", "node"):
         if shutil.which(tool) is None:
@@ -478,9 +509,9 @@ def main() -> None:
         "timestamp": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    write_reports(results, args.out)
+    write_reports(results, args.out, stem)
     console.print(markdown(results))
-    console.print(f"wrote {args.out / 'latest.json'}, latest.md and latest.png in {results['meta']['wall_s']} s")
+    console.print(f"wrote {args.out / stem}.json, .md and .png in {results['meta']['wall_s']} s")
 
 
 if __name__ == "__main__":

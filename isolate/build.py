@@ -1,32 +1,79 @@
 """Building guests from source: one toolchain per SDK language, detected from a project's files.
 
     C               *.c files          zig cc (PyPI `ziglang`) --target=wasm32-wasi, reactor model
-    Rust            src/lib.rs         rustc --target wasm32-unknown-unknown, the SDK as an rlib
+    Rust            src/lib.rs         the newest rustc with the wasm32-unknown-unknown target, the SDK
+                                       as an rlib; `cargo build --offline` when Cargo.toml declares
+                                       other dependencies (path, vendored or cached ones)
     AssemblyScript  assembly/index.ts  asc (npm `assemblyscript`) with the stub runtime
 
 Outputs go to PROJECT/build/NAME.wasm; a build whose inputs are older than its output is skipped.
-The SDKs are read from the source checkout's guest-sdk/ (or ISOLATE_SDK_DIR).
+A result names the compiler that ran (path and version) and carries the warnings it printed.
+The SDK sources come from ISOLATE_SDK_DIR, else the installed package (`isolate/_guest_sdk`, put
+there by the wheel), else the source checkout's guest-sdk/. Toolchains installed on first use (the
+AssemblyScript compiler, for an installed wheel) go to ISOLATE_CACHE_DIR or ~/.cache/isolate.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import re
 import shutil
 import subprocess
-import sys
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from .errors import BuildError
 
 LANGUAGES = ("c", "rust", "assemblyscript")
+WASM_TARGET = "wasm32-unknown-unknown"
+SDK_CRATE = "isolate_sdk"
+
 
 def sdk_root() -> Path:
+    """The guest SDK sources: ISOLATE_SDK_DIR, else the installed package's copy, else the checkout's."""
     override = os.environ.get("ISOLATE_SDK_DIR")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "guest-sdk"
+    if override:
+        return Path(override)
+    packaged = resources.files("isolate") / "_guest_sdk"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    checkout = Path(__file__).resolve().parent.parent / "guest-sdk"
+    if checkout.is_dir():
+        return checkout
+    raise BuildError(f"the guest SDKs are missing (neither {packaged} nor {checkout} exists): reinstall "
+                     "isolate-edge, or point ISOLATE_SDK_DIR at a guest-sdk/ directory")
+
+
+def cache_dir() -> Path:
+    """Where toolchains installed on first use live: ISOLATE_CACHE_DIR, else $XDG_CACHE_HOME/isolate."""
+    override = os.environ.get("ISOLATE_CACHE_DIR")
+    if override:
+        return Path(override)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "isolate"
+
+
+@dataclass(frozen=True)
+class Compiler:
+    """The compiler a build ran: name, executable and version, and the driver that ran it, if any."""
+
+    name: str
+    path: str
+    version: str
+    driver: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.name} {self.version} at {self.path}"
+        return f"{text} via {self.driver}" if self.driver else text
 
 
 @dataclass(frozen=True)
@@ -37,6 +84,13 @@ class BuildResult:
     size: int
     seconds: float
     cached: bool
+    compiler: Compiler | None = None
+    """None when the output was up to date and nothing ran."""
+    warnings: tuple[str, ...] = ()
+    """The compiler's warnings, one diagnostic each, as it rendered them."""
+
+
+Compiled = tuple[Compiler, tuple[str, ...]]
 
 
 class Toolchain(Protocol):
@@ -44,14 +98,54 @@ class Toolchain(Protocol):
 
     def detect(self, project: Path) -> bool: ...
     def sources(self, project: Path) -> list[Path]: ...
-    def compile(self, project: Path, output: Path) -> None: ...
+    def compile(self, project: Path, output: Path) -> Compiled: ...
 
 
-def _run(tool: str, command: Sequence[str | Path], cwd: Path | None = None) -> None:
-    result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True)
+def _run(tool: str, command: Sequence[str | Path], cwd: Path | None = None, env: Mapping[str, str] | None = None,
+         render: Callable[[str], str] | None = None) -> subprocess.CompletedProcess[str]:
+    args = [str(c) for c in command]
+    try:
+        result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+    except OSError as exc:
+        raise BuildError(f"{tool} could not start: {exc}", command=args) from exc
     if result.returncode != 0:
-        output = (result.stderr or result.stdout).strip()
-        raise BuildError(f"{tool} failed:\n{output}", command=[str(c) for c in command])
+        output = render(result.stderr) if render else (result.stderr or result.stdout)
+        raise BuildError(f"{tool} failed:\n{output.strip()}", command=args)
+    return result
+
+
+_SUMMARY = re.compile(r"(\d+ warnings? generated\.|warning: \d+ warnings? emitted|warning: `.*` \(.*\) generated "
+                      r"\d+ warnings?.*)$")
+
+
+def _split(text: str, header: re.Pattern[str]) -> tuple[str, ...]:
+    """A compiler's output cut into diagnostics, each starting at a `header` line, its tally dropped."""
+    blocks: list[list[str]] = []
+    for line in text.splitlines():
+        if _SUMMARY.match(line.strip()):
+            continue
+        if header.match(line) or not blocks:
+            blocks.append([line])
+        else:
+            blocks[-1].append(line)
+    return tuple(b for b in ("\n".join(lines).strip() for lines in blocks) if b)
+
+
+def _rustc_json(stderr: str) -> tuple[list[str], list[str]]:
+    """rustc's `--error-format=json` stderr as rendered text: (warnings, everything else)."""
+    warnings: list[str] = []
+    other: list[str] = []
+    for line in stderr.splitlines():
+        try:
+            diagnostic = json.loads(line)
+        except ValueError:
+            if line.strip():  # a linker's or a crash's plain text: never swallowed
+                other.append(line)
+            continue
+        rendered = str(diagnostic.get("rendered") or diagnostic.get("message") or "").strip()
+        if rendered and not _SUMMARY.match(rendered):
+            (warnings if diagnostic.get("level") == "warning" else other).append(rendered)
+    return warnings, other
 
 
 def _files(root: Path, patterns: Iterable[str]) -> list[Path]:
@@ -59,8 +153,29 @@ def _files(root: Path, patterns: Iterable[str]) -> list[Path]:
                   and "node_modules" not in p.relative_to(root).parts)
 
 
+# --- C -------------------------------------------------------------------------------------------
+
+@cache
+def _zig_version(zig: str) -> str:
+    return _run("zig", [zig, "version"]).stdout.strip()
+
+
+def find_zig() -> Compiler:
+    """zig: ISOLATE_ZIG, else the `ziglang` wheel's binary (called directly: no Python start-up), else PATH's."""
+    zig = os.environ.get("ISOLATE_ZIG")
+    if not zig:
+        spec = importlib.util.find_spec("ziglang")
+        bundled = [Path(p) / "zig" for p in (spec.submodule_search_locations or [])] if spec else []
+        zig = next((str(p) for p in bundled if p.is_file()), None) or shutil.which("zig")
+    if not zig:
+        raise BuildError("zig is not installed: `pip install ziglang` (or install isolate-edge[sdk])")
+    return Compiler("zig cc", zig, _zig_version(zig))
+
+
 class C:
     language: ClassVar[str] = "c"
+    _header: ClassVar[re.Pattern[str]] = re.compile(r"(\S[^:]*:\d+(:\d+)?: )?(warning|error|fatal error)\b|\S+: "
+                                                    r"(warning|error):")
 
     def detect(self, project: Path) -> bool:
         return any(project.glob("*.c"))
@@ -69,55 +184,357 @@ class C:
         sdk = sdk_root() / "c"
         return _files(project, ["*.c", "*.h"]) + [sdk / "isolate.c", sdk / "isolate.h"]
 
-    def compile(self, project: Path, output: Path) -> None:
+    def compile(self, project: Path, output: Path) -> Compiled:
+        zig = find_zig()
         sdk = sdk_root() / "c"
         # A reactor (exports _initialize); -s strips debug info; 1 MiB of shadow stack, not zig's 16.
-        _run("zig cc", [sys.executable, "-m", "ziglang", "cc", "--target=wasm32-wasi", "-mexec-model=reactor",
-                        "-O2", "-s", "-Wl,-z,stack-size=1048576", "-Wall", "-Wextra", f"-I{sdk}", "-o", output,
-                        sdk / "isolate.c", *sorted(project.glob("*.c"))])
+        # A fresh local cache: on a hit zig cc prints no warnings. libc stays in zig's global cache.
+        with tempfile.TemporaryDirectory(prefix="isolate-zig-") as local:
+            result = _run("zig cc", [zig.path, "cc", "--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-s",
+                                     "-Wl,-z,stack-size=1048576", "-Wall", "-Wextra", f"-I{sdk}", "-o", output,
+                                     sdk / "isolate.c", *sorted(project.glob("*.c"))], cwd=project,
+                          env={**os.environ, "ZIG_LOCAL_CACHE_DIR": local})
+        return zig, _split(result.stderr + result.stdout, self._header)
 
 
-def find_rustc() -> str:
-    """A rustc that has the wasm32-unknown-unknown standard library (rustup's or Debian's)."""
-    candidates = [os.environ.get("ISOLATE_RUSTC"), shutil.which("rustc"), "/usr/bin/rustc"]
-    for rustc in filter(None, candidates):
-        try:
-            sysroot = subprocess.run([rustc, "--print", "sysroot"], capture_output=True, text=True).stdout.strip()
-        except OSError:
+# --- Rust ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Rustc:
+    """One rustc found on this machine, and whether its sysroot has the wasm32 standard library."""
+
+    path: str
+    release: str
+    """As `rustc -vV` says: 1.63.0, 1.80.0-beta.3, 1.97.0-nightly."""
+    sysroot: Path
+
+    @property
+    def has_wasm(self) -> bool:
+        return (self.sysroot / "lib" / "rustlib" / WASM_TARGET).is_dir()
+
+    @property
+    def rank(self) -> tuple[int, int, int, int]:
+        """Newer first; at one version a release beats a beta beats a nightly."""
+        match = re.match(r"(\d+)\.(\d+)\.(\d+)(?:-(\w+))?", self.release)
+        if match is None:
+            return (0, 0, 0, 0)
+        channel = match.group(4) or ""
+        return (int(match.group(1)), int(match.group(2)), int(match.group(3)),
+                2 if not channel else 1 if channel.startswith("beta") else 0)
+
+    @property
+    def compiler(self) -> Compiler:
+        return Compiler("rustc", self.path, self.release)
+
+    def cargo(self) -> str | None:
+        """ISOLATE_CARGO, else the cargo of this rustc's own toolchain. Never another one from PATH: a newer
+        cargo passes flags an older rustc rejects."""
+        override = os.environ.get("ISOLATE_CARGO")
+        if override:
+            return override
+        for cargo in (self.sysroot / "bin" / "cargo", Path(self.path).parent / "cargo"):
+            if cargo.is_file() and os.access(cargo, os.X_OK):
+                return str(cargo)
+        return None
+
+
+@cache
+def _probe_rustc(path: str, stamp: tuple[int, int]) -> Rustc | None:
+    """`rustc -vV` and `--print sysroot`, once per binary (and per modification of it)."""
+    try:
+        about = subprocess.run([path, "-vV"], capture_output=True, text=True, timeout=60)
+        sysroot = subprocess.run([path, "--print", "sysroot"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    release = re.search(r"^release: (\S+)", about.stdout, re.MULTILINE)
+    if release is None or sysroot.returncode != 0 or not sysroot.stdout.strip():
+        return None
+    root = Path(sysroot.stdout.strip())
+    # A rustup proxy picks its toolchain per directory and environment: pin the toolchain's own binary.
+    own = root / "bin" / "rustc"
+    if Path(path).resolve().name.startswith("rustup") and own.is_file():
+        path = str(own)
+    return Rustc(path, release.group(1), root)
+
+
+def _rustc_candidates() -> list[str]:
+    """Every rustc in PATH, every rustup toolchain's, Debian's (and its versioned ones), without duplicates."""
+    found = [os.path.join(d, "rustc") for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    rustup_home = Path(os.environ.get("RUSTUP_HOME") or Path.home() / ".rustup")
+    found += sorted(str(p) for p in rustup_home.glob("toolchains/*/bin/rustc"))
+    found += ["/usr/bin/rustc", *sorted(str(p) for p in Path("/usr/lib").glob("rust-*/bin/rustc"))]
+    # rustup's proxies run one of the toolchains listed above: asking them again only costs start-ups.
+    proxies_covered = any(rustup_home.glob("toolchains/*/bin/rustc"))
+    unique: dict[str, str] = {}
+    for candidate in found:
+        if proxies_covered and os.path.basename(os.path.realpath(candidate)).startswith("rustup"):
             continue
-        if sysroot and (Path(sysroot) / "lib" / "rustlib" / "wasm32-unknown-unknown").is_dir():
-            return rustc
-    raise BuildError("no rustc with the wasm32-unknown-unknown target: run `make toolchains` (Debian rustc + "
-                     "libstd-rust-dev-wasm32) or `rustup target add wasm32-unknown-unknown`")
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            unique.setdefault(os.path.realpath(candidate), candidate)
+    return list(unique.values())
+
+
+def _probe(path: str) -> Rustc | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return _probe_rustc(path, (stat.st_mtime_ns, stat.st_size))
+
+
+def find_rustc() -> Rustc:
+    """The newest rustc whose sysroot has the wasm32-unknown-unknown standard library (or ISOLATE_RUSTC).
+
+    rustup's toolchains often lack the target (it needs `rustup target add`), Debian's rustc has it
+    with libstd-rust-dev-wasm32: every rustc found is asked, and the newest one able to build wins.
+    """
+    override = os.environ.get("ISOLATE_RUSTC")
+    paths = [override] if override else _rustc_candidates()
+    with ThreadPoolExecutor(max_workers=4) as pool:  # the probes are process start-ups: overlap them
+        probed = [r for r in pool.map(_probe, paths) if r is not None]
+    unique = list({r.path: r for r in reversed(probed)}.values())[::-1]
+    usable = [r for r in unique if r.has_wasm]
+    if usable:
+        return max(usable, key=lambda r: r.rank)  # max keeps the first of equals: PATH order breaks ties
+    seen = "; ".join(f"rustc {r.release} at {r.path}" for r in unique) or "none"
+    where = f"ISOLATE_RUSTC={override} has" if override else "no rustc found has"
+    raise BuildError(f"{where} the {WASM_TARGET} target (found: {seen}): run `rustup target add {WASM_TARGET}`, or "
+                     "`make toolchains` / `apt-get install rustc libstd-rust-dev-wasm32` for Debian's")
+
+
+def _manifest(project: Path) -> dict[str, Any]:
+    path = project / "Cargo.toml"
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BuildError(f"{path} is not valid TOML: {exc}") from exc
+
+
+def cargo_dependencies(manifest: Mapping[str, Any], *, sdk: bool = False) -> dict[str, Any]:
+    """What a Cargo.toml makes the build depend on (normal and build dependencies, every target), by name;
+    the SDK crate only if `sdk`, since the fast path supplies it itself."""
+    tables = [manifest, *(t for t in (manifest.get("target") or {}).values() if isinstance(t, dict))]
+    found: dict[str, Any] = {}
+    for table in tables:
+        for key in ("dependencies", "build-dependencies"):
+            found.update(table.get(key) or {})
+    return {name: spec for name, spec in found.items() if sdk or name.replace("-", "_") != SDK_CRATE}
+
+
+def _dependency_kind(spec: Any) -> str:
+    if isinstance(spec, dict):
+        for kind in ("path", "git", "workspace"):
+            if kind in spec:
+                return kind
+    return "registry"
+
+
+def _path_crates(project: Path, manifest: Mapping[str, Any]) -> list[Path]:
+    """The local crates a project pulls in through path dependencies, transitively."""
+    seen: dict[Path, None] = {}
+    todo = [(project, manifest)]
+    while todo:
+        root, current = todo.pop()
+        for spec in cargo_dependencies(current, sdk=True).values():
+            if _dependency_kind(spec) == "path":
+                crate = (root / str(spec["path"])).resolve()
+                if crate not in seen and crate != project and (crate / "Cargo.toml").is_file():
+                    seen[crate] = None
+                    try:
+                        todo.append((crate, _manifest(crate)))
+                    except BuildError:
+                        pass  # cargo names the broken manifest itself
+    return list(seen)
+
+
+_CARGO_PROGRESS = re.compile(r"\s+(Compiling|Finished|Fresh|Locking|Adding|Updating|Downloaded|Downloading|"
+                             r"Blocking|Checking|Running|Removing|Packaging|Unpacking)\b")
+_CARGO_HEADER = re.compile(r"(warning|error)(\[\w+\])?:")
+_UNRESOLVED = [re.compile(p) for p in (r"no matching package (?:named|found)[^`]*`([^`]+)`",
+                                       r"failed to get `([^`]+)` as a dependency",
+                                       r"failed to load source for dependency `([^`]+)`",
+                                       r"failed to select a version for the requirement `([^ `=]+)")]
+_WHY = {
+    "registry": "it comes from a registry (crates.io), which builds cannot reach (`cargo build --offline`), and "
+                "no vendored or cached copy of it was found",
+    "git": "it is a git dependency, which builds cannot fetch (`cargo build --offline`), and cargo has no "
+           "checkout of it cached",
+    "workspace": "it is inherited from a workspace whose entry for it cannot be resolved offline",
+    "path": "its path crate does not resolve",
+}
 
 
 class Rust:
     language: ClassVar[str] = "rust"
-    _flags: ClassVar[list[str]] = ["--edition", "2021", "--target", "wasm32-unknown-unknown", "-C", "opt-level=s"]
 
     def detect(self, project: Path) -> bool:
         return (project / "src" / "lib.rs").is_file()
 
     def sources(self, project: Path) -> list[Path]:
-        return _files(project, ["src/**/*.rs", "Cargo.toml"]) + _files(sdk_root() / "rust", ["src/**/*.rs"])
+        crates = _path_crates(project, _manifest(project))
+        return [*_files(project, ["src/**/*.rs", "Cargo.toml", "Cargo.lock", "build.rs", ".cargo/config*"]),
+                *_files(sdk_root() / "rust", ["src/**/*.rs"]),
+                *(f for crate in crates for f in _files(crate, ["src/**/*.rs", "Cargo.toml", "build.rs"]))]
 
-    def compile(self, project: Path, output: Path) -> None:
+    def compile(self, project: Path, output: Path) -> Compiled:
         rustc = find_rustc()
+        manifest = _manifest(project)
+        dependencies = cargo_dependencies(manifest)
+        if dependencies or (project / "build.rs").is_file():
+            return self._cargo(project, output, rustc, manifest, dependencies)
+        return self._rustc(project, output, rustc, manifest)
+
+    def _rustc(self, project: Path, output: Path, rustc: Rustc, manifest: Mapping[str, Any]) -> Compiled:
+        """The fast path: two rustc calls, the SDK's rlib kept between builds; no cargo, no Cargo.lock."""
+        edition = str((manifest.get("package") or {}).get("edition", "2021"))
+        flags = ["--target", WASM_TARGET, "-C", "opt-level=s", "--error-format=json"]
         sdk = sdk_root() / "rust"
-        deps = output.parent / ".sdk"
-        deps.mkdir(exist_ok=True)
-        rlib = deps / "libisolate_sdk.rlib"
+        # One rlib per compiler: a rustc refuses rlibs another version wrote.
+        deps = output.parent / ".sdk" / re.sub(r"[^\w.-]", "_", rustc.release)
+        deps.mkdir(parents=True, exist_ok=True)
+        rlib = deps / f"lib{SDK_CRATE}.rlib"
         sdk_sources = _files(sdk, ["src/**/*.rs"])
+        warnings: list[str] = []
         if not rlib.exists() or max(p.stat().st_mtime for p in sdk_sources) > rlib.stat().st_mtime:
-            _run("rustc", [rustc, *self._flags, "--crate-type", "rlib", "--crate-name", "isolate_sdk", "-o", rlib,
-                  sdk / "src" / "lib.rs"])
-        _run("rustc", [rustc, *self._flags, "--crate-type", "cdylib", "--crate-name", project.name.replace("-", "_"),
-              "-C", "strip=symbols", "-L", deps, "--extern", f"isolate_sdk={rlib}", "-o", output,
-              project / "src" / "lib.rs"])
+            result = _run("rustc", [rustc.path, *flags, "--edition", "2021", "--crate-type", "rlib", "--crate-name",
+                                    SDK_CRATE, "-o", rlib, sdk / "src" / "lib.rs"], render=_render_rustc)
+            warnings += _rustc_json(result.stderr)[0]
+        crate = _crate_name(project, manifest)
+        result = _run("rustc", [rustc.path, *flags, "--edition", edition, "--crate-type", "cdylib", "--crate-name",
+                                crate, "-C", "strip=symbols", "-L", deps, "--extern", f"{SDK_CRATE}={rlib}", "-o",
+                                output, project / "src" / "lib.rs"], cwd=project, render=_render_rustc)
+        found, other = _rustc_json(result.stderr)
+        return rustc.compiler, (*warnings, *found, *other)
+
+    def _cargo(self, project: Path, output: Path, rustc: Rustc, manifest: Mapping[str, Any],
+               dependencies: Mapping[str, Any]) -> Compiled:
+        """Dependencies need cargo: offline, since no build may reach a registry; path, vendored
+        (`.cargo/config.toml` source replacement) and already-cached crates resolve."""
+        names = ", ".join(dependencies) or "a build script"
+        for name, spec in cargo_dependencies(manifest, sdk=True).items():
+            if _dependency_kind(spec) == "path" and not (project / str(spec["path"]) / "Cargo.toml").is_file():
+                raise BuildError(f"dependency `{name}` cannot be resolved: its path {spec['path']!r} in "
+                                 f"{project / 'Cargo.toml'} holds no Cargo.toml"
+                                 + (f" (the SDK is at {sdk_root() / 'rust'})" if name == SDK_CRATE else ""),
+                                 dependency=name)
+        crate_types = (manifest.get("lib") or {}).get("crate-type") or []
+        if "cdylib" not in crate_types:
+            raise BuildError(f'{project / "Cargo.toml"} must say crate-type = ["cdylib"] under [lib] to build a '
+                             "wasm module with cargo")
+        cargo = rustc.cargo()
+        if cargo is None:
+            raise BuildError(f"{project / 'Cargo.toml'} declares dependencies ({names}), which need cargo, and "
+                             f"rustc {rustc.release} at {rustc.path} has no cargo beside it: install its toolchain's "
+                             "cargo (Debian: apt-get install cargo) or set ISOLATE_CARGO", dependencies=names)
+        env = {**os.environ, "RUSTC": rustc.path}
+        if "profile" not in manifest:  # the fast path's settings, unless the project chose its own
+            env.update(CARGO_PROFILE_RELEASE_OPT_LEVEL="s", CARGO_PROFILE_RELEASE_STRIP="symbols")
+        command = [cargo, "build", "--offline", "--release", "--target", WASM_TARGET, "--message-format", "json",
+                   "--target-dir", str(project / "build" / "cargo"), "--manifest-path", str(project / "Cargo.toml")]
+        try:
+            result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+        except OSError as exc:
+            raise BuildError(f"cargo could not start: {exc}", command=command) from exc
+        warnings: list[str] = []
+        errors: list[str] = []
+        wasm: Path | None = None
+        for line in result.stdout.splitlines():
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if message.get("reason") == "compiler-message":
+                rendered = str(message["message"].get("rendered") or "").strip()
+                if rendered and not _SUMMARY.match(rendered):
+                    (warnings if message["message"].get("level") == "warning" else errors).append(rendered)
+            elif message.get("reason") == "compiler-artifact" and Path(message.get("manifest_path", "")) == (
+                    project / "Cargo.toml"):
+                wasm = next((Path(f) for f in message.get("filenames", []) if f.endswith(".wasm")), wasm)
+        own = "\n".join(line for line in result.stderr.splitlines() if not _CARGO_PROGRESS.match(line))
+        for block in _split(own, _CARGO_HEADER):
+            (warnings if block.startswith("warning") else errors).append(block)
+        if result.returncode != 0:
+            raise self._cargo_error(project, dependencies, "\n\n".join(errors) or result.stderr.strip(), command)
+        if wasm is None or not wasm.is_file():
+            raise BuildError(f"cargo built no .wasm for {project.name}", command=command)
+        shutil.copyfile(wasm, output)
+        version = subprocess.run([cargo, "--version"], capture_output=True, text=True).stdout.strip()
+        compiler = Compiler("rustc", rustc.path, rustc.release, driver=f"{version or 'cargo'} at {cargo}")
+        return compiler, tuple(warnings)
+
+    @staticmethod
+    def _cargo_error(project: Path, dependencies: Mapping[str, Any], said: str, command: list[str]) -> BuildError:
+        for pattern in _UNRESOLVED:
+            match = pattern.search(said)
+            if match:
+                name = match.group(1)
+                kind = _dependency_kind(dependencies.get(name, dependencies.get(name.replace("_", "-"))))
+                return BuildError(
+                    f"dependency `{name}` of {project.name} cannot be resolved: {_WHY[kind]}. Vendor it (`cargo "
+                    f"vendor` where the registry is reachable, plus the [source] replacement it prints, in "
+                    f"{project / '.cargo' / 'config.toml'}) or make it a path dependency.\n\ncargo said:\n{said}",
+                    dependency=name, command=command)
+        return BuildError(f"cargo failed:\n{said}", command=command)
+
+
+def _render_rustc(stderr: str) -> str:
+    warnings, other = _rustc_json(stderr)
+    return "\n\n".join([*other, *warnings])
+
+
+def _crate_name(project: Path, manifest: Mapping[str, Any]) -> str:
+    name = (manifest.get("lib") or {}).get("name") or (manifest.get("package") or {}).get("name") or project.name
+    return str(name).replace("-", "_")
+
+
+# --- AssemblyScript ------------------------------------------------------------------------------
+
+def _asc_in(base: Path) -> Path | None:
+    asc = base / "node_modules" / "assemblyscript" / "bin" / "asc.js"
+    return asc if asc.is_file() else None
+
+
+def find_asc(project: Path) -> Path:
+    """asc.js: the project's own, else the SDK's (`make toolchains`), else the pinned one in the cache,
+    which `npm ci` installs there on first use (an installed wheel has no node_modules of its own)."""
+    sdk = sdk_root() / "assemblyscript"
+    found = _asc_in(project) or _asc_in(sdk)
+    if found:
+        return found
+    lock = json.loads((sdk / "package-lock.json").read_text())
+    pinned = lock["packages"]["node_modules/assemblyscript"]["version"]
+    home = cache_dir() / f"assemblyscript-{pinned}"
+    found = _asc_in(home)
+    if found:
+        return found
+    npm = shutil.which("npm")
+    if npm is None:
+        raise BuildError(f"the AssemblyScript compiler is not installed, and npm is missing to install it: install "
+                         f"Node.js and npm (Debian: apt-get install nodejs npm) and build again, which runs `npm ci` "
+                         f"for assemblyscript {pinned} in {home}; or run `npm install` in {project}")
+    home.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".installing-", dir=home.parent))
+    try:
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(sdk / name, staging / name)
+        _run("npm ci", [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=staging)
+        try:
+            os.replace(staging, home)  # whole or not at all; a concurrent first build may have won the race
+        except OSError:
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    found = _asc_in(home)
+    if found is None:
+        raise BuildError(f"npm ci in {home} installed no assemblyscript compiler")
+    return found
 
 
 class AssemblyScript:
     language: ClassVar[str] = "assemblyscript"
+    _header: ClassVar[re.Pattern[str]] = re.compile(r"(WARNING|ERROR|INFO|PEDANTIC) ")
 
     def detect(self, project: Path) -> bool:
         return (project / "assembly" / "index.ts").is_file()
@@ -126,26 +543,27 @@ class AssemblyScript:
         return _files(project, ["assembly/**/*.ts", "package.json"]) + _files(
             sdk_root() / "assemblyscript", ["assembly/**/*.ts"])
 
-    def compile(self, project: Path, output: Path) -> None:
+    def compile(self, project: Path, output: Path) -> Compiled:
         sdk = sdk_root() / "assemblyscript"
+        node = shutil.which("node")
+        if node is None:
+            raise BuildError("node is not installed: install Node.js and npm (Debian: apt-get install nodejs npm)")
         if (project / "package.json").is_file() and not (project / "node_modules").is_dir():
             npm = shutil.which("npm")
             if npm is None:
-                raise BuildError("npm is not installed: run `make toolchains`")
+                raise BuildError("npm is not installed: install Node.js and npm (Debian: apt-get install nodejs npm)")
             _run("npm install", [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=project)
-        # the project's own compiler if it has one, else the SDK's (installed by `make toolchains`)
-        asc = next((d / "node_modules" / "assemblyscript" / "bin" / "asc.js" for d in (project, sdk)
-                    if (d / "node_modules" / "assemblyscript").is_dir()), None)
-        if asc is None:
-            raise BuildError("the AssemblyScript compiler is not installed: run `make toolchains`")
+        asc = find_asc(project)
         # AssemblyScript imports `env.abort` unless told otherwise; the SDK's abort logs, then traps.
         # Its internal name depends on whether the SDK came in as a package or by relative path.
         if (project / "node_modules" / "isolate-sdk").exists():
             abort = "~lib/isolate-sdk/assembly/index/abort"
         else:
             abort = os.path.relpath(sdk / "assembly" / "index", project) + "/abort"
-        _run("asc", ["node", asc, "assembly/index.ts", "--outFile", output, "--runtime", "stub", "--optimize",
-              "--use", f"abort={abort}"], cwd=project)
+        result = _run("asc", [node, asc, "assembly/index.ts", "--outFile", output, "--runtime", "stub", "--optimize",
+                              "--use", f"abort={abort}"], cwd=project)
+        version = json.loads((asc.parent.parent / "package.json").read_text()).get("version", "?")
+        return Compiler("asc", str(asc), version, driver=f"node at {node}"), _split(result.stderr, self._header)
 
 
 TOOLCHAINS: dict[str, Toolchain] = {"c": C(), "rust": Rust(), "assemblyscript": AssemblyScript()}
@@ -173,9 +591,10 @@ def build(project: Path, language: str | None = None, *, force: bool = False) ->
     started = time.perf_counter()
     sources = toolchain.sources(project)
     fresh = output.exists() and all(p.stat().st_mtime <= output.stat().st_mtime for p in sources)
-    if force or not fresh:
-        tmp = output.with_name(output.name + ".tmp")
-        toolchain.compile(project, tmp)
-        os.replace(tmp, output)
-    return BuildResult(project, language, output, output.stat().st_size, time.perf_counter() - started, fresh and
-                       not force)
+    if fresh and not force:
+        return BuildResult(project, language, output, output.stat().st_size, time.perf_counter() - started, True)
+    tmp = output.with_name(output.name + ".tmp")
+    compiler, warnings = toolchain.compile(project, tmp)
+    os.replace(tmp, output)
+    return BuildResult(project, language, output, output.stat().st_size, time.perf_counter() - started, False,
+                       compiler, warnings)
