@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .cache import ResponseCache
-from .errors import InvalidConfig, IsolateError, RouteConflict
+from .errors import InvalidConfig, IsolateError
 from .host import Host, ModuleInfo, VersionInfo
 from .routing import RegionTable, Route, RouteTable
 from .state import ServerState
@@ -159,6 +159,9 @@ class Node:
     def _merge_api_routes(self, declared: list[Route]) -> tuple[RouteTable, list[str]]:
         """The manifest's routes plus each stored API route that still fits, and why others do not."""
         deployed = set(self.host.module_names())
+        # The rule of RouteTable.build: same shape, and both take every method or their lists meet.
+        every = {route.shape: route for route in declared if route.methods is None}
+        some = {(route.shape, m): route for route in declared for m in route.methods or ()}
         kept = list(declared)
         dropped: list[str] = []
         for route in self.state.routes.routes:
@@ -168,10 +171,11 @@ class Node:
             if route.module not in deployed:
                 dropped.append(f"{where}: module {route.module!r} is no longer deployed")
                 continue
-            try:
-                RouteTable.build([*kept, route])
-            except RouteConflict as exc:
-                dropped.append(f"{where}: conflicts with the manifest ({exc.detail})")
+            rival = every.get(route.shape) if route.methods is None else \
+                next((some[route.shape, m] for m in sorted(route.methods) if (route.shape, m) in some), None)
+            if rival is not None:
+                dropped.append(f"{where}: conflicts with the manifest's route {rival.host}{rival.path} -> "
+                               f"{rival.module}")
                 continue
             kept.append(route)
         return RouteTable.build(kept), dropped
@@ -197,13 +201,10 @@ def _with_origin(routes: Iterable[Route | Mapping[str, Any]], origin: str) -> li
 
 def _shadow_warnings(table: RouteTable, added: Sequence[Route]) -> list[str]:
     """For each added route, the more specific routes that take some of its requests."""
-    shadowed = getattr(table, "shadowed", None)
-    if shadowed is None:
-        return []
     warnings = []
     for route in added:
         try:
-            others = shadowed(route)
+            others = table.shadowed(route)
         except IsolateError:
             continue
         for other in others:

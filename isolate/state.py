@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidConfig, StorageError
+from .errors import InvalidConfig, IsolateError, RouteConflict, StorageError
 from .registry import atomic_write
-from .routing import RegionTable, RouteTable
+from .routing import RegionTable, Route, RouteTable
+
+log = logging.getLogger("isolate.server")
 
 ROUTES_FILE = "routes.json"
 REGIONS_FILE = "regions.json"
@@ -20,10 +24,43 @@ class ServerState:
     def __init__(self, data_dir: Path, local_region: str = "local") -> None:
         self._dir = Path(data_dir)
         self.local_region = local_region
-        self.routes = RouteTable.build(self._read(ROUTES_FILE).get("routes", []))
+        self.routes = self._load_routes(self._read(ROUTES_FILE).get("routes", []))
         regions = self._read(REGIONS_FILE)
-        self.regions = RegionTable.build(regions) if regions else RegionTable()
+        try:
+            self.regions = RegionTable.build(regions) if regions else RegionTable()
+        except IsolateError as exc:
+            # A stored table this version no longer accepts must not keep the node from starting.
+            self._keep_copy(REGIONS_FILE)
+            log.error("stored region table %s is invalid and is not used (%s); a copy is kept as %s.bak",
+                      self._dir / REGIONS_FILE, exc.detail, REGIONS_FILE)
+            self.regions = RegionTable()
         self.ready = False
+
+    def _load_routes(self, raw: Any) -> RouteTable:
+        """The stored table; routes it can no longer accept are left out, each logged (file kept as .bak)."""
+        try:
+            return RouteTable.build(raw)
+        except IsolateError:
+            pass
+        self._keep_copy(ROUTES_FILE)
+        kept: list[Route] = []
+        for index, entry in enumerate(raw if isinstance(raw, list) else []):
+            try:
+                kept.append(Route.from_dict(entry))
+            except IsolateError as exc:
+                log.error("stored route %d is invalid and is left out: %s", index, exc.detail)
+        while True:
+            try:
+                return RouteTable.build(kept)
+            except RouteConflict as exc:
+                later = kept.pop(exc.extra["routes"][1])
+                log.error("stored route %s%s -> %s is left out: %s", later.host, later.path, later.module, exc.detail)
+
+    def _keep_copy(self, name: str) -> None:
+        try:
+            shutil.copyfile(self._dir / name, self._dir / f"{name}.bak")
+        except OSError as exc:
+            log.error("cannot keep a copy of %s: %s", self._dir / name, exc)
 
     def _read(self, name: str) -> dict[str, Any]:
         path = self._dir / name

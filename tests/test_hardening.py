@@ -3,6 +3,7 @@ control-plane races, regions without a table. In-process over ASGI; the live tie
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -221,3 +222,39 @@ def test_keep_alive_204_carries_no_smuggled_answer(tmp_path: Path) -> None:
                 received += chunk
         assert received.startswith(b"HTTP/1.1 204 ") and b"forged" not in received
         assert received.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 200 OK" in received.split(b"\r\n\r\n", 1)[1]
+
+
+def test_stored_tables_this_version_refuses_do_not_stop_a_node(tmp_path: Path) -> None:
+    from isolate.state import ServerState
+
+    data = tmp_path / "data"
+    data.mkdir()
+    good = {"path": "/ok", "module": "a"}
+    (data / "routes.json").write_text(json.dumps({"routes": [
+        good, {"path": "/x", "module": "a", "methods": ["GTE"]}, {"path": "/ok", "module": "b"}, "junk"]}))
+    (data / "regions.json").write_text(json.dumps({"regions": [{"id": "BAD ID"}]}))
+    state = ServerState(data)
+    assert [r.path for r in state.routes.routes] == ["/ok"] and state.routes.routes[0].module == "a"
+    assert state.regions.empty
+    assert (data / "routes.json.bak").exists() and (data / "regions.json.bak").exists()
+
+
+@pytest.mark.parametrize("limits", [{"stack": 64 << 20}, {"memory": "lots"}, {"timeout": -1}, {"memory": [1]},
+                                    {"response_size": 1 << 40}, {"bogus": 1}, {"timeout": True}])
+def test_a_stored_limit_the_host_refuses_fails_requests_not_the_process(tmp_path: Path,
+                                                                        limits: dict[str, object]) -> None:
+    from isolate import Host, StorageError
+
+    data = tmp_path / "data"
+    with Host(Config(data_dir=data, pool_instances=4)) as host:
+        host.deploy("m", g.wasm(g.HELLO))
+    record = json.loads((data / "modules" / "m.json").read_text())
+    record["limits"] = limits
+    (data / "modules" / "m.json").write_text(json.dumps(record))
+    with Host(Config(data_dir=data, pool_instances=4)) as host:
+        with pytest.raises(StorageError, match="stored limits of module 'm' are invalid"):
+            host.invoke("m")
+        assert host.module("m").name == "m"  # still listed, so it can be fixed
+        host.configure("m", limits={k: None for k in limits if k != "bogus"} | ({"bogus": None} if "bogus" in limits
+                                                                               else {}))
+        assert host.invoke("m").status == 200

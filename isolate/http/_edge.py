@@ -144,7 +144,7 @@ class EdgeApp:
             routes = self.state.routes
             match = routes.match(host, path, method)
             if match is None:
-                allowed = routes.allowed(host, path) if hasattr(routes, "allowed") else None
+                allowed = routes.allowed(host, path)
                 if allowed:
                     raise MethodNotAllowed(f"{method} is not allowed for {host or '-'}{path}",
                                            allow=sorted(allowed))
