@@ -91,7 +91,7 @@ class Admin:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="isolate")
+@click.version_option(package_name="isolate-edge")
 def main() -> None:
     """isolate: an edge runtime that runs every request in a fresh WebAssembly isolate.
 
@@ -109,6 +109,15 @@ def main() -> None:
 @admin_token_option
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="isolate.toml to deploy at start-up.")
 @click.option("--max-body-size", default="10MiB", show_default=True, help="Largest request body (413 beyond).")
+@click.option("--max-url-length", default="16KiB", show_default=True, help="Longest request target (414 beyond).")
+@click.option("--max-header-size", default="128KiB", show_default=True,
+              help="Largest request header fields, all together (431 beyond).")
+@click.option("--head-timeout", default="10s", show_default=True,
+              help="Time a connection has for a whole request head (408 if part came, else closed).")
+@click.option("--max-connections", type=click.IntRange(min=1), default=None,
+              help="Open edge connections; more get 503 [default: 10000, lowered to fit the open-file limit].")
+@click.option("--admin-max-connections", type=click.IntRange(min=1), default=64,
+              show_default=True, help="Open admin connections, counted apart from the edge's.")
 @click.option("--workers", type=int, default=None, help="Threads running guests off the event loop.")
 @click.option("--queue-limit", type=int, default=64, show_default=True, help="Guests waiting before 503.")
 @click.option("--log-level", default="info", show_default=True,
@@ -125,8 +134,9 @@ def main() -> None:
 @click.option("--simulate-regions", is_flag=True,
               help="Start three local nodes (us, eu, ap) on consecutive ports, with a region table joining them.")
 def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_port: int, admin_token: str | None,
-          manifest: str | None, max_body_size: str, workers: int | None, queue_limit: int, log_level: str,
-          no_access_log: bool, region: str, node_name: str, no_cache: bool, cache_size: str,
+          manifest: str | None, max_body_size: str, max_url_length: str, max_header_size: str, head_timeout: str,
+          max_connections: int | None, admin_max_connections: int, workers: int | None, queue_limit: int,
+          log_level: str, no_access_log: bool, region: str, node_name: str, no_cache: bool, cache_size: str,
           module_cache_size: int | None, regions_file: str | None, simulate_regions: bool) -> None:
     """Run the edge and admin listeners until interrupted."""
     from . import manifest as manifests
@@ -145,7 +155,9 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
             host=host, port=port, admin_host=admin_host, admin_port=admin_port, admin_token=admin_token,
             max_body_size=parse_size(max_body_size), queue_limit=queue_limit, access_log=not no_access_log,
             workers=workers or ServerConfig().workers, region=region, node_name=node_name, cache=not no_cache,
-            cache_bytes=parse_size(cache_size),
+            cache_bytes=parse_size(cache_size), max_url_length=parse_size(max_url_length),
+            max_header_size=parse_size(max_header_size), head_timeout=parse_duration(head_timeout),
+            max_connections=max_connections, admin_max_connections=admin_max_connections,
         )
         loaded = manifests.load(Path(manifest)) if manifest else None
         region_table = _region_table_file(Path(regions_file)) if regions_file else None
@@ -404,7 +416,11 @@ def build_command(path: str, lang: str | None, force: bool) -> None:
     except IsolateError as exc:
         _fail(f"{exc.kind}: {exc.detail}")
     state = "up to date" if result.cached else f"built in {result.seconds:.2f} s"
+    if result.compiler is not None:
+        state += f" with {result.compiler}"
     click.echo(f"{result.output} ({result.language}, {result.size} bytes, {state})")
+    for warning in result.warnings:  # after the result line, so scripts reading stdout are not disturbed
+        click.echo(warning, err=True)
 
 
 @main.command("new")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -26,17 +27,59 @@ DEFAULT_EPOCH_TICK = 0.005  # seconds; a timeout fires within one tick after it 
 DEFAULT_POOL_INSTANCES = 1000  # as Spin: concurrent isolates the pooling allocator reserves
 DEFAULT_MAX_MEMORY_LIMIT = 1 * GiB  # the largest per-module memory override accepted
 DEFAULT_MAX_TIMEOUT = 60.0
+# The encoded response is copied out of the guest, decoded and sent: about three copies live at
+# once, so 64 MiB keeps one request's peak near 200 MB (a 200 MB answer once took 380 MB of RSS).
+DEFAULT_MAX_RESPONSE_SIZE = 64 * MiB
 DEFAULT_MODULE_CACHE_SIZE = 1024  # pre-linked modules kept hot (1,000 tenants fit)
 DEFAULT_LOG_LIMIT = 64 * KiB  # guest log bytes kept per request (stdout + stderr + log calls)
+DEFAULT_LOG_RECORDS = 256  # guest log records kept per request: each becomes a log line
 DEFAULT_KEEP_RESIDENT = 1 * MiB  # per pooled slot: reset by memset, not madvise (measured: 22 -> 16 µs invoke)
 DEFAULT_GUEST_CACHE_ENTRIES = 100_000  # guest cache (cache_get/cache_put), all modules together
 DEFAULT_GUEST_CACHE_BYTES = 64 * MiB
+DEFAULT_GUEST_CACHE_MODULE_SHARE = 0.25  # of each guest cache bound, the most one module may hold
+
+# Hard ceilings, checked before any engine exists: wasmtime aborts the process (its C API does not
+# return the error) on engine settings it cannot honour, and some values would exhaust the machine.
+MAX_STACK_CEILING = 4 * MiB  # the calling thread's native stack must hold it plus host frames
+MAX_MEMORY_CEILING = 4 * GiB  # a 32-bit memory's whole range; wasmtime's pooling slot reservation
+MAX_POOL_INSTANCES = 10_000  # each pooled slot reserves ~4 GiB of address space: 40 TiB of 128
+MAX_KEEP_RESIDENT = 64 * MiB  # per slot, faulted in and memset on every reuse: 4 GiB took 8 s per request
+MIN_EPOCH_TICK = 0.001  # a faster ticker thread would spend a core waking up
+MAX_TIMEOUT_CEILING = 3600.0  # shutdown() advances every epoch past the longest deadline, tick by tick
+MAX_RESPONSE_CEILING = 4 * GiB - 1  # a response is a (ptr, len) pair of u32 into guest memory
+MAX_COUNT = 1 << 32  # entries, records, cache sizes: anything beyond is a typo, not a plan
+
+
+def default_memory_budget() -> int:
+    """Half of the memory this process can use (the cgroup limit or physical RAM), at least 1 GiB.
+
+    Guests may only reserve memory that exists: 8 guests touching 500 MiB each once took RSS to
+    3.7 GB. Half leaves room for the host itself, its caches and compiled code.
+    """
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        total = 8 * GiB
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return max(1 * GiB, total // 2 // (64 * KiB) * (64 * KiB))
+
+
 DEFAULT_DATA_DIR = Path(".isolate")
 
 DEFAULT_EDGE_PORT = 8787
 DEFAULT_ADMIN_PORT = 8788
 DEFAULT_MAX_BODY_SIZE = 10 * MiB
 DEFAULT_MAX_URL_LENGTH = 16 * KiB
+DEFAULT_MAX_HEADER_SIZE = 128 * KiB  # request header fields, as Cloudflare (431 beyond)
+DEFAULT_HEAD_TIMEOUT = 10.0  # seconds a connection has to send a whole request head (408 or closed beyond)
+DEFAULT_MAX_CONNECTIONS = 10_000  # open edge connections; lowered at start-up to fit the open-file limit
+DEFAULT_ADMIN_MAX_CONNECTIONS = 64  # open admin connections, counted apart so an edge flood cannot lock it out
+DEFAULT_FD_RESERVE = 256  # descriptors kept from client connections (data dir, logs, forwards), + 1 per hot module
 DEFAULT_QUEUE_LIMIT = 64  # guests waiting for a worker thread before requests get 503
 DEFAULT_INLINE_THRESHOLD = 0.001  # seconds: guests consistently faster run on the event loop
 DEFAULT_REGION = "local"  # the local node's region when no region table says otherwise
@@ -58,7 +101,10 @@ def parse_size(value: int | str) -> int:
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _SIZE_UNITS:
         raise InvalidConfig(f"not a size: {value!r} (use bytes or a unit: KiB, MiB, GiB, KB, MB, GB)")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    size = float(match.group(1)) * _SIZE_UNITS[unit]
+    if not math.isfinite(size):
+        raise InvalidConfig(f"not a size: {value!r} (too large)")
+    return int(size)
 
 
 def parse_duration(value: float | int | str) -> float:
@@ -89,37 +135,68 @@ def parse_limits(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {key: LIMIT_PARSERS[key](value) for key, value in raw.items()}
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(where: str, value: Any, low: int, high: int) -> None:
+    """`value` must be an int (not a bool) within [low, high]: stored JSON may hold anything."""
+    if not _integer(value):
+        raise InvalidConfig(f"{where} must be an integer, got {value!r}")
+    _check_range(where, value, low, high)
+
+
+def _check_number(where: str, value: Any, low: float, high: float, *, open_low: bool = False) -> None:
+    if not _number(value):
+        raise InvalidConfig(f"{where} must be a finite number, got {value!r}")
+    if open_low and not low < value:
+        raise InvalidConfig(f"{where} must be above {low}, got {value!r}")
+    _check_range(where, value, low, high)
+
+
+def _check_range(where: str, value: float, low: float, high: float) -> None:
+    if value < low:
+        raise InvalidConfig(f"{where} must be at least {low}, got {value!r}")
+    if value > high:
+        raise InvalidConfig(f"{where} {value!r} exceeds the host maximum {high}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Limits:
-    """Hard limits applied to every request of a module; per-module overrides replace fields."""
+    """Hard limits applied to every request of a module; per-module overrides replace fields.
+
+    Each field is checked for its type and against the hard ceilings here; `Config.check_limits`
+    then holds it to the host's own (lower) maximums.
+    """
 
     memory: int = DEFAULT_MEMORY_LIMIT
     """Bytes of linear memory the guest may have, declared or grown."""
     timeout: float = DEFAULT_TIMEOUT
-    """Seconds of wall time from instantiation until the response is read back."""
+    """Seconds of wall time from instantiation until the response is read back, host calls included."""
     response_size: int = DEFAULT_RESPONSE_LIMIT
     """Bytes of the encoded response envelope the guest may hand back."""
     stack: int = DEFAULT_STACK_LIMIT
     """Bytes of wasm stack; each distinct value gets its own engine, since wasmtime fixes it per engine."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.memory, int) or self.memory < 64 * KiB:
-            raise InvalidConfig(f"limits.memory must be an integer of at least 65536 bytes, got {self.memory!r}")
-        if not isinstance(self.timeout, (int, float)) or not 0 < self.timeout:
-            raise InvalidConfig(f"limits.timeout must be a positive number of seconds, got {self.timeout!r}")
-        if not isinstance(self.response_size, int) or self.response_size < 16:
-            raise InvalidConfig(
-                f"limits.response_size must be an integer of at least 16 bytes, got {self.response_size!r}"
-            )
-        if not isinstance(self.stack, int) or self.stack < 64 * KiB:
-            raise InvalidConfig(f"limits.stack must be an integer of at least 65536 bytes, got {self.stack!r}")
+        _check_int("limits.memory", self.memory, 64 * KiB, MAX_MEMORY_CEILING)
+        _check_number("limits.timeout", self.timeout, 0.0, MAX_TIMEOUT_CEILING, open_low=True)
+        object.__setattr__(self, "timeout", float(self.timeout))
+        _check_int("limits.response_size", self.response_size, 16, MAX_RESPONSE_CEILING)
+        _check_int("limits.stack", self.stack, 64 * KiB, MAX_STACK_CEILING)
 
     def merged(self, overrides: Mapping[str, Any] | None) -> Limits:
         """These limits with the fields named in `overrides` replaced (unknown names are an error)."""
         if not overrides:
             return self
+        if not isinstance(overrides, Mapping):
+            raise InvalidConfig(f"limits must be a mapping, got {type(overrides).__name__}")
         known = {f.name for f in fields(self)}
-        unknown = set(overrides) - known
+        unknown = {str(name) for name in overrides} - known
         if unknown:
             raise InvalidConfig(f"unknown limit(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
         return replace(self, **dict(overrides))
@@ -130,86 +207,139 @@ class Limits:
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    """Everything a `Host` needs; fields mirror the CLI flags and `ISOLATE_*` variables."""
+    """Everything a `Host` needs; fields mirror the CLI flags and `ISOLATE_*` variables.
+
+    Every field is validated here, types included, before any engine is built: wasmtime aborts the
+    process on settings it cannot honour, so nothing that passes these checks may reach it unchecked.
+    """
 
     data_dir: Path = DEFAULT_DATA_DIR
     limits: Limits = field(default_factory=Limits)
     """Defaults for every module; a module's own overrides replace single fields."""
     max_module_size: int = DEFAULT_MAX_MODULE_SIZE
     max_memory_limit: int = DEFAULT_MAX_MEMORY_LIMIT
-    """Ceiling for per-module memory overrides; also the size of one pooled memory slot."""
+    """Ceiling for per-module memory overrides; also the size of one pooled memory slot (≤ 4 GiB)."""
     max_timeout: float = DEFAULT_MAX_TIMEOUT
     max_stack_limit: int = DEFAULT_MAX_STACK_LIMIT
-    """Ceiling for per-module stack overrides."""
+    """Ceiling for per-module stack overrides (≤ 4 MiB)."""
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
+    """Ceiling for per-module response_size overrides."""
     epoch_tick: float = DEFAULT_EPOCH_TICK
     pool_instances: int = DEFAULT_POOL_INSTANCES
+    """Concurrent isolates per engine (≤ 10,000); each slot reserves ~4 GiB of address space."""
     module_cache_size: int = DEFAULT_MODULE_CACHE_SIZE
     log_limit: int = DEFAULT_LOG_LIMIT
+    """Bytes of guest output kept per request; each record is charged 32 bytes on top of its text."""
+    log_records: int = DEFAULT_LOG_RECORDS
+    """Guest output records (log calls, stdout/stderr writes) kept per request."""
     keep_resident: int = DEFAULT_KEEP_RESIDENT
     """Bytes of each pooled memory and table slot kept resident and reset with memset between
     isolates, instead of returned to the kernel (a syscall and page faults per request)."""
     guest_cache_entries: int = DEFAULT_GUEST_CACHE_ENTRIES
     guest_cache_bytes: int = DEFAULT_GUEST_CACHE_BYTES
     """Bounds of the guest cache behind `cache_get`/`cache_put`, shared by all modules."""
+    guest_cache_module_share: float = DEFAULT_GUEST_CACHE_MODULE_SHARE
+    """The fraction of each guest cache bound one module may hold; beyond it, its own oldest go."""
+    memory_budget: int = field(default_factory=default_memory_budget)
+    """Bytes of guest linear memory all concurrent isolates of this process may reserve together:
+    each request reserves its memory limit before it is instantiated, or fails as overloaded."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data_dir", Path(self.data_dir))
-        checks = [
-            (self.max_module_size > 0, "max_module_size must be positive"),
-            (self.max_memory_limit >= self.limits.memory, "max_memory_limit must be at least limits.memory"),
-            (self.max_memory_limit % (64 * KiB) == 0, "max_memory_limit must be a multiple of 64 KiB"),
-            (self.max_timeout >= self.limits.timeout, "max_timeout must be at least limits.timeout"),
-            (self.max_stack_limit >= self.limits.stack, "max_stack_limit must be at least limits.stack"),
-            (0 < self.epoch_tick <= 1, "epoch_tick must be within (0, 1] seconds"),
-            (self.pool_instances >= 1, "pool_instances must be at least 1"),
-            (self.module_cache_size >= 1, "module_cache_size must be at least 1"),
-            (self.log_limit >= 0, "log_limit must not be negative"),
-            (self.keep_resident >= 0, "keep_resident must not be negative"),
-            (self.guest_cache_entries >= 1, "guest_cache_entries must be at least 1"),
-            (self.guest_cache_bytes >= 1, "guest_cache_bytes must be at least 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidConfig(message)
+        try:
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+        except TypeError:
+            raise InvalidConfig(f"data_dir must be a path, got {self.data_dir!r}") from None
+        if not isinstance(self.limits, Limits):
+            raise InvalidConfig(f"limits must be a Limits, got {type(self.limits).__name__}")
+        limits = self.limits
+        _check_int("max_module_size", self.max_module_size, 1, 1 * GiB)
+        _check_int("max_memory_limit", self.max_memory_limit, limits.memory, MAX_MEMORY_CEILING)
+        if self.max_memory_limit % (64 * KiB):
+            raise InvalidConfig("max_memory_limit must be a multiple of 64 KiB")
+        _check_number("max_timeout", self.max_timeout, limits.timeout, MAX_TIMEOUT_CEILING)
+        _check_int("max_stack_limit", self.max_stack_limit, limits.stack, MAX_STACK_CEILING)
+        _check_int("max_response_size", self.max_response_size, limits.response_size, MAX_RESPONSE_CEILING)
+        _check_number("epoch_tick", self.epoch_tick, MIN_EPOCH_TICK, 1.0)
+        _check_int("pool_instances", self.pool_instances, 1, MAX_POOL_INSTANCES)
+        _check_int("module_cache_size", self.module_cache_size, 1, MAX_COUNT)
+        _check_int("log_limit", self.log_limit, 0, 1 * GiB)
+        _check_int("log_records", self.log_records, 0, MAX_COUNT)
+        _check_int("keep_resident", self.keep_resident, 0, min(self.max_memory_limit, MAX_KEEP_RESIDENT))
+        _check_int("guest_cache_entries", self.guest_cache_entries, 1, MAX_COUNT)
+        _check_int("guest_cache_bytes", self.guest_cache_bytes, 1, 1 << 40)
+        _check_number("guest_cache_module_share", self.guest_cache_module_share, 0.0, 1.0, open_low=True)
+        _check_int("memory_budget", self.memory_budget, limits.memory, 1 << 50)
+        if self.keep_resident * self.pool_instances > self.memory_budget:
+            # Each idle pooled slot keeps up to keep_resident bytes faulted in (memset, not madvise).
+            raise InvalidConfig(
+                f"keep_resident × pool_instances ({self.keep_resident} × {self.pool_instances}) exceeds "
+                f"memory_budget {self.memory_budget}: idle isolate slots would keep that much memory resident"
+            )
 
     def check_limits(self, limits: Limits) -> Limits:
         """Reject per-module limits above what this host allows."""
         if limits.memory > self.max_memory_limit:
             raise InvalidConfig(f"limits.memory {limits.memory} exceeds the host maximum {self.max_memory_limit}")
+        if limits.memory > self.memory_budget:
+            raise InvalidConfig(f"limits.memory {limits.memory} exceeds the host's memory budget {self.memory_budget}")
         if limits.timeout > self.max_timeout:
             raise InvalidConfig(f"limits.timeout {limits.timeout} exceeds the host maximum {self.max_timeout}")
         if limits.stack > self.max_stack_limit:
             raise InvalidConfig(f"limits.stack {limits.stack} exceeds the host maximum {self.max_stack_limit}")
+        if limits.response_size > self.max_response_size:
+            raise InvalidConfig(
+                f"limits.response_size {limits.response_size} exceeds the host maximum {self.max_response_size}"
+            )
         return limits
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
-        """A config from `ISOLATE_*` variables (read here only), then explicit overrides."""
+        """A config from `ISOLATE_*` variables (read here only), then explicit overrides.
+
+        Sizes take units ("64MiB") and durations too ("5ms"); every value is then validated as a
+        field would be.
+        """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         if "ISOLATE_DATA_DIR" in env:
             values["data_dir"] = Path(env["ISOLATE_DATA_DIR"])
-        for name, conv in (
-            ("max_module_size", int),
-            ("max_memory_limit", int),
-            ("max_timeout", float),
-            ("max_stack_limit", int),
-            ("epoch_tick", float),
-            ("pool_instances", int),
-            ("module_cache_size", int),
-            ("log_limit", int),
-            ("keep_resident", int),
-            ("guest_cache_entries", int),
-            ("guest_cache_bytes", int),
-        ):
+        for name, conv in _ENV_FIELDS.items():
             key = "ISOLATE_" + name.upper()
             if key in env:
                 try:
                     values[name] = conv(env[key])
-                except ValueError as exc:
+                except (ValueError, OverflowError, InvalidConfig) as exc:
                     raise InvalidConfig(f"{key}={env[key]!r}: {exc}") from None
+        from_env = {name for name in values if name != "data_dir"}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        try:
+            return cls(**values)
+        except InvalidConfig as exc:
+            culprit = next((n for n in from_env - set(overrides) if exc.detail.startswith(n + " ")), None)
+            if culprit is None:
+                raise
+            variable = "ISOLATE_" + culprit.upper()
+            raise InvalidConfig(f"{variable}={env[variable]!r}: {exc.detail}") from None
+
+
+_ENV_FIELDS: dict[str, Any] = {
+    "max_module_size": parse_size,
+    "max_memory_limit": parse_size,
+    "max_timeout": parse_duration,
+    "max_stack_limit": parse_size,
+    "max_response_size": parse_size,
+    "epoch_tick": parse_duration,
+    "pool_instances": int,
+    "module_cache_size": int,
+    "log_limit": parse_size,
+    "log_records": int,
+    "keep_resident": parse_size,
+    "guest_cache_entries": int,
+    "guest_cache_bytes": parse_size,
+    "guest_cache_module_share": float,
+    "memory_budget": parse_size,
+}
+"""Every `Config` field read from an `ISOLATE_<NAME>` variable, and how its text is parsed."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,6 +354,18 @@ class ServerConfig:
     """None: read the token from the data directory, generating it on first start."""
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     max_url_length: int = DEFAULT_MAX_URL_LENGTH
+    """Bytes of a request target; 414 as soon as that many arrived."""
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
+    """Bytes of a request's header fields (name, value, `: ` and CRLF each); 431 beyond."""
+    head_timeout: float = DEFAULT_HEAD_TIMEOUT
+    """Seconds a connection has to deliver a whole request head once it is ready for one (accepted, or
+    the previous answer sent): 408 if part of it came, else the connection is closed silently. Also
+    the longest a request body being read may stall (408)."""
+    max_connections: int | None = None
+    """Open edge connections; one over is answered 503 `overloaded` and closed. None: DEFAULT_MAX_CONNECTIONS,
+    lowered at start-up so both caps and a reserve of descriptors fit the open-file limit."""
+    admin_max_connections: int = DEFAULT_ADMIN_MAX_CONNECTIONS
+    """Open admin connections, counted apart from the edge's."""
     workers: int = field(default_factory=lambda: min(32, (os.cpu_count() or 1) * 4))
     """Threads that run guests off the event loop (wasm releases the GIL, so they run in parallel)."""
     queue_limit: int = DEFAULT_QUEUE_LIMIT
@@ -256,3 +398,11 @@ class ServerConfig:
             raise InvalidConfig("max_body_size and max_url_length must be positive")
         if self.workers < 1 or self.queue_limit < 0:
             raise InvalidConfig("workers must be at least 1 and queue_limit not negative")
+        if not isinstance(self.max_header_size, int) or self.max_header_size < 1 * KiB:
+            raise InvalidConfig(f"max_header_size must be at least 1 KiB, got {self.max_header_size!r}")
+        if not isinstance(self.head_timeout, (int, float)) or not 0 < self.head_timeout <= 3600:
+            raise InvalidConfig(f"head_timeout must be within (0, 3600] seconds, got {self.head_timeout!r}")
+        for name, value in (("max_connections", 1 if self.max_connections is None else self.max_connections),
+                            ("admin_max_connections", self.admin_max_connections)):
+            if not isinstance(value, int) or value < 1:
+                raise InvalidConfig(f"{name} must be at least 1, got {getattr(self, name)!r}")

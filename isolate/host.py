@@ -13,7 +13,9 @@ from typing import Any
 from .abi import Request, Response, decode_response, encode_request
 from .cache import CacheStatistics, GuestCache, GuestCacheStatistics, ModuleCache
 from .config import Config, Limits
-from .engine import Prepared, Runtime, run, wat_to_wasm
+from .engine import MemoryBudgetStatistics, Prepared, Runtime, run, wat_to_wasm
+from .engine import resume as engine_resume
+from .engine import shutdown as engine_shutdown
 from .errors import GuestError, InvalidConfig, InvalidModule, IsolateError, ModuleTooLarge, NotFound, StorageError
 from .registry import ModuleRecord, ModuleStore, VersionRecord, sha256, validate_name
 
@@ -57,6 +59,7 @@ class HostStatistics:
     pool_instances: int
     engine_fingerprint: str  # of the engine for the default stack size
     engines: int  # one per distinct wasm stack size in use
+    memory_budget: MemoryBudgetStatistics  # guest memory reserved by running isolates, of Config.memory_budget
 
 
 class Host:
@@ -71,7 +74,8 @@ class Host:
         self._runtime = Runtime(self.config)
         self._runtimes = {self._runtime.stack: self._runtime}  # stack size -> engine; created on demand
         self._cache: ModuleCache[Prepared] = ModuleCache(self.config.module_cache_size)
-        self.guest_cache = GuestCache(self.config.guest_cache_entries, self.config.guest_cache_bytes)
+        self.guest_cache = GuestCache(self.config.guest_cache_entries, self.config.guest_cache_bytes,
+                                      module_share=self.config.guest_cache_module_share)
         self._limits: dict[str, Limits] = {}  # effective limits per module name, derived from records
         # Whether a module's active code can wait in the host (e.g. WASI poll_oneoff): such code must
         # never run on an event loop. Unknown names count as blocking until they have run once.
@@ -90,6 +94,14 @@ class Host:
             self._closed = True
             for runtime in self._runtimes.values():
                 runtime.close()
+
+    def stop_guests(self) -> None:
+        """Stop every guest of this process now (on SIGTERM): sleeping host calls wake and fail, running
+        wasm is interrupted, and new requests are refused as `overloaded` until `resume_guests()`."""
+        engine_shutdown()
+
+    def resume_guests(self) -> None:
+        engine_resume()
 
     def __enter__(self) -> Host:
         return self
@@ -249,6 +261,7 @@ class Host:
             pool_instances=self.config.pool_instances,
             engine_fingerprint=self._runtime.fingerprint,
             engines=len(self._runtimes),
+            memory_budget=self._runtime.budget.statistics(),
         )
 
     # -- internals ----------------------------------------------------------------------------

@@ -83,6 +83,15 @@ class LiveServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_for_log(self, *texts: str, timeout: float = 10.0) -> str:
+        """The log once it holds every one of `texts` (logs are written by a thread, off the loop)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if all(text in log for text in texts) or time.monotonic() > deadline:
+                return log
+            time.sleep(0.02)
+
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.admin_url, headers={"authorization": f"Bearer {self.token}"}, timeout=60)
 

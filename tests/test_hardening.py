@@ -202,7 +202,7 @@ def test_api_routes_survive_a_restart_with_a_manifest(tmp_path: Path) -> None:
                      for r in again.get("/v1/routes").json()["routes"]}
         assert table == {("/hello", (), "hello", "manifest"), ("/gone", (), "hello", "manifest"),
                          ("/extra", (), "extra", "api"), ("/hello", ("POST",), "extra", "api")}
-        assert "route dropped at start-up: */gone -> extra" in server.log()
+        assert "route dropped at start-up: */gone -> extra" in server.wait_for_log("route dropped at start-up")
 
 
 def test_keep_alive_204_carries_no_smuggled_answer(tmp_path: Path) -> None:
@@ -258,3 +258,48 @@ def test_a_stored_limit_the_host_refuses_fails_requests_not_the_process(tmp_path
         host.configure("m", limits={k: None for k in limits if k != "bogus"} | ({"bogus": None} if "bogus" in limits
                                                                                else {}))
         assert host.invoke("m").status == 200
+
+
+def test_sleeping_guests_neither_outlive_their_deadline_nor_freeze_the_node(tmp_path: Path) -> None:
+    """A guest sleeping in poll_oneoff: cut at its deadline, never promoted onto the event loop, and
+    SIGTERM stops a server whose guests are all asleep at once."""
+    import concurrent.futures
+    import time
+
+    import httpx
+    from test_hostile import clock, poller
+
+    sleeper = g.wasm(poller([clock(5_000_000_000)]))  # asks to sleep 5 s
+    with LiveServer(tmp_path / "data", "--workers", "4") as server, server.admin() as admin:
+        assert admin.put("/v1/modules/sleep", content=sleeper, params={"timeout": "100ms"}).status_code == 201
+        assert admin.put("/v1/modules/long", content=sleeper, params={"timeout": "20s"}).status_code == 201
+        assert admin.put("/v1/modules/hello", content=g.wasm(g.HELLO)).status_code == 201
+        assert admin.put("/v1/routes", json={"routes": [
+            {"path": "/sleep", "module": "sleep", "cache": False}, {"path": "/long", "module": "long", "cache": False},
+            {"path": "/hello", "module": "hello", "cache": False}]}).status_code == 200
+        with server.edge() as edge:
+            for _ in range(6):  # enough quick-looking runs that CPU time alone would promote it
+                started = time.monotonic()
+                response = edge.get("/sleep")
+                assert response.status_code == 504 and response.json()["error"] == "timeout"
+                assert time.monotonic() - started < 2
+            for _ in range(3):
+                edge.get("/hello")
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                # Three of the four worker threads asleep in the host: the event loop must stay free
+                # (a sleeper promoted inline would hold it for the whole sleep).
+                sleeping = [pool.submit(httpx.get, f"{server.edge_url}/long", timeout=30) for _ in range(3)]
+                time.sleep(0.5)
+                started = time.monotonic()
+                assert edge.get("/hello").status_code == 200
+                assert admin.get("/v1/stats").status_code == 200
+                assert time.monotonic() - started < 2
+                stopping = time.monotonic()
+                assert server.stop() == 0
+                assert time.monotonic() - stopping < 5  # not the 5 s sleep, nor the 20 s timeout
+                for future in sleeping:
+                    try:
+                        answer = future.result(timeout=10)
+                    except httpx.HTTPError:
+                        continue  # the connection closed with the server: also an answer
+                    assert answer.status_code == 503 and answer.json()["limit"] == "shutdown"

@@ -159,7 +159,7 @@ def test_forwarding_keeps_method_headers_body_and_request_id(nodes: dict[str, Li
     assert "x-hop" not in headers  # named in Connection: hop-by-hop
     assert headers["x-isolate-client-region"] == "eu" and headers["x-forwarded-for"] == "127.0.0.1"
     assert echoed["body"] == payload.decode()
-    assert "request_id=req-123" in nodes["eu"].log()
+    assert "request_id=req-123" in nodes["eu"].wait_for_log("request_id=req-123")
 
 
 def test_forwarded_bodies_obey_the_body_limit(nodes: dict[str, LiveServer]) -> None:

@@ -101,7 +101,7 @@ def test_sdk_error_messages_reach_the_host_log(server: LiveServer, edge: httpx.C
     rust = edge.get("/echo/panic", headers={"x-request-id": "panic-1"})
     script = edge.get("/users/boom", headers={"x-request-id": "boom-1"})
     assert rust.status_code == script.status_code == 500
-    log = server.log()
+    log = server.wait_for_log("request_id=panic-1", "request_id=boom-1")
     assert "request_id=panic-1 module=echo stream=log panic: panicked at 'asked to panic on /echo/panic'" in log
     assert "request_id=boom-1 module=router stream=log asked to fail at" in log
 

@@ -1,17 +1,24 @@
 """The only package that imports wasmtime: engine, linker, host functions and per-request isolates."""
 
+from ._budget import MemoryBudget, MemoryBudgetStatistics
 from ._isolate import Outcome, instantiate_once, run
-from ._linker import HOST_FUNCTIONS, WASI_NAMESPACE, ModuleShape
+from ._linker import BLOCKING_IMPORTS, HOST_FUNCTIONS, WASI_NAMESPACE, ModuleShape
 from ._runtime import Prepared, Runtime, wat_to_wasm
+from ._shutdown import resume, shutdown
 
 __all__ = [
+    "BLOCKING_IMPORTS",
     "HOST_FUNCTIONS",
     "WASI_NAMESPACE",
+    "MemoryBudget",
+    "MemoryBudgetStatistics",
     "ModuleShape",
     "Outcome",
     "Prepared",
     "Runtime",
     "instantiate_once",
+    "resume",
     "run",
+    "shutdown",
     "wat_to_wasm",
 ]

@@ -20,6 +20,7 @@ from ..config import Limits
 from ..errors import (
     AbiViolation,
     GuestError,
+    InternalError,
     IsolateError,
     MemoryLimit,
     Overloaded,
@@ -28,7 +29,7 @@ from ..errors import (
     Timeout,
     Trap,
 )
-from . import _output, _raw
+from . import _native, _output, _raw, _shutdown
 from ._runtime import Prepared
 
 _U32 = 0xFFFFFFFF
@@ -55,6 +56,9 @@ def _scratch() -> _raw.Scratch:
     scratch: _raw.Scratch | None = getattr(_local, "scratch", None)
     if scratch is None:
         scratch = _local.scratch = _raw.Scratch()
+        native = _native.thread_stack_size()
+        if native is not None:
+            scratch.stack_room = native - _native.HOST_HEADROOM
     return scratch
 
 
@@ -66,9 +70,23 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
     """
     runtime = prepared.runtime
     s = _scratch()
-    capture = _output.Capture(log_limit)
+    if limits.stack > s.stack_room:
+        raise _thread_too_small(limits, s.stack_room)
     shape = prepared.shape
+    # The most memory the guest can touch: its limit, or the maximum its memory declares.
+    reserved = limits.memory if shape.memory_max is None or shape.memory_max > limits.memory else shape.memory_max
+    budget = runtime.budget
+    if not budget.reserve(reserved):
+        raise Overloaded(
+            f"the host's memory budget is exhausted: this request needs {reserved} bytes and running "
+            f"isolates hold {budget.in_use} of {budget.total}",
+            limit="memory_budget",
+            memory_budget=budget.total,
+        )
     started = time.perf_counter()
+    capture = _output.Capture(log_limit, runtime.log_records)
+    if shape.uses_wasi:  # poll_oneoff and stdout/stderr writes bound their time by the deadline
+        capture.wait_bounds(started, started + limits.timeout)
     store = _raw.store_new(runtime.engine_ptr, None, None)
     ctx = _raw.store_context(store)
     phase = "instantiate"
@@ -76,6 +94,8 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
     try:
         _raw.store_limiter(store, limits.memory, -1, 1, 1, 1)
         _raw.set_epoch_deadline(ctx, runtime.ticker.ticks_for(limits.timeout))
+        if _shutdown.stopping:  # checked after the deadline is armed: a shutdown from now on interrupts it
+            raise _stopped(phase)
         if shape.uses_wasi:
             config = _raw.wasi_config_with_output(_output.STDOUT, _output.STDERR, _output.register(capture))
             error = _raw.context_set_wasi(ctx, config)
@@ -123,7 +143,9 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
         args[1].i32 = size
         error = call(ctx, s.p_handle_func, args, 2, s.p_trap)
         memory_size = _raw.memory_data_size(ctx, s.p_memory_item)
-        if error or s.trap.value:
+        if error or s.trap.value or (shape.uses_wasi and capture.interrupted):
+            # A host call refused to run past the deadline and the guest finished before its epoch
+            # deadline caught up with it: still a timeout, its output was cut.
             raise _failure(s, error, capture, limits, phase, memory_size)
         packed = args[0].i64 & _U64
         out_ptr, out_len = packed >> 32, packed & _U32
@@ -146,6 +168,7 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
     finally:
         _output.current.capture = _output.current.cache = None
         _raw.store_delete(store)
+        budget.release(reserved)
         if shape.uses_wasi:
             _output.unregister(capture)
     return Outcome(
@@ -166,15 +189,19 @@ def _failure(
     where = {"phase": phase}
     if memory is not None:
         where["memory_bytes"] = memory  # type: ignore[assignment]
+    code = trap.trap_code if trap is not None else None
+    interrupted = getattr(capture, "interrupted", None)  # set only for modules that may wait in the host
+    if interrupted == "shutdown" or (code is wasmtime.TrapCode.INTERRUPT and _shutdown.stopping):
+        return _stopped(phase)
+    if interrupted == "timeout" or code is wasmtime.TrapCode.INTERRUPT:
+        ms = limits.timeout * 1000
+        waiting = " (in a host call)" if interrupted else ""
+        return Timeout(f"guest ran past its {ms:g} ms time limit{waiting}", limit="timeout", timeout_ms=ms, **where)
     if capture.abi_error:
         return AbiViolation(capture.abi_error, **where)
     if isinstance(err, wasmtime.ExitTrap):
         return Trap(f"guest called proc_exit({err.code})", trap_code="exit", exit_code=err.code, **where)
-    code = trap.trap_code if trap is not None else None
     message = _first_line(trap.message if trap is not None else str(err))
-    if code is wasmtime.TrapCode.INTERRUPT:
-        ms = limits.timeout * 1000
-        return Timeout(f"guest ran past its {ms:g} ms time limit", limit="timeout", timeout_ms=ms, **where)
     if code is wasmtime.TrapCode.STACK_OVERFLOW:
         return StackOverflow("guest exhausted the wasm stack (deep or unbounded recursion)", **where)
     if memory is not None and memory + _memory_slack(limits.memory) > limits.memory:
@@ -201,6 +228,20 @@ def _failure(
     if any(text in lowered for text in _CAPACITY_ERRORS):
         return Overloaded(f"no free isolate slot: {message}", **where)
     return Trap(f"guest failed: {message}", trap_code="error", **where)
+
+
+def _stopped(phase: str) -> Overloaded:
+    return Overloaded("the host is shutting down: the request was stopped", limit="shutdown", phase=phase)
+
+
+def _thread_too_small(limits: Limits, room: int) -> InternalError:
+    native = room + _native.HOST_HEADROOM
+    return InternalError(
+        f"this thread's native stack ({native} bytes) cannot hold a {limits.stack}-byte wasm stack plus "
+        f"{_native.HOST_HEADROOM} bytes for host calls: run guests on threads created after the Host, "
+        "or raise `ulimit -s`",
+        limit="stack",
+    )
 
 
 def _memory_slack(limit: int) -> int:

@@ -3,7 +3,10 @@ deploy-time check that a module imports only these and exports what ABI v1 requi
 
 from __future__ import annotations
 
+import math
 import re
+import struct
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +25,16 @@ from ..abi import (
 from ..cache import GuestCache
 from ..cache._guest import MAX_KEY, MAX_TTL_MS, MAX_VALUE
 from ..errors import InvalidModule
-from . import _output
+from . import _output, _shutdown
 
 WASI_NAMESPACE = "wasi_snapshot_preview1"
+BLOCKING_IMPORTS = frozenset({(WASI_NAMESPACE, "poll_oneoff")})
+"""Host functions that can wait on the guest's behalf: a module importing one must never run on an
+event loop. Every other WASI call returns at once with the WASI context the host builds (stdin
+empty, no preopened files or sockets): fd_read on stdin reads end-of-file, sched_yield yields,
+sock_* find no socket, path_* no directory. Two are not waits but can run long: fd_write to
+stdout/stderr (up to 128 MiB per call, 4 KiB per callback: `_output` fails it past the deadline)
+and random_get (wasmtime caps a call at 64 MiB, ~0.25 s here, then the epoch stops the guest)."""
 _I32, _I64 = ValType.i32(), ValType.i64()
 _MAX_LOG_MESSAGE = 16 * 1024
 
@@ -55,6 +65,8 @@ class ModuleShape:
     uses_wasi: bool
     has_initialize: bool
     memory_min: int  # bytes declared as the memory's minimum
+    memory_max: int | None = None  # bytes declared as the memory's maximum, if any
+    may_block: bool = False  # imports a host function that can wait (BLOCKING_IMPORTS)
 
 
 def _check_range(caller: wasmtime.Caller, what: str, ptr: int, length: int) -> tuple[Any, int]:
@@ -82,6 +94,9 @@ def _guest_bytes(caller: wasmtime.Caller, what: str, ptr: int, length: int, cap:
 def _log(caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
     capture = getattr(_output.current, "capture", None)
     if capture is None:
+        return
+    if not capture.fits(min(length & 0xFFFFFFFF, _MAX_LOG_MESSAGE)):
+        capture.drop(min(length & 0xFFFFFFFF, _MAX_LOG_MESSAGE))  # not even read: logging is over
         return
     data = _guest_bytes(caller, "log: message", ptr, length, _MAX_LOG_MESSAGE)
     name = _output.LEVELS[level] if 0 <= level < len(_output.LEVELS) else "info"
@@ -124,10 +139,93 @@ def _cache_put(caller: wasmtime.Caller, key_ptr: int, key_len: int, value_ptr: i
     return 0
 
 
+# WASI preview 1 ABI (wasi_snapshot_preview1.witx): a subscription is 48 bytes, an event 32.
+_SUBSCRIPTION = struct.Struct("<QB7xI4xQQH6x")  # userdata, tag, clock id | fd, timeout, precision, flags
+_EVENT = struct.Struct("<QHB5xQH6x")  # userdata, errno, type, fd_readwrite.nbytes, fd_readwrite.flags
+_CLOCK, _FD_READ, _FD_WRITE = 0, 1, 2
+_REALTIME, _MONOTONIC = 0, 1
+_ABSTIME = 1
+_ESUCCESS, _EBADF, _EFAULT, _EINVAL = 0, 8, 21, 28
+_MAX_SUBSCRIPTIONS = 4096  # parsing is host CPU time too; libc's poll and sleep use one or two
+
+
+def _poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int, nevents_ptr: int) -> int:
+    """WASI `poll_oneoff`, waiting at most until the request's deadline (wasmtime's sleeps as asked).
+
+    File subscriptions are ready at once (stdin is empty, stdout and stderr take anything; other
+    descriptors do not exist), so only clocks wait. A wait the deadline cuts short fails the guest
+    with the `timeout` diagnostic; `shutdown()` wakes it and fails the guest as overloaded.
+    """
+    capture = getattr(_output.current, "capture", None)
+    count &= 0xFFFFFFFF
+    if not 0 < count <= _MAX_SUBSCRIPTIONS:
+        return _EINVAL
+    memory = caller.get(EXPORT_MEMORY)
+    if not isinstance(memory, wasmtime.Memory):
+        return _EFAULT
+    size = memory.data_len(caller)
+    in_ptr, out_ptr, nevents_ptr = in_ptr & 0xFFFFFFFF, out_ptr & 0xFFFFFFFF, nevents_ptr & 0xFFFFFFFF
+    if in_ptr + count * 48 > size or out_ptr + count * 32 > size or nevents_ptr + 4 > size:
+        return _EFAULT
+    now = time.perf_counter()
+    wall = time.time()
+    ready: list[tuple[int, int, int]] = []  # userdata, errno, event type
+    timers: list[tuple[float, int]] = []  # due (perf_counter), userdata
+    for userdata, tag, ident, timeout, _precision, flags in _SUBSCRIPTION.iter_unpack(
+            bytes(memory.read(caller, in_ptr, in_ptr + count * 48))):
+        if tag == _CLOCK:
+            if ident not in (_REALTIME, _MONOTONIC):
+                return _EINVAL  # as wasmtime: CPU-time clocks cannot be waited on
+            seconds = timeout / 1e9
+            if not flags & _ABSTIME:
+                due = now + seconds
+            elif ident == _REALTIME:
+                due = now + seconds - wall
+            else:  # a WASI context's monotonic clock counts from its creation, at the request's start
+                due = getattr(capture, "started", now) + seconds
+            timers.append((due, userdata))
+        elif tag in (_FD_READ, _FD_WRITE):
+            ready.append((userdata, _ESUCCESS if ident <= 2 else _EBADF, tag))
+        else:
+            return _EINVAL
+    if not ready:
+        due = min(t[0] for t in timers)
+        _wait_until(capture, due)
+        now = time.perf_counter()
+        ready = [(userdata, _ESUCCESS, _CLOCK) for at, userdata in timers if at <= now]
+    out = b"".join(_EVENT.pack(userdata, errno, kind, 0, 0) for userdata, errno, kind in ready)
+    memory.write(caller, out, out_ptr)
+    memory.write(caller, len(ready).to_bytes(4, "little"), nevents_ptr)
+    return _ESUCCESS
+
+
+def _wait_until(capture: _output.Capture | None, due: float) -> None:
+    """Sleep until `due` (perf_counter time), but never past the request's deadline."""
+    deadline: float = getattr(capture, "deadline", -math.inf)  # no request: nothing to wait for
+    while True:
+        remaining = min(due, deadline) - time.perf_counter()
+        if remaining <= 0:
+            break
+        if _shutdown.wait(remaining):
+            _interrupt(capture, "shutdown")
+    if due > deadline:
+        _interrupt(capture, "timeout")
+
+
+def _interrupt(capture: _output.Capture | None, why: str) -> None:
+    """Fail the guest from a host call; `_isolate._failure` reads `why` off the capture."""
+    if capture is not None:
+        capture.interrupted = why
+    raise wasmtime.WasmtimeError(f"{WASI_NAMESPACE}.poll_oneoff interrupted: {why}")
+
+
 def build_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
     """One linker per engine: WASI preview 1 plus the `isolate` host functions."""
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
+    linker.allow_shadowing = True  # replace wasmtime's poll_oneoff, which sleeps as long as asked
+    linker.define_func(WASI_NAMESPACE, "poll_oneoff", FuncType([_I32] * 4, [_I32]), _poll_oneoff, access_caller=True)
+    linker.allow_shadowing = False
     for name, func in (("log", _log), ("cache_get", _cache_get), ("cache_put", _cache_put)):
         linker.define_func(HOST_NAMESPACE, name, FuncType(*HOST_FUNCTIONS[name]), func, access_caller=True)
     return linker
@@ -145,9 +243,10 @@ def _describe(sig: tuple[list[ValType], list[ValType]]) -> str:
 def inspect_module(module: wasmtime.Module) -> ModuleShape:
     """Check imports and exports against ABI v1; every problem found is named in one error."""
     problems: list[str] = []
-    uses_wasi = False
+    uses_wasi = may_block = False
     for imp in module.imports:
         where = f"{imp.module}.{imp.name}"
+        may_block = may_block or (imp.module, imp.name) in BLOCKING_IMPORTS
         if imp.module == WASI_NAMESPACE and isinstance(imp.type, FuncType):
             uses_wasi = True  # signatures are checked by the linker in instantiate_pre
         elif imp.module == HOST_NAMESPACE and imp.name in HOST_FUNCTIONS and isinstance(imp.type, FuncType):
@@ -170,13 +269,14 @@ def inspect_module(module: wasmtime.Module) -> ModuleShape:
         )
 
     memory = exports.get(EXPORT_MEMORY)
-    memory_min = 0
+    memory_min, memory_max = 0, None
     if not isinstance(memory, MemoryType):
         problems.append(f"missing export {EXPORT_MEMORY!r} (a linear memory)")
     elif memory.is_64:
         problems.append("memory64 is not supported: export a 32-bit memory")
     else:
         memory_min = memory.limits.min * 65536
+        memory_max = None if memory.limits.max is None else memory.limits.max * 65536
     for name, want in _REQUIRED_EXPORTS.items():
         ty = exports.get(name)
         if not isinstance(ty, FuncType):
@@ -194,4 +294,6 @@ def inspect_module(module: wasmtime.Module) -> ModuleShape:
         uses_wasi=uses_wasi,
         has_initialize=init is not None,
         memory_min=memory_min,
+        memory_max=memory_max,
+        may_block=may_block,
     )

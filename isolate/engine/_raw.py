@@ -37,6 +37,9 @@ export_get = _proto("wasmtime_instance_export_get", c_bool, c_void_p, c_void_p, 
 call_unchecked = _proto("wasmtime_func_call_unchecked", c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p)
 memory_data = _proto("wasmtime_memory_data", c_void_p, c_void_p, c_void_p)
 memory_data_size = _proto("wasmtime_memory_data_size", c_size_t, c_void_p, c_void_p)
+increment_epoch = _proto("wasmtime_engine_increment_epoch", None, c_void_p)
+_async_stack_size_set = _proto("wasmtime_config_async_stack_size_set", None, c_void_p, c_size_t)
+_total_stacks_set = _proto("wasmtime_pooling_allocation_config_total_stacks_set", None, c_void_p, c_uint32)
 
 OUTPUT_CALLBACK = CFUNCTYPE(ctypes.c_ssize_t, c_void_p, POINTER(c_uint8), c_size_t)
 FINALIZER = CFUNCTYPE(None, c_void_p)
@@ -64,9 +67,10 @@ class Scratch:
 
     __slots__ = ("instance", "trap", "memory", "alloc", "handle", "init", "args", "p_instance", "p_trap",
                  "p_memory", "p_alloc", "p_handle", "p_init", "p_memory_item", "p_alloc_func",
-                 "p_handle_func", "p_init_func")
+                 "p_handle_func", "p_init_func", "stack_room")
 
     def __init__(self) -> None:
+        self.stack_room = 1 << 62  # wasm stack this thread can hold; the engine measures it per thread
         self.instance = ffi.wasmtime_instance_t()
         self.trap = c_void_p()
         self.memory = ffi.wasmtime_extern_t()
@@ -110,6 +114,19 @@ def instance_pre_pointer(pre: wasmtime.InstancePre) -> int:
     return int(ctypes.cast(pre.ptr(), c_void_p).value or 0)
 
 
+def configure_engine(config: wasmtime.Config, *, async_stack: int) -> None:
+    """Settings wasmtime-py's Config lacks that `Engine` creation checks.
+
+    wasmtime refuses (and its C API aborts on) a `max_wasm_stack` above `async_stack_size`, even
+    with async support off: the default 2 MiB made every stack limit above 2 MiB fatal.
+    """
+    _async_stack_size_set(_config_pointer(config), async_stack)
+
+
+def _config_pointer(config: wasmtime.Config) -> int:
+    return int(ctypes.cast(config.ptr(), c_void_p).value or 0)
+
+
 def configure_pooling(
     config: wasmtime.Config,
     *,
@@ -132,6 +149,9 @@ def configure_pooling(
         # for guests that stay small, and no page-table work between requests.
         ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(pooling, c_size_t(keep_resident))
         ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pooling, c_size_t(keep_resident))
+        # Fiber stacks serve async calls only, which this host never makes: reserve none (the
+        # default is 1,000 async stacks of address space).
+        _total_stacks_set(ctypes.cast(pooling, c_void_p), 0)
         ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pooling)
     finally:
         ffi.wasmtime_pooling_allocation_config_delete(pooling)

@@ -121,7 +121,9 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
         return JSONResponse({"deleted": name, "routes_removed": removed})
 
     async def get_routes(request: Request) -> Response:
-        return JSONResponse({"routes": state.routes.to_list()})
+        # A big table takes milliseconds to encode: off the event loop too.
+        body = await run_in_threadpool(lambda: json.dumps({"routes": state.routes.to_list()}).encode())
+        return Response(body, media_type="application/json")
 
     async def routes_body(request: Request) -> list[Any]:
         body = await _json_body(request)
@@ -180,6 +182,7 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
             "module_cache": asdict(s.module_cache), "guest_cache": asdict(s.guest_cache),
             "response_cache": asdict(cache.statistics()) if cache is not None else None,
             "artifact_recompiles": s.artifact_recompiles, "engines": s.engines, "region": state.local_region,
+            "memory_budget": asdict(s.memory_budget),
             "forwarded": [{"region": r, "status": st, "count": n} for (r, st), n in sorted(metrics.forwards.items())],
         }
         return JSONResponse(body)

@@ -137,6 +137,13 @@ class Metrics:
         yield CounterMetricFamily("isolate_artifact_recompiles", "Artifacts recompiled from .wasm",
                                   value=stats.artifact_recompiles)
         yield GaugeMetricFamily("isolate_engines", "Engines (one per wasm stack size)", value=stats.engines)
+        budget = stats.memory_budget
+        yield GaugeMetricFamily("isolate_memory_budget_bytes", "Guest memory all running isolates may reserve",
+                                value=budget.total)
+        yield GaugeMetricFamily("isolate_memory_budget_in_use_bytes", "Guest memory reserved by running isolates",
+                                value=budget.in_use)
+        yield CounterMetricFamily("isolate_memory_budget_refused", "Requests refused for want of memory budget",
+                                  value=budget.refused)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -15,7 +15,13 @@ from typing import Any
 import uvicorn
 
 from ..cache import ResponseCache
-from ..config import Config, ServerConfig
+from ..config import (
+    DEFAULT_ADMIN_MAX_CONNECTIONS,
+    DEFAULT_FD_RESERVE,
+    DEFAULT_MAX_CONNECTIONS,
+    Config,
+    ServerConfig,
+)
 from ..errors import InvalidConfig
 from ..host import Host
 from ..node import Node
@@ -28,8 +34,10 @@ from ._forward import Forwarder
 from ._health import NodeHealth
 from ._logs import logging_off_loop
 from ._metrics import Metrics
+from ._protocol import Listener
 
 log = logging.getLogger("isolate.server")
+SHUTDOWN_GRACE = 0.5  # seconds requests in flight have after SIGTERM/SIGINT before their guests are stopped
 
 
 class _Server(uvicorn.Server):
@@ -77,22 +85,80 @@ def build(config: Config, server: ServerConfig, host: Host | None = None,
     return Apps(host, state, edge, admin, dispatcher, token, cache, health, forwarder, node)
 
 
-def uvicorn_server(app: Any, host: str, port: int) -> uvicorn.Server:
-    """A uvicorn server with the edge's settings (the benchmark's Starlette peer uses the same)."""
-    return _Server(_uvicorn_config(app, host, port))
+def uvicorn_server(app: Any, host: str, port: int, listener: Listener | None = None) -> uvicorn.Server:
+    """A uvicorn server with the edge's settings (the benchmark's Starlette peer uses the same).
+
+    `listener` carries the bounds and the connection count; by default ServerConfig's defaults.
+    """
+    return _Server(_uvicorn_config(app, host, port, listener))
 
 
-def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
+def _uvicorn_config(app: Any, host: str, port: int, listener: Listener | None = None) -> uvicorn.Config:
+    if listener is None:
+        listener = listeners(ServerConfig(), DEFAULT_MAX_CONNECTIONS, DEFAULT_ADMIN_MAX_CONNECTIONS)[0]
     return uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=listener.protocol,  # httptools, with the bounds of `_protocol`
+        ws="none",  # no app speaks WebSocket; an upgrade is answered as plain HTTP, then closed
         lifespan="off",
         access_log=False,  # the edge writes its own structured access log
         log_level="warning",
         server_header=False,
-        h11_max_incomplete_event_size=64 * 1024,
+        # X-Forwarded-For from loopback would let a local client pick the address regions are
+        # resolved from; the edge reads the real peer address.
+        proxy_headers=False,
     )
+
+
+def listeners(server: ServerConfig, edge_cap: int, admin_cap: int) -> tuple[Listener, Listener]:
+    """The edge and admin listeners' bounds: the same head limits, separate connection caps."""
+
+    def listener(name: str, cap: int) -> Listener:
+        return Listener(name, max_connections=cap, max_header_size=server.max_header_size,
+                        max_url_length=server.max_url_length, head_timeout=server.head_timeout)
+
+    return listener("edge", edge_cap), listener("admin", admin_cap)
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit; returns the limit now in force."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        return DEFAULT_MAX_CONNECTIONS * 2
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    target = hard if hard != unlimited else max(soft, 1 << 20)  # macOS: "unlimited" is not settable
+    if soft == unlimited or soft >= target:
+        return target if soft == unlimited else soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+        return soft
+    return target
+
+
+def connection_caps(server: ServerConfig, fd_limit: int, hot_modules: int) -> tuple[int, int]:
+    """(edge, admin) connection caps: as configured, or the edge's sized so both fit the open-file limit.
+
+    Beside client connections the process keeps a reserve of descriptors (data directory, logs, the
+    event loop, forwards and health checks) plus one per pre-linked module, whose artifact stays open.
+    """
+    admin = server.admin_max_connections
+    free = fd_limit - DEFAULT_FD_RESERVE - hot_modules - admin
+    if server.max_connections is not None:
+        if server.max_connections > free:
+            log.warning("max_connections %d plus admin_max_connections %d and a reserve of %d exceed the "
+                        "open-file limit %d: a full listener may fail with EMFILE", server.max_connections,
+                        admin, DEFAULT_FD_RESERVE + hot_modules, fd_limit)
+        return server.max_connections, admin
+    if free < DEFAULT_MAX_CONNECTIONS:
+        log.warning("open-file limit %d: edge connections capped at %d (raise the hard limit, `ulimit -Hn`, "
+                    "for more)", fd_limit, max(1, free))
+    return max(1, min(DEFAULT_MAX_CONNECTIONS, free)), admin
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -110,12 +176,17 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def serve_apps(apps: Apps, server: ServerConfig, edge_sock: socket.socket, admin_sock: socket.socket) -> None:
-    edge = uvicorn_server(apps.edge, server.host, server.port)
-    admin = uvicorn_server(apps.admin, server.admin_host, server.admin_port)
+    edge_cap, admin_cap = connection_caps(server, raise_fd_limit(), apps.host.config.module_cache_size)
+    edge_listener, admin_listener = listeners(server, edge_cap, admin_cap)
+    edge = uvicorn_server(apps.edge, server.host, server.port, edge_listener)
+    admin = uvicorn_server(apps.admin, server.admin_host, server.admin_port, admin_listener)
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
         edge.should_exit = admin.should_exit = True
+        # Requests in flight get a moment to finish; then guests still sleeping in host calls or
+        # running wasm are stopped, so a server with sleeping guests exits promptly.
+        loop.call_later(SHUTDOWN_GRACE, apps.host.stop_guests)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -134,11 +205,15 @@ async def serve_apps(apps: Apps, server: ServerConfig, edge_sock: socket.socket,
         log.info("isolate ready: edge http://%s:%d  admin http://%s:%d  region %s  (%d modules, %d routes)",
                     server.host, edge_sock.getsockname()[1], server.admin_host, admin_sock.getsockname()[1],
                     server.region, len(apps.host.modules()), len(apps.state.routes.routes))
+        log.info("connection caps: edge %d, admin %d; request heads up to %d bytes of URL and %d of header "
+                 "fields, within %g s", edge_cap, admin_cap, server.max_url_length, server.max_header_size,
+                 server.head_timeout)
     try:
         await asyncio.gather(*tasks)
     finally:
         await apps.health.stop()
         await apps.forwarder.close()
+        apps.host.resume_guests()  # the process may serve again (in-process embedders and tests)
 
 
 def run(apps: Apps, server: ServerConfig) -> None:

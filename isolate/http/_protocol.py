@@ -1,0 +1,491 @@
+"""The HTTP/1.1 protocol of both listeners: uvicorn's httptools protocol, with request heads bounded and timed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httptools
+from httptools.parser.url_parser import URL
+from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
+from uvicorn.config import Config as UvicornConfig
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
+
+from ..errors import (
+    HeadersTooLarge,
+    InternalError,
+    InvalidRequest,
+    IsolateError,
+    Overloaded,
+    RequestTimeout,
+    UriTooLong,
+)
+from ._errors import new_request_id, raw_response, request_id_of, send_error
+
+log = logging.getLogger("isolate.server")
+
+_REQUEST_LINE = 64  # bytes of a head besides the URL and the header fields: method, version, CRLFs
+# What an RFC 3986 authority without userinfo is made of (reg-name or IP-literal, and a port): no
+# whitespace, `/`, `?`, `#`, `@`, controls or non-ASCII, which could make routing and the guest disagree.
+_HOST_CHARS = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.-_~!$&'()*+,;=%:[]"
+_DEFAULT_PORTS = {b"http": b":80", b"https": b":443"}
+_CLOSE = (b"connection", b"close")
+
+
+class _Refusal(Exception):
+    """Raised in a parser callback to stop parsing; `data_received` answers `error` and closes."""
+
+    def __init__(self, error: IsolateError) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
+@dataclass(frozen=True)
+class ListenerStatistics:
+    name: str
+    connections: int
+    max_connections: int
+    refused: int
+    """Connections answered 503 at the cap."""
+    timed_out: int
+    """Heads not complete within head_timeout (answered 408)."""
+    rejected: int
+    """Requests refused below the app: malformed, too large, bad framing."""
+
+
+class Listener:
+    """One listener's bounds and open connections; uvicorn instantiates `self.protocol` per connection."""
+
+    def __init__(self, name: str, *, max_connections: int, max_header_size: int, max_url_length: int,
+                 head_timeout: float) -> None:
+        if min(max_connections, max_header_size, max_url_length) < 1 or not head_timeout > 0:
+            raise ValueError("listener bounds must be positive")
+        self.name = name
+        self.max_connections = max_connections
+        self.max_header_size = max_header_size
+        self.max_url_length = max_url_length
+        self.head_timeout = head_timeout
+        self.connections: set[HttpProtocol] = set()
+        self.refused = self.timed_out = self.rejected = 0
+        self._sweep_every = min(1.0, head_timeout / 4)
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._full = False
+
+        class Protocol(HttpProtocol):
+            pass
+
+        Protocol.listener = self
+        self.protocol: type[HttpProtocol] = Protocol
+
+    def statistics(self) -> ListenerStatistics:
+        return ListenerStatistics(self.name, len(self.connections), self.max_connections, self.refused,
+                                  self.timed_out, self.rejected)
+
+    def admit(self, protocol: HttpProtocol, loop: asyncio.AbstractEventLoop) -> bool:
+        """Count a new connection in, or False when the listener is at its cap."""
+        if len(self.connections) >= self.max_connections:
+            self.refused += 1
+            if not self._full:  # once per episode, not once per refused connection
+                self._full = True
+                log.warning("%s listener at its cap of %d connections: new ones get 503 until some close",
+                            self.name, self.max_connections)
+            return False
+        self.connections.add(protocol)
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._timer = loop.call_later(self._sweep_every, self._sweep)
+        return True
+
+    def _sweep(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        for protocol in list(self.connections):
+            protocol.check_deadlines(now)
+        if self._full and len(self.connections) < self.max_connections:
+            self._full = False
+        self._timer = loop.call_later(self._sweep_every, self._sweep) if self.connections else None
+
+
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, with its 500 (app raised, or returned without answering) as JSON."""
+
+    async def send_500_response(self) -> None:
+        error = InternalError("internal error: the application failed; the server log has the traceback")
+        await send_error(self.send, error, request_id_of(self.scope["headers"]),
+                         head_only=self.scope["method"] == "HEAD", extra=[_CLOSE])
+
+
+async def _overloaded(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    """Stands in for the app when uvicorn's `limit_concurrency` is reached."""
+    assert scope["type"] == "http"
+    await send_error(send, Overloaded("too many requests in progress; retry"), request_id_of(scope["headers"]),
+                     head_only=scope["method"] == "HEAD", extra=[_CLOSE])
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """One connection; use a `Listener`'s `protocol`, which carries the bounds and counts connections.
+
+    What it adds to `uvicorn.protocols.http.httptools_impl.HttpToolsProtocol`, all in parser callbacks
+    so the cost per request is a few comparisons (httptools is kept: h11 is several times slower):
+
+    - A request head is bounded while it arrives: the URL by `max_url_length` (414 `uri_too_long`, as
+      soon as that many bytes of it came), header fields by `max_header_size` (431 `headers_too_large`),
+      and the raw bytes the parser may hold for one head by their sum plus a little (431), which also
+      bounds a header line that never ends. Chunk extensions and trailers get the same raw bound;
+      trailer fields are dropped, never merged into the headers the app already has.
+    - A head must be complete within `head_timeout` of the connection becoming ready for it (accepted,
+      or the previous answer sent): 408 `request_timeout` if part of it came, else the connection is
+      just closed. A body being read that stalls that long is a 408 too (slow POST). Idle keep-alive
+      connections close after uvicorn's `timeout_keep_alive` (or `head_timeout` if shorter). One timer
+      per listener sweeps the connections, none per request.
+    - Each listener caps its open connections: the one over the cap is answered 503 `overloaded` at
+      once (before reading anything) and closed. Edge and admin listeners count apart.
+    - Framing: HTTP/1.1 needs exactly one Host, HTTP/1.0 at most one; a Host holds only authority
+      characters and equals the target's authority in absolute form; Transfer-Encoding in HTTP/1.0,
+      other HTTP versions and upgrades (WebSocket, h2c, CONNECT) are refused or closed after their
+      answer, so bytes after them are never read as another request. httptools (llhttp, strict mode)
+      rejects the classic smuggling shapes itself: Content-Length with Transfer-Encoding, duplicate
+      Content-Length, obs-fold, bare LF or CR, whitespace before a colon.
+    - Every error, including uvicorn's own (malformed HTTP, its 500 on an app exception and its 503 on
+      `limit_concurrency`), is the JSON diagnostic of `_errors`.
+    """
+
+    listener: ClassVar[Listener]
+
+    def __init__(self, config: UvicornConfig, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        listener = self.listener
+        self._max_url = listener.max_url_length
+        self._max_header = listener.max_header_size
+        self._budget = listener.max_url_length + listener.max_header_size + _REQUEST_LINE
+        self._room = self._budget  # raw bytes the parser may still take for the current head
+        self._slack = 0  # body-phase bytes not yet delivered as body: chunk framing and trailers
+        self._reading_head = True  # the parser is between messages or in a head, not in a body
+        self._in_head = False  # a head has begun and is not complete
+        self._busy = False  # a request is being answered (or queued behind a pipelined one)
+        self._served = False  # a response was sent: idle time is keep-alive from now on
+        self._since = 0.0  # when the connection became ready for the current head
+        self._heads = 0
+        self._header_bytes = 0
+        self._hosts = 0
+        self._host = b""
+        self._transfer_encoding = False
+        self._refused = False  # turned away at the cap: never set up
+        self._closing = False  # an error answer is written or due: further bytes are dropped
+        self._pending: bytes | None = None  # that answer, when earlier pipelined answers go first
+
+    # Connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if not self.listener.admit(self, self.loop):
+            self._refused = True
+            transport.write(raw_response(Overloaded(
+                f"the {self.listener.name} listener has its limit of {self.listener.max_connections} "
+                "connections open; retry", limit=self.listener.max_connections)))
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._since = self.loop.time()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        self.listener.connections.discard(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing or self._refused:
+            return
+        if not self._reading_head:
+            self._feed_body(data)
+        elif len(data) <= self._room:
+            self._room -= len(data)
+            try:
+                self.parser.feed_data(data)
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+                self._parse_failed(exc)
+        else:
+            self._feed_bounded(memoryview(data))
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_failed(exc)
+
+    def _feed_body(self, data: bytes | memoryview) -> None:
+        # Body bytes leave the parser as on_body (uvicorn's flow control bounds those); what does not
+        # (chunk framing, extensions, trailers, which httptools buffers) is bounded like a head.
+        self._slack += len(data)
+        self._feed(data)
+        if self._slack > self._budget and not self._reading_head:
+            self._refuse(HeadersTooLarge(f"chunk extensions or trailers over {self._budget} bytes",
+                                         limit=self._budget), request_id_of(self.headers))
+
+    def _feed_bounded(self, data: memoryview) -> None:
+        """Feed a read larger than what is left for the current head, one head at a time."""
+        while data and not self._closing:  # each round takes >= 1 byte, or refuses and ends
+            if not self._reading_head:
+                self._feed_body(data)
+                return
+            room = self._room
+            if len(data) <= room:
+                self._room = room - len(data)
+                self._feed(data)
+                return
+            heads = self._heads
+            self._feed(data[:room])
+            if self._closing:
+                return
+            if self._heads == heads:  # that much and still no end of the head
+                self._refuse(HeadersTooLarge(
+                    f"request head not complete after {self._budget} bytes (header fields may take "
+                    f"{self._max_header}, the URL {self._max_url})", limit=self._max_header),
+                    request_id_of(self.headers or ()))
+                return
+            data = data[room:]
+
+    def _parse_failed(self, exc: Exception) -> None:
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            # No upgrade is supported: the request was answered as plain HTTP; whatever follows its
+            # head belongs to another protocol, so it is never parsed as a request (h2c smuggling).
+            self._closing = True
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.keep_alive = False
+            else:
+                self.transport.close()
+            return
+        cause = exc.__context__
+        error = cause.error if isinstance(cause, _Refusal) else InvalidRequest(f"malformed HTTP request: {exc}")
+        self._refuse(error, request_id_of(self.headers or ()))
+
+    def _refuse(self, error: IsolateError, request_id: str | None = None) -> None:
+        """Answer `error` and close; after the answers to earlier pipelined requests, if any are due."""
+        if self._closing:
+            return
+        self._closing = True
+        if isinstance(error, RequestTimeout):
+            self.listener.timed_out += 1
+        else:
+            self.listener.rejected += 1
+        log.debug("%s listener: %s %s", self.listener.name, error.kind, error.detail)
+        response = raw_response(error, request_id or new_request_id())
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if self._reading_head:  # the error is in a later request: written once the earlier are answered
+                self._pending = response
+                return
+            if self.pipeline and self.pipeline[0][0] is cycle:  # in the body of a request not started yet
+                self.pipeline.popleft()
+                self._pending = response
+                return
+            # The error is in the body of the request being answered: its app sees the client gone.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:
+                self.transport.close()
+                return
+        self.transport.write(response)
+        self.transport.close()
+
+    def check_deadlines(self, now: float) -> None:
+        """Called by the listener's sweep: head_timeout for heads and stalled bodies, keep-alive idle time."""
+        if self._closing or self.transport.is_closing():
+            return
+        timeout = self.listener.head_timeout
+        if self._in_head:
+            if now - self._since > timeout:
+                self._refuse(RequestTimeout(f"request head not complete within {timeout:g} s", limit=timeout),
+                             request_id_of(self.headers))
+        elif not self._busy:
+            if now - self._since > (min(timeout, self.timeout_keep_alive) if self._served else timeout):
+                self.transport.close()  # nothing of a request came: no answer is owed
+        elif not self._reading_head:  # in a body: its bytes must keep coming while it is read
+            if self.flow.read_paused or self.cycle.waiting_for_100_continue:
+                self._since = now  # the server holds the client back, not the other way round
+            elif now - self._since > timeout:
+                self._refuse(RequestTimeout(f"request body stalled for {timeout:g} s", limit=timeout),
+                             request_id_of(self.headers))
+
+    # Parser callbacks: uvicorn's, inlined (they run for every request) with the checks added.
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
+        self._in_head = True
+        if self._busy:  # a pipelined head: its deadline runs from when it began
+            self._since = self.loop.time()
+        self._header_bytes = self._hosts = 0
+        self._transfer_encoding = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self._max_url:
+            raise _Refusal(UriTooLong(f"URL longer than {self._max_url} bytes", limit=self._max_url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Sizes are checked once the head is complete; until then the raw budget bounds memory.
+        if not self._in_head:
+            return  # a trailer field (chunked body): dropped, the app has the headers already
+        self._header_bytes += len(name) + len(value) + 4
+        name = name.lower()
+        if name == b"host":
+            self._hosts += 1
+            self._host = value
+        elif name == b"expect":
+            self.expect_100_continue = value.lower() == b"100-continue"
+        elif name == b"transfer-encoding":
+            self._transfer_encoding = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        version = parser.get_http_version()
+        url = self.url
+        if (self._header_bytes > self._max_header or version != "1.1" or self._hosts != 1
+                or self._host.translate(None, _HOST_CHARS) or url[:1] != b"/"):
+            target = self._check_head(version, url)  # raises unless an unusual but valid head
+        else:
+            try:
+                target = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise _Refusal(InvalidRequest("malformed request target")) from None
+        self._in_head = self._reading_head = False
+        self._busy = True
+        self._heads += 1
+        self._slack = 0
+        self._since = self.loop.time()  # from here, when the body last made progress
+        self.scope["method"] = parser.get_method().decode("ascii")
+        if version != "1.1":
+            self.scope["http_version"] = version
+        raw_path = target.path or b"/"
+        path = raw_path.decode("ascii")  # llhttp allows only ASCII in a target
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        self.scope["path"] = self.root_path + path
+        self.scope["raw_path"] = self.root_path.encode("ascii") + raw_path if self.root_path else raw_path
+        self.scope["query_string"] = target.query or b""
+
+        app = self.app
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        ):
+            app = _overloaded
+        existing_cycle = self.cycle
+        self.cycle = _Cycle(
+            scope=self.scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(self.cycle, app)
+        else:  # pipelined: answered in order
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, app))
+
+    def _check_head(self, version: str, url: bytes) -> URL:
+        """The slow path of on_headers_complete: the error in a head, or its target if it is valid."""
+        if self._header_bytes > self._max_header:
+            raise _Refusal(HeadersTooLarge(f"request header fields over {self._max_header} bytes",
+                                           limit=self._max_header))
+        if version == "1.1":
+            if self._hosts != 1:
+                raise _Refusal(InvalidRequest("HTTP/1.1 request without a Host header" if not self._hosts
+                                              else f"{self._hosts} Host headers (exactly one is allowed)"))
+        elif version == "1.0":
+            if self._hosts > 1:
+                raise _Refusal(InvalidRequest(f"{self._hosts} Host headers (at most one is allowed)"))
+            if self._transfer_encoding:
+                raise _Refusal(InvalidRequest("Transfer-Encoding in an HTTP/1.0 request"))
+        else:
+            raise _Refusal(InvalidRequest(f"HTTP/{version} is not supported (only HTTP/1.0 and HTTP/1.1)"))
+        host = self._host if self._hosts else b""
+        if host.translate(None, _HOST_CHARS):
+            raise _Refusal(InvalidRequest("invalid Host header: not an authority (host[:port])"))
+        try:
+            target = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            raise _Refusal(InvalidRequest("malformed request target")) from None
+        if url[:1] != b"/" and url != b"*":  # absolute form: its authority wins over Host, so they must agree
+            if target.schema not in _DEFAULT_PORTS or not target.host:
+                raise _Refusal(InvalidRequest("request target is neither a path nor an http(s) URL"))
+            authority = target.host + (b":%d" % target.port if target.port is not None else b"")
+            if not _same_authority(authority, host, _DEFAULT_PORTS[target.schema]):
+                raise _Refusal(InvalidRequest("the request target's authority differs from the Host header"))
+        return target
+
+    def on_body(self, body: bytes) -> None:
+        self._slack -= len(body)
+        self._since = self.loop.time()
+        cycle = self.cycle
+        if cycle.response_complete:
+            return
+        cycle.body += body
+        if len(cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
+
+    def on_message_complete(self) -> None:
+        self._reading_head = True
+        self._room = self._budget
+        self._slack = 0
+        cycle = self.cycle
+        if not cycle.response_complete:
+            cycle.more_body = False
+            cycle.message_event.set()
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, without its keep-alive timer per response: the listener's sweep does that.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        if self._pending is not None:
+            self.transport.write(self._pending)
+            self.transport.close()
+            return
+        self._busy = False
+        self._served = True
+        if not self._in_head:
+            self._since = self.loop.time()
+
+
+def _same_authority(target: bytes, host: bytes, default_port: bytes) -> bool:
+    target, host = target.lower(), host.lower()
+    if target.endswith(default_port):
+        target = target[: -len(default_port)]
+    if host.endswith(default_port):
+        host = host[: -len(default_port)]
+    return target == host
