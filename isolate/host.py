@@ -71,8 +71,8 @@ class Host:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
         self._store = ModuleStore(self.config.data_dir)
-        self._runtime = Runtime(self.config)
-        self._runtimes = {self._runtime.stack: self._runtime}  # stack size -> engine; created on demand
+        self._runtime = Runtime(self.config, engine_stack(self.config.limits.stack))
+        self._runtimes = {self._runtime.stack: self._runtime}  # engine stack size -> engine; made on demand
         self._cache: ModuleCache[Prepared] = ModuleCache(self.config.module_cache_size)
         self.guest_cache = GuestCache(self.config.guest_cache_entries, self.config.guest_cache_bytes,
                                       module_share=self.config.guest_cache_module_share)
@@ -151,7 +151,7 @@ class Host:
         with self._control:
             self._store.put_wasm(digest, wasm)
             self._store.put_artifact(digest, runtime.fingerprint, artifact)
-            self._cache.put(_cache_key(digest, effective.stack), prepared)
+            self._cache.put(_cache_key(digest, runtime.stack), prepared)
             self._blocking[name] = True  # until the new version has run once, it may wait in the host
             record = self._store.add_version(name, digest, len(wasm), compile_s * 1000, overrides, variables)
             self._limits[name] = effective
@@ -171,7 +171,8 @@ class Host:
         with self._control:
             if limits is not None:
                 changes["limits"] = self._overrides(limits, self._store.get(name).limits)
-                self._effective(changes["limits"])
+                # The engine for the new stack size must exist before the setting is stored.
+                self._runtime_for(self._effective(changes["limits"]).stack)
             record = self._store.update(name, **changes)
             self._limits.pop(name, None)
         return self._info(record)
@@ -220,7 +221,7 @@ class Host:
             record = self._store.get(name)
             version = record.version()
             limits = self._limits.get(name) or self._limits_for(record)
-            prepared = self._cache.get(_cache_key(version.digest, limits.stack), self._load)
+            prepared = self._cache.get(_cache_key(version.digest, engine_stack(limits.stack)), self._load)
             self._blocking[name] = getattr(prepared.shape, "may_block", True)
             outcome = run(prepared, encode_request(request, record.variables), limits, self.config.log_limit,
                           (self.guest_cache, name))
@@ -267,6 +268,8 @@ class Host:
     # -- internals ----------------------------------------------------------------------------
 
     def _runtime_for(self, stack: int) -> Runtime:
+        """The engine for a module's stack limit (created on first need; `InvalidConfig` if it cannot be)."""
+        stack = engine_stack(stack)
         runtime = self._runtimes.get(stack)
         if runtime is None:
             with self._lock:
@@ -278,7 +281,10 @@ class Host:
     def _load(self, key: str) -> Prepared:
         """Cache miss: map the verified artifact, or recompile from the stored `.wasm` and reseal."""
         digest, stack = key.split("/")
-        runtime = self._runtime_for(int(stack))
+        try:
+            runtime = self._runtime_for(int(stack))
+        except InvalidConfig as exc:  # a stored stack limit this process can no longer give an engine
+            raise StorageError(f"the module's stored stack limit cannot run here: {exc.detail}") from None
         path = self._store.verified_artifact(digest, runtime.fingerprint)
         module = None
         if path is not None:
@@ -332,6 +338,15 @@ class Host:
             limit_overrides=dict(record.limits),
             variables=dict(record.variables),
         )
+
+
+def engine_stack(stack: int) -> int:
+    """The wasm stack of the engine that runs a module: its limit rounded up to a power of two.
+
+    wasmtime fixes the stack per engine and each engine reserves address space for its pool of
+    isolates, so distinct values must stay few: 64 KiB to 4 MiB makes at most seven engines.
+    """
+    return 1 << (stack - 1).bit_length()
 
 
 def _cache_key(digest: str, stack: int) -> str:

@@ -303,3 +303,15 @@ def test_sleeping_guests_neither_outlive_their_deadline_nor_freeze_the_node(tmp_
                     except httpx.HTTPError:
                         continue  # the connection closed with the server: also an answer
                     assert answer.status_code == 503 and answer.json()["limit"] == "shutdown"
+
+
+def test_any_number_of_stack_settings_maps_to_a_few_engines(tmp_path: Path) -> None:
+    """Each stack size needs an engine; limits are rounded up to powers of two, so settings never run out."""
+    from isolate import Host
+
+    with Host(Config(data_dir=tmp_path / "data", pool_instances=16)) as host:
+        host.deploy("s", g.wasm(g.HELLO))
+        for stack in range(64 << 10, (4 << 20) + 1, 97 << 10):
+            assert host.configure("s", limits={"stack": stack}).limits.stack == stack
+            assert host.invoke("s").status == 200
+        assert host.statistics().engines <= 7

@@ -70,8 +70,8 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
     """
     runtime = prepared.runtime
     s = _scratch()
-    if limits.stack > s.stack_room:
-        raise _thread_too_small(limits, s.stack_room)
+    if runtime.stack > s.stack_room:
+        raise _thread_too_small(runtime.stack, s.stack_room)
     shape = prepared.shape
     # The most memory the guest can touch: its limit, or the maximum its memory declares.
     reserved = limits.memory if shape.memory_max is None or shape.memory_max > limits.memory else shape.memory_max
@@ -234,10 +234,10 @@ def _stopped(phase: str) -> Overloaded:
     return Overloaded("the host is shutting down: the request was stopped", limit="shutdown", phase=phase)
 
 
-def _thread_too_small(limits: Limits, room: int) -> InternalError:
+def _thread_too_small(stack: int, room: int) -> InternalError:
     native = room + _native.HOST_HEADROOM
     return InternalError(
-        f"this thread's native stack ({native} bytes) cannot hold a {limits.stack}-byte wasm stack plus "
+        f"this thread's native stack ({native} bytes) cannot hold a {stack}-byte wasm stack plus "
         f"{_native.HOST_HEADROOM} bytes for host calls: run guests on threads created after the Host, "
         "or raise `ulimit -s`",
         limit="stack",
