@@ -81,6 +81,7 @@ DEFAULT_MAX_CONNECTIONS = 10_000  # open edge connections; lowered at start-up t
 DEFAULT_ADMIN_MAX_CONNECTIONS = 64  # open admin connections, counted apart so an edge flood cannot lock it out
 DEFAULT_FD_RESERVE = 256  # descriptors kept from client connections (data dir, logs, forwards), + 1 per hot module
 DEFAULT_QUEUE_LIMIT = 64  # guests waiting for a worker thread before requests get 503
+DEFAULT_INLINE_MAX_TIMEOUT = 0.100  # seconds: modules allowed a longer run never run on the event loop
 DEFAULT_INLINE_THRESHOLD = 0.001  # seconds: guests consistently faster run on the event loop
 DEFAULT_REGION = "local"  # the local node's region when no region table says otherwise
 DEFAULT_CACHE_ENTRIES = 10_000  # response cache
@@ -370,6 +371,8 @@ class ServerConfig:
     """Threads that run guests off the event loop (wasm releases the GIL, so they run in parallel)."""
     queue_limit: int = DEFAULT_QUEUE_LIMIT
     inline_threshold: float = DEFAULT_INLINE_THRESHOLD
+    inline_max_timeout: float = DEFAULT_INLINE_MAX_TIMEOUT
+    """Only modules whose timeout is at most this may run on the event loop: the longest one freeze."""
     access_log: bool = True
     region: str = DEFAULT_REGION
     """The region this node serves (`isolate serve --region`); must be in the region table, if any."""

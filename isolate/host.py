@@ -211,6 +211,11 @@ class Host:
         """Whether `name`'s active code can wait in the host (unknown until it has run: True)."""
         return self._blocking.get(name, True)
 
+    def timeout_of(self, name: str) -> float | None:
+        """`name`'s effective timeout once it has run (None before)."""
+        limits = self._limits.get(name)
+        return limits.timeout if limits is not None else None
+
     # -- data plane ---------------------------------------------------------------------------
 
     def invoke(self, name: str, request: Request | None = None) -> Response:

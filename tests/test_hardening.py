@@ -315,3 +315,36 @@ def test_any_number_of_stack_settings_maps_to_a_few_engines(tmp_path: Path) -> N
             assert host.configure("s", limits={"stack": stack}).limits.stack == stack
             assert host.invoke("s").status == 200
         assert host.statistics().engines <= 7
+
+
+def test_a_guest_quick_then_slow_with_a_long_timeout_never_holds_the_loop(tmp_path: Path) -> None:
+    """A guest that is quick for small requests and spins for big ones: with a timeout over the inline
+    ceiling it never runs inline, however quick its runs were."""
+    import concurrent.futures
+    import time
+
+    import httpx
+
+    flip = g.wasm(g.module("(if (i32.gt_u (local.get $len) (i32.const 2000)) (then (loop $l (br $l)))) "
+                           + g.returns(g.response_bytes())))
+    with LiveServer(tmp_path / "data") as server, server.admin() as admin:
+        for name, timeout in (("long", "5s"), ("short", "100ms")):
+            assert admin.put(f"/v1/modules/{name}", content=flip, params={"timeout": timeout}).status_code == 201
+        assert admin.put("/v1/modules/hello", content=g.wasm(g.HELLO)).status_code == 201
+        assert admin.put("/v1/routes", json={"routes": [
+            {"path": "/long", "module": "long", "cache": False}, {"path": "/short", "module": "short", "cache": False},
+            {"path": "/hello", "module": "hello", "cache": False}]}).status_code == 200
+        with server.edge() as edge, concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for path in ("/long", "/short", "/hello"):
+                for _ in range(40):  # quick runs: promotion, where allowed
+                    assert edge.get(path).status_code == 200
+            spinning = pool.submit(httpx.post, f"{server.edge_url}/long", content=b"x" * 5000, timeout=30)
+            time.sleep(0.3)
+            started = time.monotonic()
+            assert edge.get("/hello").status_code == 200
+            assert time.monotonic() - started < 2.5  # not the 5 s the spinning guest takes
+            assert spinning.result().status_code == 504
+            for _ in range(3):  # the short one may be caught once (tests/test_dispatch.py: then never again)
+                assert edge.post("/short", content=b"x" * 5000).status_code == 504
+                for _ in range(40):
+                    assert edge.get("/short").status_code == 200

@@ -1,17 +1,17 @@
 """Where a guest runs: inline on the event loop when it is known to be quick, else on a bounded pool.
 
-A thread hop costs tens of microseconds, more than a quick guest takes. A module whose code can
-wait in the host (it imports WASI `poll_oneoff` or another host function that can block) never runs
-inline, whatever its past runs cost: waiting burns no CPU, so its CPU time says nothing. Any other
-module runs inline once its last `needed` runs each used under `inline_threshold` of CPU (and of
-wall time, when it ran inline); `needed` starts at
-`PROMOTE_AFTER` (so the first runs of unknown code never touch the loop) and grows eightfold each
-time a module is caught being slow, so a module that is only sometimes slow soon stays on the pool.
-Slow or unknown modules run on worker threads, where wasm runs with the GIL released, at a lower
-scheduling priority than the event loop, so a CPU-heavy guest never stalls other requests. When every
-worker is busy and `queue_limit` more are waiting, new work is refused (`Overloaded`, 503) rather than
-queued. The price of the inline path: a module that was quick and suddenly is not can hold the loop
-once, for at most its own timeout, before it is sent back to the pool.
+A thread hop costs tens of microseconds, more than a quick guest takes. Whether a module may ever
+run inline is decided by what it can do (`may_inline`): never if its code can wait in the host (it
+imports WASI `poll_oneoff`; waiting burns no CPU, so its CPU time says nothing), nor if its timeout
+is above `inline_max_timeout` (100 ms by default), nor before it has run once. Such a module runs
+inline once its last `needed` runs each used under `inline_threshold` of CPU; `needed` starts at
+`PROMOTE_AFTER` (so the first runs of unknown code never touch the loop) and is eight times that for
+a module slow from the start. A module caught slow while inline (CPU or wall time) stays on the
+pool for good: the price of the inline path is one hold of the loop per module, for at most
+`inline_max_timeout`. Everything else runs on worker threads, where wasm runs with the GIL released,
+at a lower scheduling priority than the event loop, so a CPU-heavy guest never stalls other
+requests. When every worker is busy and `queue_limit` more are waiting, new work is refused
+(`Overloaded`, 503) rather than queued.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ..errors import Overloaded
 
 T = TypeVar("T")
 PROMOTE_AFTER = 2
-MAX_NEEDED = 4096
+NEVER = 1 << 62  # quick runs needed by a module caught being slow while inline: it stays on the pool
 WORKER_NICE = 10  # guests yield the CPU to the event loop when both want it
 
 
@@ -38,14 +38,16 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
 
 
-def _never_blocks(module: str) -> bool:
-    return False
+def _always(module: str) -> bool:
+    return True
 
 
 class Dispatcher:
     def __init__(self, workers: int, queue_limit: int, inline_threshold: float,
-                 may_block: Callable[[str], bool] = _never_blocks) -> None:
-        self._may_block = may_block
+                 may_inline: Callable[[str], bool] = _always) -> None:
+        """`may_inline(module)` says whether a module's code could ever run on the loop: not if it
+        can wait in the host, nor if its timeout exceeds the inline ceiling (see the module doc)."""
+        self._may_inline = may_inline
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolate-guest",
                                             initializer=_lower_priority)
         self._capacity = workers + queue_limit
@@ -55,14 +57,18 @@ class Dispatcher:
         self.inflight = 0
 
     def is_inline(self, module: str) -> bool:
-        return self._streak.get(module, 0) >= self._needed.get(module, PROMOTE_AFTER) and not self._may_block(module)
+        return self._streak.get(module, 0) >= self._needed.get(module, PROMOTE_AFTER) and self._may_inline(module)
 
-    def record(self, module: str, seconds: float) -> None:
+    def record(self, module: str, seconds: float, inline: bool = False) -> None:
         if seconds < self._threshold:
             self._streak[module] = self._streak.get(module, 0) + 1
         else:
-            if self.is_inline(module) or module not in self._needed:
-                self._needed[module] = min(self._needed.get(module, PROMOTE_AFTER) * 8, MAX_NEEDED)
+            if inline:
+                # Caught holding the loop: never again (a module that is quick, then slow on purpose,
+                # would otherwise freeze the loop once per promotion).
+                self._needed[module] = NEVER
+            elif module not in self._needed:
+                self._needed[module] = PROMOTE_AFTER * 8  # slow from the start: more proof needed
             self._streak[module] = 0
 
     async def run(self, module: str, fn: Callable[[], T]) -> tuple[T, float]:
@@ -76,7 +82,7 @@ class Dispatcher:
                 return fn(), 0.0
             finally:
                 # On the loop, wall time is what other requests waited: count it too.
-                self.record(module, max(time.thread_time() - started, time.perf_counter() - wall))
+                self.record(module, max(time.thread_time() - started, time.perf_counter() - wall), inline=True)
         if self.inflight >= self._capacity:
             raise Overloaded(f"server busy: {self.inflight} guests running or queued", limit=self._capacity)
         self.inflight += 1

@@ -75,7 +75,12 @@ def build(config: Config, server: ServerConfig, host: Host | None = None,
     state = ServerState(config.data_dir, server.region)
     cache = ResponseCache(server.cache_entries, server.cache_bytes, timer) if server.cache else None
     metrics = Metrics(host, cache)
-    dispatcher = Dispatcher(server.workers, server.queue_limit, server.inline_threshold, host.may_block)
+
+    def may_inline(module: str) -> bool:
+        timeout = host.timeout_of(module)
+        return timeout is not None and timeout <= server.inline_max_timeout and not host.may_block(module)
+
+    dispatcher = Dispatcher(server.workers, server.queue_limit, server.inline_threshold, may_inline)
     token = server.admin_token or load_or_create_token(config.data_dir)
     health = NodeHealth(lambda: state.regions, server.region, server.health_interval, server.health_timeout)
     forwarder = Forwarder(server.node_name, health, server.max_body_size, config.max_timeout + 5)
