@@ -18,7 +18,7 @@ from .config import DEFAULT_ADMIN_PORT, DEFAULT_REGION, ServerConfig, parse_dura
 from .errors import InvalidConfig
 from .http import load_or_create_token, token_path
 from .registry import validate_name
-from .routing import RegionTable
+from .routing import RegionTable, RouteTable
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(9), *range(11, 32), 127)}
 
@@ -232,6 +232,14 @@ def deploy(data_dir: str | None, admin_url: str, admin_token: str | None, name: 
         params.append(("var", pair))
     module_path = _module_path(name)
     admin = Admin(admin_url, admin_token, data_dir)
+    if new_routes:
+        # Routes are checked against the current table before anything is deployed, so a bad route
+        # does not leave a new version behind (the server checks again when they are added).
+        current = admin.call("GET", "/v1/routes")["routes"]
+        try:
+            RouteTable.build([*current, *new_routes])
+        except IsolateError as exc:
+            _fail(f"{exc.kind}: {exc.detail} (nothing was deployed)")
     info = admin.call("PUT", module_path, content=wasm, params=params)
     click.echo(f"deployed {info['name']} v{info['version']} sha256:{info['digest'][:12]} {info['size']} bytes "
                f"(compiled in {info['compile_ms']:.1f} ms)")

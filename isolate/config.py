@@ -105,6 +105,8 @@ def parse_size(value: int | str) -> int:
     size = float(match.group(1)) * _SIZE_UNITS[unit]
     if not math.isfinite(size):
         raise InvalidConfig(f"not a size: {value!r} (too large)")
+    if size != int(size):  # 1.5 bytes: refuse rather than silently truncate
+        raise InvalidConfig(f"not a size: {value!r} (not a whole number of bytes)")
     return int(size)
 
 
@@ -261,6 +263,9 @@ class Config:
         _check_int("max_stack_limit", self.max_stack_limit, limits.stack, MAX_STACK_CEILING)
         _check_int("max_response_size", self.max_response_size, limits.response_size, MAX_RESPONSE_CEILING)
         _check_number("epoch_tick", self.epoch_tick, MIN_EPOCH_TICK, 1.0)
+        if limits.timeout < self.epoch_tick:
+            raise InvalidConfig(f"limits.timeout {limits.timeout} is below epoch_tick {self.epoch_tick}, the finest "
+                                "deadline the host can enforce")
         _check_int("pool_instances", self.pool_instances, 1, MAX_POOL_INSTANCES)
         _check_int("module_cache_size", self.module_cache_size, 1, MAX_COUNT)
         _check_int("log_limit", self.log_limit, 0, 1 * GiB)
@@ -285,6 +290,9 @@ class Config:
             raise InvalidConfig(f"limits.memory {limits.memory} exceeds the host's memory budget {self.memory_budget}")
         if limits.timeout > self.max_timeout:
             raise InvalidConfig(f"limits.timeout {limits.timeout} exceeds the host maximum {self.max_timeout}")
+        if limits.timeout < self.epoch_tick:
+            raise InvalidConfig(f"limits.timeout {limits.timeout} is below the host's epoch tick {self.epoch_tick} s, "
+                                "the finest deadline it can enforce")
         if limits.stack > self.max_stack_limit:
             raise InvalidConfig(f"limits.stack {limits.stack} exceeds the host maximum {self.max_stack_limit}")
         if limits.response_size > self.max_response_size:

@@ -382,4 +382,8 @@ def _check_variables(variables: Mapping[str, str]) -> dict[str, str]:
     for key, value in variables.items():
         if not isinstance(key, str) or not key or not isinstance(value, str):
             raise InvalidConfig(f"variables must map non-empty strings to strings; got {key!r}: {value!r}")
+        try:
+            (key + value).encode()
+        except UnicodeEncodeError:  # an unpaired surrogate could never be handed to the guest
+            raise InvalidConfig(f"variable {key!r} is not valid Unicode text") from None
     return dict(variables)

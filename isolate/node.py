@@ -164,9 +164,14 @@ class Node:
         some = {(route.shape, m): route for route in declared for m in route.methods or ()}
         kept = list(declared)
         dropped: list[str] = []
+        still = {_identity(route) for route in declared}
         for route in self.state.routes.routes:
             if route.options.get(ORIGIN, MANIFEST) != API:
-                continue  # the manifest's own routes are replaced by the manifest
+                # The manifest's own routes are replaced by the manifest: say which ones it no longer has.
+                if _identity(route) not in still:
+                    log.info("route removed at start-up: %s%s -> %s is no longer in the manifest", route.host,
+                             route.path, route.module)
+                continue
             where = f"{route.host}{route.path} -> {route.module} (added through the admin API)"
             if route.module not in deployed:
                 dropped.append(f"{where}: module {route.module!r} is no longer deployed")
@@ -179,6 +184,10 @@ class Node:
                 continue
             kept.append(route)
         return RouteTable.build(kept), dropped
+
+
+def _identity(route: Route) -> tuple[Any, ...]:
+    return route.host, route.path, route.module, route.methods
 
 
 def _route(raw: Route | Mapping[str, Any], origin: str) -> Route:

@@ -76,7 +76,7 @@ EXTREMES = {
         "memory_budget": 64 * KiB,
     },
     "largest": {
-        "limits": {"memory": 4 * GiB, "stack": MAX_STACK_CEILING, "timeout": 0.5, "response_size": 4 * GiB - 1},
+        "limits": {"memory": 4 * GiB, "stack": MAX_STACK_CEILING, "timeout": 1.0, "response_size": 4 * GiB - 1},
         "max_memory_limit": 4 * GiB, "max_stack_limit": MAX_STACK_CEILING, "max_timeout": 3600.0,
         "max_response_size": 4 * GiB - 1, "pool_instances": MAX_POOL_INSTANCES, "keep_resident": MAX_KEEP_RESIDENT,
         "epoch_tick": 1.0, "memory_budget": 1 << 50,

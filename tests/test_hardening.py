@@ -348,3 +348,64 @@ def test_a_guest_quick_then_slow_with_a_long_timeout_never_holds_the_loop(tmp_pa
                 assert edge.post("/short", content=b"x" * 5000).status_code == 504
                 for _ in range(40):
                     assert edge.get("/short").status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("PUT", "/v1/routes", b'{"routes":[{"path":"/\\ud800","module":"a"}]}'),
+    ("POST", "/v1/routes", b'{"routes":[{"path":"/h\\udfff","module":"a"}]}'),
+    ("PUT", "/v1/routes", b'{"routes":[{"path":"/x","module":"a","note":"\\ud800"}]}'),
+    ("PATCH", "/v1/modules/a", b'{"variables":{"k":"\\udc00"}}'),
+    ("PUT", "/v1/regions", b'{"regions":[{"id":"local","nodes":["http://[::1"]}]}'),
+    ("PUT", "/v1/regions", b'{"regions":[{"id":"local","name":"\\ud800"}]}'),
+])
+def test_unencodable_or_malformed_admin_input_is_refused_and_nothing_is_stored(
+        apps: Apps, admin: AsgiClient, method: str, path: str, body: bytes) -> None:
+    deploy(admin, "a", g.HELLO)
+    route(admin, {"path": "/ok", "module": "a"})
+    before = (apps.state.routes.to_list(), apps.state.regions.to_dict(), admin.get("/v1/modules/a").json())
+    response = admin.request(method, path, content=body)
+    assert response.status_code == 400 and response.json()["error"] in ("invalid_request", "invalid_config")
+    assert (apps.state.routes.to_list(), apps.state.regions.to_dict(), admin.get("/v1/modules/a").json()) == before
+    assert admin.get("/v1/routes").status_code == 200
+
+
+def test_routes_added_with_post_are_the_apis(admin: AsgiClient) -> None:
+    deploy(admin, "a", g.HELLO)
+    forged = admin.post("/v1/routes", json={"routes": [{"path": "/f", "module": "a", "origin": "manifest"}]})
+    assert forged.status_code == 400
+    added = admin.post("/v1/routes", json={"routes": [{"path": "/f", "module": "a"}]})
+    assert added.status_code == 200 and added.json()["routes"][0]["origin"] == "api"
+
+
+def test_deploy_refuses_unknown_parameters_and_fractional_or_sub_tick_limits(admin: AsgiClient) -> None:
+    wasm = g.wasm(g.HELLO)
+    for params in ({"bogus": "1"}, {"stack ": "1MiB"}, {"memory": "1.5"}, {"timeout": "0.0001ms"}):
+        response = admin.put("/v1/modules/a", content=wasm, params=params)
+        assert response.status_code == 400, params
+    assert admin.get("/v1/modules/a").status_code == 404  # nothing deployed
+
+
+def test_205_sends_no_content(admin: AsgiClient, edge: AsgiClient) -> None:
+    deploy(admin, "g", answering(205))
+    route(admin, {"path": "/g", "module": "g"})
+    response = edge.get("/g")
+    assert response.status_code == 205 and response.content == b"" and response.headers["content-length"] == "0"
+
+
+def test_cli_deploy_checks_routes_before_deploying(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    wat = tmp_path / "h.wat"
+    wat.write_text(g.HELLO)
+    with LiveServer(tmp_path / "data") as server:
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "isolate.cli", *args, *server.cli_args()],
+                                  capture_output=True, text=True, timeout=60)
+
+        assert cli("deploy", "one", str(wat), "--route", "/x").returncode == 0
+        for bad in ("GTE /y", "/x"):  # an unknown method; a conflict with one's route
+            result = cli("deploy", "two", str(wat), "--route", bad)
+            assert result.returncode == 1 and "nothing was deployed" in result.stderr, result.stderr
+        with server.admin() as admin:
+            assert admin.get("/v1/modules/two").status_code == 404

@@ -54,6 +54,12 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise InvalidRequest(f"request body is not valid JSON: {reason}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
+    try:
+        # JSON can spell unpaired surrogates (\ud800), which no UTF-8 file or answer can hold: refuse
+        # them here, before a setting is stored that could never be written back out.
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise InvalidRequest("request body holds an unpaired UTF-16 surrogate (e.g. \\ud800)") from None
     return body
 
 
@@ -64,6 +70,10 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
     async def put_module(request: Request) -> Response:
         name = validate_name(request.path_params["name"])
         query = request.query_params
+        unknown = sorted(set(query) - {*LIMIT_QUERY, "var"})
+        if unknown:
+            raise InvalidRequest(f"unknown query parameter(s) {', '.join(map(repr, unknown))}; use "
+                                 f"{', '.join(LIMIT_QUERY)} and var=KEY=VALUE")
         limits = parse_limits({k: query[k] for k in LIMIT_QUERY if k in query}) or None
         pairs = query.getlist("var")
         if any("=" not in pair for pair in pairs):
@@ -138,7 +148,10 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
         return JSONResponse({"routes": table.to_list()})
 
     async def add_routes(request: Request) -> Response:
-        table, warnings = await run_in_threadpool(node.add_routes, await routes_body(request))
+        routes = await routes_body(request)
+        if any(isinstance(r, dict) and r.get("origin", "api") != "api" for r in routes):
+            raise InvalidRequest('routes added with POST are the API\'s: "origin" may only be "api"')
+        table, warnings = await run_in_threadpool(node.add_routes, routes)
         return JSONResponse({"routes": table.to_list(), "warnings": warnings})
 
     def regions_json() -> dict[str, Any]:

@@ -70,6 +70,9 @@ def _framed(status: int, method: str, body: bytes, headers: list[tuple[bytes, by
     """Add the length and return what may be sent: no body (nor length) for 204/304, none for HEAD."""
     if status in _NO_BODY:
         return b""
+    if status == 205:  # Reset Content: no content, said with a zero length (RFC 9110 §15.3.6)
+        headers.append((b"content-length", b"0"))
+        return b""
     headers.append((b"content-length", str(len(body)).encode()))
     return b"" if method == "HEAD" else body
 

@@ -40,7 +40,10 @@ def validate_region(region: Any, where: str = "region id") -> str:
 
 
 def _node_url(url: Any, region: str) -> str:
-    parts = urlsplit(url) if isinstance(url, str) else None
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise InvalidConfig(f"region {region}: a node is the base URL of an edge listener, "
                             f"such as http://10.0.0.5:8787; got {url!r}")

@@ -46,7 +46,8 @@ match a route that lists none."""
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"  # bounded labels also keep the match linear
 _HOST = re.compile(rf"(\*|(?:\*\.)?{_LABEL}(?:\.{_LABEL})*)(?::(\d{{1,5}}))?")
 _MAX_HOST = 253  # DNS limit on a whole name
-_BAD_PATH = re.compile(r"[?# \x00-\x1f\x7f]")
+_BAD_PATH = re.compile("[?# \x00-\x1f\x7f\ud800-\udfff]")  # surrogates: no UTF-8 file or answer holds them
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _PARAM = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
 _WILDCARD = "..."
 _FIELDS = frozenset({"host", "path", "module", "methods"})
@@ -165,7 +166,8 @@ def _parse_path(path: object) -> tuple[tuple[str, ...], bool, tuple[str, ...]]:
     if not path.startswith("/"):
         raise InvalidConfig(f"route path must start with '/': {_show(path)}")
     if _BAD_PATH.search(path):
-        raise InvalidConfig(f"route path may not contain '?', '#', spaces or control characters: {_show(path)}")
+        raise InvalidConfig(f"route path may not contain '?', '#', spaces, control characters or unpaired "
+                            f"surrogates: {_show(path)}")
     parts = path.split("/")[1:]
     if ":" not in path and "//" not in path and _WILDCARD not in path:  # the common all-literal path
         if parts[-1] == "":
@@ -213,9 +215,10 @@ def _check_options(options: object) -> None:
     if not isinstance(options, Mapping):
         raise InvalidConfig(f"route options must be a mapping: {_show(options)}")
     for key, value in options.items():
-        if not isinstance(key, str) or not key or key in _FIELDS:
+        if not isinstance(key, str) or not key or key in _FIELDS or _SURROGATE.search(key):
             raise InvalidConfig(f"bad route option name: {_show(key)}")
-        if not isinstance(value, _SCALARS) or (isinstance(value, float) and not math.isfinite(value)):
+        if not isinstance(value, _SCALARS) or (isinstance(value, float) and not math.isfinite(value)) \
+                or (isinstance(value, str) and _SURROGATE.search(value)):
             raise InvalidConfig(f"route option {_show(key)} must be a string, number, boolean or null: {_show(value)}")
     if not isinstance(options.get("cache", True), bool):
         raise InvalidConfig(f"route cache must be true or false: {_show(options['cache'])}")
