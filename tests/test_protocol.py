@@ -338,3 +338,6 @@ def test_default_caps_fit_the_open_file_limit() -> None:
     edge, admin = connection_caps(ServerConfig(), 2048, 100)
     assert edge + admin + 256 + 100 == 2048
     assert connection_caps(ServerConfig(max_connections=50, admin_max_connections=5), 2048, 100) == (50, 5)
+    # An ordinary hard limit of 1,024 with the default module cache of 1,024 still leaves a usable edge.
+    edge, _ = connection_caps(ServerConfig(), 1024, 1024)
+    assert edge >= 256

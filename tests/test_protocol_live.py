@@ -323,6 +323,27 @@ def test_a_stalled_body_gets_408(server: LiveServer) -> None:
     assert closed and diagnostic(raw, 408, "request_timeout")
 
 
+def test_a_trickled_body_gets_408(server: LiveServer) -> None:
+    """Bytes that keep coming, one every 0.3 s: never a stall, but far under the minimum rate."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+        deadline = time.monotonic() + 15
+        raw = b""
+        sock.settimeout(0.3)
+        while time.monotonic() < deadline:
+            try:
+                sock.sendall(b"x")
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            raw += chunk
+    assert diagnostic(raw, 408, "request_timeout") and time.monotonic() < deadline
+
+
 def hold(port: int, count: int) -> list[socket.socket]:
     return [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(count)]
 

@@ -29,6 +29,7 @@ from ._errors import new_request_id, raw_response, request_id_of, send_error
 
 log = logging.getLogger("isolate.server")
 
+MIN_BODY_RATE = 1024  # bytes/s a request body must average once `head_timeout` has passed (a trickle is a 408)
 _REQUEST_LINE = 64  # bytes of a head besides the URL and the header fields: method, version, CRLFs
 # What an RFC 3986 authority without userinfo is made of (reg-name or IP-literal, and a port): no
 # whitespace, `/`, `?`, `#`, `@`, controls or non-ASCII, which could make routing and the guest disagree.
@@ -142,7 +143,8 @@ class HttpProtocol(HttpToolsProtocol):
       trailer fields are dropped, never merged into the headers the app already has.
     - A head must be complete within `head_timeout` of the connection becoming ready for it (accepted,
       or the previous answer sent): 408 `request_timeout` if part of it came, else the connection is
-      just closed. A body being read that stalls that long is a 408 too (slow POST). Idle keep-alive
+      just closed. A body being read that stalls that long is a 408 too (slow POST), and so is one
+      that, past `head_timeout`, averages under `MIN_BODY_RATE` (1 KiB/s: a trickle). Idle keep-alive
       connections close after uvicorn's `timeout_keep_alive` (or `head_timeout` if shorter). One timer
       per listener sweeps the connections, none per request.
     - Each listener caps its open connections: the one over the cap is answered 503 `overloaded` at
@@ -173,6 +175,8 @@ class HttpProtocol(HttpToolsProtocol):
         self._busy = False  # a request is being answered (or queued behind a pipelined one)
         self._served = False  # a response was sent: idle time is keep-alive from now on
         self._since = 0.0  # when the connection became ready for the current head
+        self._body_started = 0.0  # when the current body began (or the server last held it back)
+        self._body_bytes = 0  # body bytes since then
         self._heads = 0
         self._header_bytes = 0
         self._hosts = 0
@@ -310,10 +314,16 @@ class HttpProtocol(HttpToolsProtocol):
                 self.transport.close()  # nothing of a request came: no answer is owed
         elif not self._reading_head:  # in a body: its bytes must keep coming while it is read
             if self.flow.read_paused or self.cycle.waiting_for_100_continue:
-                self._since = now  # the server holds the client back, not the other way round
+                # The server holds the client back, not the other way round: the clocks start again.
+                self._since = self._body_started = now
+                self._body_bytes = 0
             elif now - self._since > timeout:
                 self._refuse(RequestTimeout(f"request body stalled for {timeout:g} s", limit=timeout),
                              request_id_of(self.headers))
+            elif now - self._body_started > timeout + self._body_bytes / MIN_BODY_RATE:
+                # Bytes that keep coming, too slowly (one a second): a held connection all the same.
+                self._refuse(RequestTimeout(f"request body arriving slower than {MIN_BODY_RATE} bytes/s",
+                                            limit=timeout, min_rate=MIN_BODY_RATE), request_id_of(self.headers))
 
     # Parser callbacks: uvicorn's, inlined (they run for every request) with the checks added.
 
@@ -374,7 +384,8 @@ class HttpProtocol(HttpToolsProtocol):
         self._busy = True
         self._heads += 1
         self._slack = 0
-        self._since = self.loop.time()  # from here, when the body last made progress
+        self._since = self._body_started = self.loop.time()  # from here, when the body last made progress
+        self._body_bytes = 0
         self.scope["method"] = parser.get_method().decode("ascii")
         if version != "1.1":
             self.scope["http_version"] = version
@@ -444,6 +455,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._slack -= len(body)
+        self._body_bytes += len(body)
         self._since = self.loop.time()
         cycle = self.cycle
         if cycle.response_complete:

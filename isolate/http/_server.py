@@ -153,7 +153,10 @@ def connection_caps(server: ServerConfig, fd_limit: int, hot_modules: int) -> tu
     event loop, forwards and health checks) plus one per pre-linked module, whose artifact stays open.
     """
     admin = server.admin_max_connections
-    free = fd_limit - DEFAULT_FD_RESERVE - hot_modules - admin
+    # A module cache larger than the limit allows cannot keep all its artifacts open anyway: a quarter
+    # of the descriptors for them, and at least a quarter for edge clients.
+    hot_modules = min(hot_modules, fd_limit // 4)
+    free = max(fd_limit - DEFAULT_FD_RESERVE - hot_modules - admin, fd_limit // 4)
     if server.max_connections is not None:
         if server.max_connections > free:
             log.warning("max_connections %d plus admin_max_connections %d and a reserve of %d exceed the "
