@@ -9,7 +9,7 @@ import guests as g
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from isolate import Config
+from isolate import Config, Limits
 from isolate.engine import _native, _output, _raw
 from isolate.engine._runtime import Runtime
 
@@ -92,7 +92,7 @@ def test_wasm_stacks_above_two_mib_need_the_async_stack_raised() -> None:
 
 
 def test_increment_epoch_interrupts_a_running_guest(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    runtime = Runtime(Config(data_dir=tmp_path, pool_instances=2, epoch_tick=1.0))
+    runtime = Runtime(Config(data_dir=tmp_path, pool_instances=2, epoch_tick=1.0, limits=Limits(timeout=1.0)))
     try:
         module, shape, _ = runtime.compile(g.wasm(g.module(g.LOOP)))
         prepared = runtime.prepare("d", module, shape)
