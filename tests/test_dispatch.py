@@ -16,6 +16,11 @@ def test_promotion_and_backoff() -> None:
         for _ in range(PROMOTE_AFTER):
             d.record("m", 0.0001)
         assert d.is_inline("m")
+        d.record("m", 0.002, inline=True)  # a little slow inline: back to the pool, 8x the proof needed
+        assert not d.is_inline("m")
+        for _ in range(PROMOTE_AFTER * 8):
+            d.record("m", 0.0001)
+        assert d.is_inline("m")
         d.record("m", 0.05, inline=True)  # caught holding the loop: on the pool for good
         for _ in range(10_000):
             d.record("m", 0.0001)

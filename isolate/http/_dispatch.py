@@ -6,8 +6,9 @@ imports WASI `poll_oneoff`; waiting burns no CPU, so its CPU time says nothing),
 is above `inline_max_timeout` (100 ms by default), nor before it has run once. Such a module runs
 inline once its last `needed` runs each used under `inline_threshold` of CPU; `needed` starts at
 `PROMOTE_AFTER` (so the first runs of unknown code never touch the loop) and is eight times that for
-a module slow from the start. A module caught slow while inline (CPU or wall time) stays on the
-pool for good: the price of the inline path is one hold of the loop per module, for at most
+a module slow from the start, and grows eightfold (to 4,096) each time an inline run takes over
+`inline_threshold`. A module caught holding the loop (`HELD_LOOP`, 10 ms of CPU) stays on the pool
+for good: the price of the inline path is one hold of the loop per module, for at most
 `inline_max_timeout`. Everything else runs on worker threads, where wasm runs with the GIL released,
 at a lower scheduling priority than the event loop, so a CPU-heavy guest never stalls other
 requests. When every worker is busy and `queue_limit` more are waiting, new work is refused
@@ -29,6 +30,8 @@ from ..errors import Overloaded
 
 T = TypeVar("T")
 PROMOTE_AFTER = 2
+MAX_NEEDED = 4096
+HELD_LOOP = 0.010  # seconds of CPU on the loop that count as holding it: the module stays on the pool
 NEVER = 1 << 62  # quick runs needed by a module caught being slow while inline: it stays on the pool
 WORKER_NICE = 10  # guests yield the CPU to the event loop when both want it
 
@@ -63,12 +66,13 @@ class Dispatcher:
         if seconds < self._threshold:
             self._streak[module] = self._streak.get(module, 0) + 1
         else:
-            if inline:
+            if inline and seconds >= HELD_LOOP:
                 # Caught holding the loop: never again (a module that is quick, then slow on purpose,
                 # would otherwise freeze the loop once per promotion).
                 self._needed[module] = NEVER
-            elif module not in self._needed:
-                self._needed[module] = PROMOTE_AFTER * 8  # slow from the start: more proof needed
+            elif inline or module not in self._needed:
+                # A little over the threshold (a page fault, a cold cache): eight times the proof.
+                self._needed[module] = min(self._needed.get(module, PROMOTE_AFTER) * 8, MAX_NEEDED)
             self._streak[module] = 0
 
     async def run(self, module: str, fn: Callable[[], T]) -> tuple[T, float]:
@@ -77,12 +81,13 @@ class Dispatcher:
         Returns its result and the seconds it waited for a worker (0 inline).
         """
         if self.is_inline(module):
-            started, wall = time.thread_time(), time.perf_counter()
+            started = time.thread_time()
             try:
                 return fn(), 0.0
             finally:
-                # On the loop, wall time is what other requests waited: count it too.
-                self.record(module, max(time.thread_time() - started, time.perf_counter() - wall), inline=True)
+                # CPU time, not wall time: waiting for the GIL (other threads) is not the guest's doing,
+                # and code that could wait in the host never gets here.
+                self.record(module, time.thread_time() - started, inline=True)
         if self.inflight >= self._capacity:
             raise Overloaded(f"server busy: {self.inflight} guests running or queued", limit=self._capacity)
         self.inflight += 1
