@@ -100,7 +100,7 @@ def deploy(server: LiveServer) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """Default bounds but a 1 s head timeout, so idle keep-alive connections end quickly."""
-    with LiveServer(tmp_path_factory.mktemp("protocol") / "data", "--head-timeout", "1s") as live:
+    with LiveServer(tmp_path_factory.mktemp("protocol") / "data", "--head-timeout", "0.5s") as live:
         deploy(live)
         yield live
 
