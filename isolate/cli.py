@@ -18,7 +18,7 @@ from .config import DEFAULT_ADMIN_PORT, DEFAULT_REGION, ServerConfig, parse_dura
 from .errors import InvalidConfig
 from .http import load_or_create_token, token_path
 from .registry import validate_name
-from .routing import RegionTable, RouteTable
+from .routing import HTTP_METHODS, RegionTable, RouteTable
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(9), *range(11, 32), 127)}
 
@@ -268,7 +268,10 @@ def _route_spec(spec: str, module: str) -> dict[str, Any]:
 @admin_token_option
 def modules(data_dir: str | None, admin_url: str, admin_token: str | None) -> None:
     """List deployed modules of the running server."""
-    for info in Admin(admin_url, admin_token, data_dir).call("GET", "/v1/modules")["modules"]:
+    listed = Admin(admin_url, admin_token, data_dir).call("GET", "/v1/modules")["modules"]
+    if not listed:
+        click.echo("no modules (deploy one with `isolate deploy NAME FILE`)")
+    for info in listed:
         active = next(v for v in info["versions"] if v["version"] == info["active_version"])
         click.echo(f"{info['name']}\tv{info['active_version']}/{len(info['versions'])}\t{active['size']} bytes\t"
                    f"sha256:{active['digest'][:12]}")
@@ -481,7 +484,13 @@ def invoke(data_dir: str | None, name: str, method: str, path: str, body: str, h
     Route parameters are taken from the stored route table when one of NAME's routes matches PATH."""
     pairs = [tuple(part.strip() for part in h.split(":", 1)) for h in headers if ":" in h]
     path_only, _, query = path.partition("?")
+    if not path_only.startswith("/"):
+        _fail(f"--path {path!r}: a path starts with '/'")
+    if method.upper() not in HTTP_METHODS:
+        _fail(f"--method {method!r}: not one of {', '.join(sorted(HTTP_METHODS))}")
     config = _config(data_dir)
+    if not (config.data_dir / "modules").is_dir():
+        _fail(f"not_found: no data directory with modules at {config.data_dir} (see --data-dir)")
     try:
         # Route parameters come from the stored route table, as the server would match them.
         from .state import ServerState

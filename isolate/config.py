@@ -113,12 +113,18 @@ def parse_size(value: int | str) -> int:
 def parse_duration(value: float | int | str) -> float:
     """Seconds from a number or a string such as "200ms", "1.5s", "250us"."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise InvalidConfig(f"not a duration: {_show(value)} (too large)") from None
     match = _QUANTITY.fullmatch(str(value))
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _TIME_UNITS:
         raise InvalidConfig(f"not a duration: {value!r} (use seconds or a unit: s, ms, us)")
-    return float(match.group(1)) * _TIME_UNITS[unit]
+    seconds = float(match.group(1)) * _TIME_UNITS[unit]
+    if not math.isfinite(seconds):
+        raise InvalidConfig(f"not a duration: {value!r} (too large)")
+    return seconds
 
 
 LIMIT_PARSERS: dict[str, Any] = {
@@ -143,19 +149,29 @@ def _integer(value: Any) -> bool:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    # Any int is finite (and compares with float ceilings exactly); math.isfinite would overflow on a huge one.
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _show(value: Any) -> str:
+    """`repr`, except for integers too long to print (Python refuses over 4,300 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    return repr(value)
 
 
 def _check_int(where: str, value: Any, low: int, high: int) -> None:
     """`value` must be an int (not a bool) within [low, high]: stored JSON may hold anything."""
     if not _integer(value):
-        raise InvalidConfig(f"{where} must be an integer, got {value!r}")
+        raise InvalidConfig(f"{where} must be an integer, got {_show(value)}")
     _check_range(where, value, low, high)
 
 
 def _check_number(where: str, value: Any, low: float, high: float, *, open_low: bool = False) -> None:
     if not _number(value):
-        raise InvalidConfig(f"{where} must be a finite number, got {value!r}")
+        raise InvalidConfig(f"{where} must be a finite number, got {_show(value)}")
     if open_low and not low < value:
         raise InvalidConfig(f"{where} must be above {low}, got {value!r}")
     _check_range(where, value, low, high)
@@ -163,9 +179,9 @@ def _check_number(where: str, value: Any, low: float, high: float, *, open_low: 
 
 def _check_range(where: str, value: float, low: float, high: float) -> None:
     if value < low:
-        raise InvalidConfig(f"{where} must be at least {low}, got {value!r}")
+        raise InvalidConfig(f"{where} must be at least {low}, got {_show(value)}")
     if value > high:
-        raise InvalidConfig(f"{where} {value!r} exceeds the host maximum {high}")
+        raise InvalidConfig(f"{where} {_show(value)} exceeds the host maximum {high}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,6 +268,8 @@ class Config:
             object.__setattr__(self, "data_dir", Path(self.data_dir))
         except TypeError:
             raise InvalidConfig(f"data_dir must be a path, got {self.data_dir!r}") from None
+        if "\0" in str(self.data_dir):
+            raise InvalidConfig(f"data_dir may not contain NUL: {str(self.data_dir)!r}")
         if not isinstance(self.limits, Limits):
             raise InvalidConfig(f"limits must be a Limits, got {type(self.limits).__name__}")
         limits = self.limits

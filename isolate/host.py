@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -18,6 +19,8 @@ from .engine import resume as engine_resume
 from .engine import shutdown as engine_shutdown
 from .errors import GuestError, InvalidConfig, InvalidModule, IsolateError, ModuleTooLarge, NotFound, StorageError
 from .registry import ModuleRecord, ModuleStore, VersionRecord, sha256, validate_name
+
+log = logging.getLogger("isolate.host")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,8 @@ class Host:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
         self._store = ModuleStore(self.config.data_dir)
+        for problem in self._store.skipped:
+            log.error("module metadata %s: the module answers `storage` until the file is fixed", problem)
         self._runtime = Runtime(self.config, engine_stack(self.config.limits.stack))
         self._runtimes = {self._runtime.stack: self._runtime}  # engine stack size -> engine; made on demand
         self._cache: ModuleCache[Prepared] = ModuleCache(self.config.module_cache_size)
@@ -363,6 +368,10 @@ def _version_info(name: str, v: VersionRecord) -> VersionInfo:
     return VersionInfo(name, v.version, v.digest, v.size, v.created, v.compile_ms)
 
 
+MAX_VARIABLE_NAME = 256
+MAX_VARIABLES_SIZE = 64 * 1024  # characters of names and values together: every request carries them
+
+
 def _binary(wasm: bytes | str) -> bytes:
     """A module's binary: WebAssembly text (a str, or bytes that are not a binary) is compiled first."""
     if isinstance(wasm, str):
@@ -386,4 +395,9 @@ def _check_variables(variables: Mapping[str, str]) -> dict[str, str]:
             (key + value).encode()
         except UnicodeEncodeError:  # an unpaired surrogate could never be handed to the guest
             raise InvalidConfig(f"variable {key!r} is not valid Unicode text") from None
+        if len(key) > MAX_VARIABLE_NAME or any(ord(c) < 32 or ord(c) == 127 for c in key):
+            raise InvalidConfig(f"variable names are 1-{MAX_VARIABLE_NAME} characters without control "
+                                f"characters: {key[:40]!r}")
+    if sum(len(k) + len(v) for k, v in variables.items()) > MAX_VARIABLES_SIZE:
+        raise InvalidConfig(f"variables exceed {MAX_VARIABLES_SIZE} bytes in all (they travel with every request)")
     return dict(variables)

@@ -43,6 +43,9 @@ class ServerState:
         except IsolateError:
             pass
         self._keep_copy(ROUTES_FILE)
+        if not isinstance(raw, list):
+            log.error("stored route table %s holds no list of routes (%s); starting with none",
+                      self._dir / ROUTES_FILE, type(raw).__name__)
         kept: list[Route] = []
         for index, entry in enumerate(raw if isinstance(raw, list) else []):
             try:
@@ -68,6 +71,8 @@ class ServerState:
             raw = json.loads(path.read_bytes())
         except FileNotFoundError:
             return {}
+        except RecursionError:
+            raise StorageError(f"cannot read {path}: nested too deeply") from None
         except (OSError, ValueError) as exc:
             raise StorageError(f"cannot read {path}: {exc}") from None
         if not isinstance(raw, dict):

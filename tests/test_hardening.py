@@ -409,3 +409,108 @@ def test_cli_deploy_checks_routes_before_deploying(tmp_path: Path) -> None:
             assert result.returncode == 1 and "nothing was deployed" in result.stderr, result.stderr
         with server.admin() as admin:
             assert admin.get("/v1/modules/two").status_code == 404
+
+
+DAMAGE = {
+    "not an object": b"[]",
+    "a number": b"1",
+    "garbage": b"garbage",
+    "nested": b"[" * 100_000,
+    "huge active": None,  # filled in below from the real record
+    "next below a version": None,
+    "negative next": None,
+    "digest escapes": None,
+    "variables not strings": None,
+}
+
+
+def _damaged(record: dict[str, object], case: str) -> bytes:
+    record = json.loads(json.dumps(record))
+    versions = record["versions"]
+    assert isinstance(versions, list)
+    if case == "huge active":
+        return json.dumps(record).replace('"active": 2', '"active": 1e400').encode()
+    if case == "next below a version":
+        record["next_version"] = 1
+    elif case == "negative next":
+        record["next_version"] = -3
+    elif case == "digest escapes":
+        versions[0]["digest"] = "../admin-token"
+    elif case == "variables not strings":
+        record["variables"] = {"a": {"b": [1]}}
+    return json.dumps(record).encode()
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_metadata_never_stops_the_host_nor_reuses_versions(tmp_path: Path, case: str) -> None:
+    from isolate import Host, StorageError
+
+    data = tmp_path / "data"
+    with Host(Config(data_dir=data, pool_instances=4)) as host:
+        host.deploy("m", g.wasm(g.HELLO))
+        host.deploy("m", g.wasm(g.HELLO))
+        host.deploy("ok", g.wasm(g.HELLO))
+    path = data / "modules" / "m.json"
+    path.write_bytes(DAMAGE[case] or _damaged(json.loads(path.read_bytes()), case))
+    with Host(Config(data_dir=data, pool_instances=4)) as host:
+        assert host.invoke("ok").status == 200  # the others serve
+        with pytest.raises(StorageError, match="m.json"):
+            host.invoke("m")
+        with pytest.raises(StorageError):
+            host.deploy("m", g.wasm(g.HELLO))  # would restart the numbering
+        assert "m" not in host.module_names()
+    path.unlink()  # removed by hand: the name is free again (the operator's choice)
+    with Host(Config(data_dir=data, pool_instances=4)) as host:
+        assert host.deploy("m", g.wasm(g.HELLO)).version >= 1
+
+
+@pytest.mark.parametrize("content", [b"[" * 100_000, b'{"next_version": 1e400}', b'{"next_version": -5}',
+                                     b'{"next_version": 1180591620717411303424}', b"{}"])
+def test_a_damaged_tombstone_blocks_the_name_instead_of_reusing_versions(tmp_path: Path, content: bytes) -> None:
+    from isolate import Host, StorageError
+
+    data = tmp_path / "data"
+    with Host(Config(data_dir=data, pool_instances=4)) as host:
+        host.deploy("m", g.wasm(g.HELLO))
+        host.delete("m")
+    (data / "modules" / "m.deleted").write_bytes(content)
+    with Host(Config(data_dir=data, pool_instances=4)) as host, pytest.raises(StorageError, match="m.deleted"):
+        host.deploy("m", g.wasm(g.HELLO))
+
+
+def test_a_damaged_seal_recompiles(tmp_path: Path) -> None:
+    from isolate import Host
+
+    data = tmp_path / "data"
+    with Host(Config(data_dir=data, pool_instances=4)) as host:
+        host.deploy("m", g.wasm(g.HELLO))
+    for seal in (data / "compiled").glob("*/*.json"):
+        seal.write_bytes(b"[" * 100_000)
+    with Host(Config(data_dir=data, pool_instances=4)) as host:
+        assert host.invoke("m").status == 200 and host.statistics().artifact_recompiles == 1
+
+
+def test_huge_numbers_anywhere_are_400s(admin: AsgiClient) -> None:
+    deploy(admin, "a", g.HELLO)
+    huge = "1" + "0" * 400
+    for body in (f'{{"limits": {{"timeout": {huge}}}}}', f'{{"limits": {{"memory": {huge}}}}}',
+                 f'{{"limits": {{"timeout": "{huge}ms"}}}}'):
+        response = admin.patch("/v1/modules/a", content=body.encode())
+        assert response.status_code == 400 and response.json()["error"] == "invalid_config", response.text
+    assert admin.put("/v1/modules/b", content=g.wasm(g.HELLO), params={"timeout": huge}).status_code == 400
+
+
+def test_admin_input_that_was_silently_accepted(admin: AsgiClient) -> None:
+    deploy(admin, "a", g.HELLO)
+    deploy(admin, "a", g.HELLO)
+    assert admin.post("/v1/modules/a/rollback", json={"verison": 1}).status_code == 400
+    assert admin.get("/v1/modules/a").json()["active_version"] == 2
+    assert admin.post("/v1/cache/purge", json={"route": "nopath"}).status_code == 400
+    assert admin.post("/v1/cache/purge", json={"url": "http://x/y"}).status_code == 400
+    assert admin.patch("/v1/modules/a", content=b"null").status_code == 400
+    assert admin.put("/v1/modules/b", content=g.wasm(g.HELLO),
+                     params=[("memory", "1MiB"), ("memory", "2MiB")]).status_code == 400
+    for var in ("\x00=1", "x" * 300 + "=1"):
+        assert admin.put("/v1/modules/b", content=g.wasm(g.HELLO), params={"var": var}).status_code == 400
+    assert admin.get("/v1/modules/b").status_code == 404
+    assert admin.patch("/v1/modules/a", json={"variables": {"k": "v" * 70_000}}).status_code == 400

@@ -47,6 +47,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw.strip():
         return {}
+    if raw.strip() == b"null":
+        raise InvalidRequest("request body must be a JSON object, not null")
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -74,6 +76,9 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
         if unknown:
             raise InvalidRequest(f"unknown query parameter(s) {', '.join(map(repr, unknown))}; use "
                                  f"{', '.join(LIMIT_QUERY)} and var=KEY=VALUE")
+        repeated = sorted(k for k in LIMIT_QUERY if len(query.getlist(k)) > 1)
+        if repeated:
+            raise InvalidRequest(f"query parameter(s) given more than once: {', '.join(repeated)}")
         limits = parse_limits({k: query[k] for k in LIMIT_QUERY if k in query}) or None
         pairs = query.getlist("var")
         if any("=" not in pair for pair in pairs):
@@ -119,6 +124,8 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
 
     async def rollback(request: Request) -> Response:
         body = await _json_body(request)
+        if set(body) - {"version"}:
+            raise InvalidRequest(f"unknown field(s): {', '.join(sorted(set(body) - {'version'}))}; use version")
         version = body.get("version")
         if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
             raise InvalidRequest("version must be an integer")
@@ -186,6 +193,8 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
             return JSONResponse({"purged": node.purge(everything=True)})
         if not isinstance(value, str) or not value:
             raise InvalidRequest(f"{kind} must be a non-empty string")
+        if kind in ("route", "url") and not value.startswith("/"):
+            raise InvalidRequest(f"{kind} must be a path starting with '/', e.g. /users/:id or /users/7?full=1")
         return JSONResponse({"purged": node.purge(**{kind: value})})
 
     async def stats(request: Request) -> Response:

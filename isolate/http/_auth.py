@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from ..errors import Unauthorized
+from ..errors import StorageError, Unauthorized
 from ..registry import atomic_write
 
 TOKEN_FILE = "admin-token"
@@ -27,10 +27,15 @@ def load_or_create_token(data_dir: Path) -> str:
             return token
     except FileNotFoundError:
         pass
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StorageError(f"cannot read the admin token {path}: {exc}") from None
     token = secrets.token_urlsafe(32)
-    atomic_write(path, token.encode() + b"\n", mode=0o600)
-    os.chmod(path, 0o600)  # in case the file existed empty with looser permissions
+    try:
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write(path, token.encode() + b"\n", mode=0o600)
+        os.chmod(path, 0o600)  # in case the file existed empty with looser permissions
+    except OSError as exc:
+        raise StorageError(f"cannot write the admin token {path}: {exc}") from None
     return token
 
 

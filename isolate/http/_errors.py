@@ -43,10 +43,6 @@ def as_isolate_error(exc: BaseException) -> IsolateError:
     """Anything raised while serving, as a member of the error tree (unexpected ones are logged)."""
     if isinstance(exc, IsolateError):
         return exc
-    if isinstance(exc, RecursionError):
-        from ..errors import InvalidRequest
-
-        return InvalidRequest("input is nested too deeply")
     log.error("unexpected error while serving a request", exc_info=exc)
     return InternalError(f"internal error ({type(exc).__name__}); the server log has the traceback")
 

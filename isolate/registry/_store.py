@@ -16,6 +16,8 @@ makes a version visible, so a crash at any point leaves the previous version ser
 from __future__ import annotations
 
 import json
+import math
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -73,17 +75,64 @@ class ModuleRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> ModuleRecord:
-        body = json.loads(data)
-        if body.get("format") != _FORMAT:
-            raise ValueError(f"unknown metadata format {body.get('format')!r}")
-        return cls(
-            name=body["name"],
-            active=int(body["active"]),
-            next_version=int(body["next_version"]),
-            versions=tuple(VersionRecord(**v) for v in body["versions"]),
-            limits=dict(body.get("limits", {})),
-            variables=dict(body.get("variables", {})),
-        )
+        """A record from its file, every field checked: a damaged file is a ValueError, never a crash."""
+        body = _load_json(data)
+        if not isinstance(body, dict) or body.get("format") != _FORMAT:
+            raise ValueError("not module metadata of format 1")
+        versions = body.get("versions")
+        if not isinstance(versions, list) or not versions:
+            raise ValueError("versions must be a non-empty list")
+        records = tuple(_version(v) for v in versions)
+        numbers = [v.version for v in records]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError("a version number appears twice")
+        active: Any = body.get("active")
+        next_version: Any = body.get("next_version")
+        if active not in numbers:
+            raise ValueError(f"active version {active!r} is not one of the versions")
+        if not _is_count(next_version) or next_version <= max(numbers):
+            raise ValueError(f"next_version {next_version!r} must be a whole number above every version")
+        limits = body.get("limits", {})
+        if not isinstance(limits, dict):
+            # Kept, so the module's requests fail naming it (and PATCH can fix it) instead of vanishing.
+            limits = {"<stored limits>": limits}
+        variables = body.get("variables", {})
+        if not isinstance(variables, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                      for k, v in variables.items()):
+            raise ValueError("variables must map strings to strings")
+        name = body.get("name")
+        if not isinstance(name, str):
+            raise ValueError("name must be a string")
+        return cls(name=name, active=int(active), next_version=int(next_version), versions=records, limits=limits,
+                   variables=variables)
+
+
+_MAX_VERSION = 1 << 53  # whole numbers JSON and Python agree on
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and 1 <= value <= _MAX_VERSION
+
+
+def _load_json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _version(raw: Any) -> VersionRecord:
+    if not isinstance(raw, dict) or set(raw) != {"version", "digest", "size", "created", "compile_ms"}:
+        raise ValueError("each version must have version, digest, size, created and compile_ms")
+    if not _is_count(raw["version"]) or not isinstance(raw["digest"], str) or not _DIGEST.fullmatch(raw["digest"]):
+        raise ValueError(f"bad version entry {raw.get('version')!r}")
+    if type(raw["size"]) is not int or raw["size"] < 0:
+        raise ValueError(f"bad size in version {raw['version']}")
+    for key in ("created", "compile_ms"):
+        if type(raw[key]) not in (int, float) or not math.isfinite(raw[key]):
+            raise ValueError(f"bad {key} in version {raw['version']}")
+    return VersionRecord(raw["version"], raw["digest"], raw["size"], float(raw["created"]), float(raw["compile_ms"]))
 
 
 class ModuleStore:
@@ -106,20 +155,31 @@ class ModuleStore:
             raise StorageError(f"cannot use data directory {root}: {exc}") from None
         self._records: dict[str, ModuleRecord] = {}
         self._retired: dict[str, int] = {}  # deleted name -> the next version number it may use
+        # Names whose metadata cannot be read: they answer `storage` and refuse deploys (a deploy would
+        # start the numbering again and reuse versions) until the file is fixed or removed by hand.
+        self.damaged: dict[str, str] = {}
         self.skipped: list[str] = []  # metadata files that could not be read at start-up
         for path in sorted(self._modules_dir.glob("*.deleted")):
             try:
-                self._retired[path.stem] = int(json.loads(path.read_bytes())["next_version"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                self.skipped.append(f"{path.name}: {exc}")
+                body = _load_json(path.read_bytes())
+                number: Any = body.get("next_version") if isinstance(body, dict) else None
+                if not _is_count(number):
+                    raise ValueError(f"next_version {number!r} is not a whole number from 1 to 2**53")
+                self._retired[path.stem] = int(number)
+            except (OSError, ValueError) as exc:
+                self._damage(path, exc)
         for path in sorted(self._modules_dir.glob("*.json")):
             try:
                 record = ModuleRecord.from_json(path.read_bytes())
                 if record.name != path.stem:
                     raise ValueError(f"file holds module {record.name!r}")
                 self._records[record.name] = record
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                self.skipped.append(f"{path.name}: {exc}")
+            except (OSError, ValueError) as exc:
+                self._damage(path, exc)
+
+    def _damage(self, path: Path, exc: Exception) -> None:
+        self.skipped.append(f"{path.name}: {exc}")
+        self.damaged[path.stem] = f"{path} cannot be read ({exc})"
 
     # -- metadata -----------------------------------------------------------------------------
 
@@ -132,8 +192,13 @@ class ModuleStore:
     def get(self, name: str) -> ModuleRecord:
         record = self._records.get(name)
         if record is None:
+            self._check_damage(name)
             raise NotFound(f"no module named {name!r}", module=name)
         return record
+
+    def _check_damage(self, name: str) -> None:
+        if name in self.damaged:
+            raise StorageError(f"module {name!r}: {self.damaged[name]}; fix or remove that file", module=name)
 
     def find(self, name: str) -> ModuleRecord | None:
         return self._records.get(name)
@@ -151,6 +216,8 @@ class ModuleStore:
         validate_name(name)
         with self._lock:
             old = self._records.get(name)
+            if old is None:
+                self._check_damage(name)
             number = old.next_version if old else self._retired.get(name, 1)
             version = VersionRecord(number, digest, size, round(time.time(), 3), round(compile_ms, 3))
             record = ModuleRecord(
@@ -232,11 +299,11 @@ class ModuleStore:
         directory = self._compiled_root / fingerprint
         path = directory / f"{digest}.cwasm"
         try:
-            seal = json.loads((directory / f"{digest}.json").read_bytes())
+            seal = _load_json((directory / f"{digest}.json").read_bytes())
             if seal.get("wasm_sha256") != digest or seal.get("fingerprint") != fingerprint:
                 return None
             if sha256_file(path) != seal.get("artifact_sha256"):
                 return None
         except (OSError, ValueError, AttributeError):
-            return None
+            return None  # recompiled from the .wasm (whose digest is checked) and sealed again
         return path
