@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from typing import Any
 
@@ -43,6 +44,13 @@ def module_json(info: ModuleInfo) -> dict[str, Any]:
     }
 
 
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw.strip():
@@ -50,7 +58,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if raw.strip() == b"null":
         raise InvalidRequest("request body must be a JSON object, not null")
     try:
-        body = json.loads(raw)
+        # A big body (a route table) is parsed off the event loop.
+        body = json.loads(raw) if len(raw) < 65536 else await run_in_threadpool(json.loads, raw)
     except (ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise InvalidRequest(f"request body is not valid JSON: {reason}") from None
@@ -58,8 +67,10 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise InvalidRequest("request body must be a JSON object")
     try:
         # JSON can spell unpaired surrogates (\ud800), which no UTF-8 file or answer can hold: refuse
-        # them here, before a setting is stored that could never be written back out.
-        json.dumps(body, ensure_ascii=False).encode()
+        # them here, before a setting is stored that could never be written back out. Only a body
+        # with such an escape at all is walked.
+        if _ESCAPED_SURROGATE.search(raw):
+            json.dumps(body, ensure_ascii=False).encode()
     except UnicodeEncodeError:
         raise InvalidRequest("request body holds an unpaired UTF-16 surrogate (e.g. \\ud800)") from None
     return body
@@ -139,7 +150,7 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
 
     async def get_routes(request: Request) -> Response:
         # A big table takes milliseconds to encode: off the event loop too.
-        body = await run_in_threadpool(lambda: json.dumps({"routes": state.routes.to_list()}).encode())
+        body = await run_in_threadpool(lambda: _json({"routes": state.routes.to_list()}))
         return Response(body, media_type="application/json")
 
     async def routes_body(request: Request) -> list[Any]:
@@ -152,14 +163,16 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
     async def put_routes(request: Request) -> Response:
         # Validating a big table takes a while: off the event loop, like every control change.
         table = await run_in_threadpool(node.set_routes, await routes_body(request))
-        return JSONResponse({"routes": table.to_list()})
+        body = await run_in_threadpool(lambda: _json({"routes": table.to_list()}))
+        return Response(body, media_type="application/json")
 
     async def add_routes(request: Request) -> Response:
         routes = await routes_body(request)
         if any(isinstance(r, dict) and r.get("origin", "api") != "api" for r in routes):
             raise InvalidRequest('routes added with POST are the API\'s: "origin" may only be "api"')
         table, warnings = await run_in_threadpool(node.add_routes, routes)
-        return JSONResponse({"routes": table.to_list(), "warnings": warnings})
+        body = await run_in_threadpool(lambda: _json({"routes": table.to_list(), "warnings": warnings}))
+        return Response(body, media_type="application/json")
 
     def regions_json() -> dict[str, Any]:
         return {"local_region": state.local_region, **state.regions.to_dict(),
