@@ -33,6 +33,7 @@ from ._dispatch import Dispatcher
 from ._errors import as_isolate_error, new_request_id, send_error
 from ._forward import CLIENT_REGION, FORWARDED_BY, Forwarder, RelayBroken
 from ._health import HEALTH_PATH
+from ._logs import clean, defer_log, guest_lines
 from ._metrics import Metrics
 
 access_log = logging.getLogger("isolate.access")
@@ -49,8 +50,6 @@ _RESERVED_PREFIX = "x-isolate-"
 # Statuses whose responses never carry a body (RFC 9110 §6.4.1); HEAD answers carry none either.
 _NO_BODY = frozenset({204, 304})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
-_GUEST_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 _JSON = (b"content-type", b"application/json")
 _REGION = re.compile(REGION_PATTERN)
 _HIT, _MISS, _BYPASS = b"HIT", b"MISS", b"BYPASS"
@@ -75,11 +74,6 @@ def _framed(status: int, method: str, body: bytes, headers: list[tuple[bytes, by
         return b""
     headers.append((b"content-length", str(len(body)).encode()))
     return b"" if method == "HEAD" else body
-
-
-def clean(text: str) -> str:
-    """Escape control characters so guest output can never drive a terminal or forge log lines."""
-    return text.translate(_CONTROL)
 
 
 class _Disconnected(Exception):
@@ -250,9 +244,9 @@ class EdgeApp:
                 raise
             self.metrics.forwarded(decision.region, status)
             if self.config.access_log and access_log.isEnabledFor(logging.INFO):
-                access_log.info("request_id=%s method=%s path=%s module=%s status=%d forwarded_to=%s "
-                                "duration_us=%.1f", request_id, scope["method"], clean(scope["path"]), module,
-                                status, decision.region, (time.perf_counter() - started) * 1e6)
+                defer_log(access_log, logging.INFO, "request_id=%s method=%s path=%s module=%s status=%d "
+                          "forwarded_to=%s duration_us=%.1f", request_id, scope["method"], clean(scope["path"]),
+                          module, status, decision.region, (time.perf_counter() - started) * 1e6)
             return True
         raise RegionUnavailable(f"no region could take the request for module {module!r}", module=module)
 
@@ -262,17 +256,18 @@ class EdgeApp:
         info = response.info if response is not None else None
         self.metrics.observe(module, status, elapsed, info)
         if response is not None and response.logs:
-            self._guest_logs(response, request_id, module)
+            guest_lines(guest_log, request_id, module, response.logs)
         if self.config.access_log and access_log.isEnabledFor(logging.INFO):
             if info is None:
-                access_log.info("request_id=%s method=%s path=%s module=%s status=%d cache=%s duration_us=%.1f",
-                                request_id, method, clean(path), module, status, x_cache.decode(), elapsed * 1e6)
+                defer_log(access_log, logging.INFO, "request_id=%s method=%s path=%s module=%s status=%d cache=%s "
+                          "duration_us=%.1f", request_id, method, clean(path), module, status, x_cache.decode(),
+                          elapsed * 1e6)
                 return
-            access_log.info(
-                "request_id=%s method=%s path=%s module=%s version=%s status=%d isolate_us=%.1f bytes=%d "
-                "cache=%s duration_us=%.1f", request_id, method, clean(path), module, info.get("version"), status,
-                info.get("instantiate_us", 0) + info.get("run_us", 0), len(response.body),  # type: ignore[union-attr]
-                x_cache.decode(), elapsed * 1e6,
+            defer_log(
+                access_log, logging.INFO, "request_id=%s method=%s path=%s module=%s version=%s status=%d "
+                "isolate_us=%.1f bytes=%d cache=%s duration_us=%.1f", request_id, method, clean(path), module,
+                info.get("version"), status, info.get("instantiate_us", 0) + info.get("run_us", 0),
+                len(response.body), x_cache.decode(), elapsed * 1e6,  # type: ignore[union-attr]
             )
 
     async def _health(self, send: Any, request_id: str) -> None:
@@ -308,19 +303,10 @@ class EdgeApp:
         elapsed = time.perf_counter() - started
         self.metrics.observe(module, exc.status, elapsed, None)
         self.metrics.failure(module, exc.kind)
-        for record in getattr(exc, "logs", ()):
-            guest_log.log(_GUEST_LEVELS.get(record.level, logging.INFO), "request_id=%s module=%s stream=%s %s",
-                          request_id, module, record.stream, clean(record.message.rstrip("\n")))
+        guest_lines(guest_log, request_id, module, getattr(exc, "logs", ()))
         if self.config.access_log and access_log.isEnabledFor(logging.INFO):
-            access_log.info("request_id=%s method=%s path=%s module=%s status=%d error=%s duration_us=%.1f",
-                            request_id, method, clean(path), module, exc.status, exc.kind, elapsed * 1e6)
-
-    def _guest_logs(self, response: Response, request_id: str, module: str) -> None:
-        for record in response.logs:
-            level = _GUEST_LEVELS.get(record.level, logging.INFO)
-            if guest_log.isEnabledFor(level):
-                guest_log.log(level, "request_id=%s module=%s stream=%s %s", request_id, module, record.stream,
-                              clean(record.message.rstrip("\n")))
+            defer_log(access_log, logging.INFO, "request_id=%s method=%s path=%s module=%s status=%d error=%s "
+                      "duration_us=%.1f", request_id, method, clean(path), module, exc.status, exc.kind, elapsed * 1e6)
 
 
 async def _read_body(receive: Any, limit: int) -> bytes:

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from ..cache import ResponseCache
 from ..host import Host
+from ._logs import dropped_records
 
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 INSTANTIATE_BUCKETS = (0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.00025, 0.001, 0.01)
@@ -137,6 +138,8 @@ class Metrics:
         yield CounterMetricFamily("isolate_artifact_recompiles", "Artifacts recompiled from .wasm",
                                   value=stats.artifact_recompiles)
         yield GaugeMetricFamily("isolate_engines", "Engines (one per wasm stack size)", value=stats.engines)
+        yield CounterMetricFamily("isolate_log_records_dropped", "Log lines dropped because the log output was "
+                                  "too slow", value=dropped_records())
         budget = stats.memory_budget
         yield GaugeMetricFamily("isolate_memory_budget_bytes", "Guest memory all running isolates may reserve",
                                 value=budget.total)
