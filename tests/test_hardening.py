@@ -271,20 +271,29 @@ def test_sleeping_guests_neither_outlive_their_deadline_nor_freeze_the_node(tmp_
 
     sleeper = g.wasm(poller([clock(5_000_000_000)]))  # asks to sleep 5 s
     with LiveServer(tmp_path / "data", "--workers", "4") as server, server.admin() as admin:
-        assert admin.put("/v1/modules/sleep", content=sleeper, params={"timeout": "100ms"}).status_code == 201
+        assert admin.put("/v1/modules/sleep", content=sleeper, params={"timeout": "50ms"}).status_code == 201
         assert admin.put("/v1/modules/long", content=sleeper, params={"timeout": "20s"}).status_code == 201
         assert admin.put("/v1/modules/hello", content=g.wasm(g.HELLO)).status_code == 201
         assert admin.put("/v1/routes", json={"routes": [
             {"path": "/sleep", "module": "sleep", "cache": False}, {"path": "/long", "module": "long", "cache": False},
             {"path": "/hello", "module": "hello", "cache": False}]}).status_code == 200
         with server.edge() as edge:
-            for _ in range(6):  # enough quick-looking runs that CPU time alone would promote it
+            for _ in range(6):  # quick-looking runs (test_a_module_that_can_wait_never_runs_inline: the gate)
                 started = time.monotonic()
                 response = edge.get("/sleep")
                 assert response.status_code == 504 and response.json()["error"] == "timeout"
                 assert time.monotonic() - started < 2
             for _ in range(3):
                 edge.get("/hello")
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                # Eight more sleepers at once: promoted onto the loop, they would run one after the
+                # other there (8 x 50 ms) and /hello would wait behind them.
+                naps = [pool.submit(httpx.get, f"{server.edge_url}/sleep", timeout=30) for _ in range(8)]
+                time.sleep(0.05)
+                started = time.monotonic()
+                assert edge.get("/hello").status_code == 200
+                assert time.monotonic() - started < 0.25
+                assert all(nap.result().status_code == 504 for nap in naps)
             with concurrent.futures.ThreadPoolExecutor(3) as pool:
                 # Three of the four worker threads asleep in the host: the event loop must stay free
                 # (a sleeper promoted inline would hold it for the whole sleep).
@@ -328,7 +337,7 @@ def test_a_guest_quick_then_slow_with_a_long_timeout_never_holds_the_loop(tmp_pa
     flip = g.wasm(g.module("(if (i32.gt_u (local.get $len) (i32.const 2000)) (then (loop $l (br $l)))) "
                            + g.returns(g.response_bytes())))
     with LiveServer(tmp_path / "data") as server, server.admin() as admin:
-        for name, timeout in (("long", "5s"), ("short", "100ms")):
+        for name, timeout in (("long", "2s"), ("short", "100ms")):
             assert admin.put(f"/v1/modules/{name}", content=flip, params={"timeout": timeout}).status_code == 201
         assert admin.put("/v1/modules/hello", content=g.wasm(g.HELLO)).status_code == 201
         assert admin.put("/v1/routes", json={"routes": [
@@ -342,7 +351,7 @@ def test_a_guest_quick_then_slow_with_a_long_timeout_never_holds_the_loop(tmp_pa
             time.sleep(0.3)
             started = time.monotonic()
             assert edge.get("/hello").status_code == 200
-            assert time.monotonic() - started < 2.5  # not the 5 s the spinning guest takes
+            assert time.monotonic() - started < 1.2  # not the ~1.7 s left of the spinning guest's 2 s
             assert spinning.result().status_code == 504
             for _ in range(3):  # the short one may be caught once (tests/test_dispatch.py: then never again)
                 assert edge.post("/short", content=b"x" * 5000).status_code == 504
@@ -514,3 +523,18 @@ def test_admin_input_that_was_silently_accepted(admin: AsgiClient) -> None:
         assert admin.put("/v1/modules/b", content=g.wasm(g.HELLO), params={"var": var}).status_code == 400
     assert admin.get("/v1/modules/b").status_code == 404
     assert admin.patch("/v1/modules/a", json={"variables": {"k": "v" * 70_000}}).status_code == 400
+
+
+def test_a_module_that_can_wait_never_runs_inline(apps: Apps, admin: AsgiClient, edge: AsgiClient) -> None:
+    """Promotion by capability: however quick its runs look (sleeping costs no CPU), never on the loop."""
+    from test_hostile import clock, poller
+
+    assert admin.put("/v1/modules/nap", content=g.wasm(poller([clock(1_000_000)]))).status_code == 201  # 1 ms
+    deploy(admin, "quick", g.HELLO)
+    route(admin, {"path": "/nap", "module": "nap", "cache": False},
+          {"path": "/quick", "module": "quick", "cache": False})
+    for _ in range(200):
+        assert edge.get("/nap").status_code == 200
+        assert edge.get("/quick").status_code == 200
+    assert apps.host.may_block("nap") and not apps.dispatcher.is_inline("nap")
+    assert apps.dispatcher.is_inline("quick")  # the control: quick code without waits is promoted
