@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidConfig, IsolateError, RouteConflict, StorageError
-from .registry import atomic_write
+from .registry import atomic_write, loads_json
 from .routing import RegionTable, Route, RouteTable
 
 log = logging.getLogger("isolate.server")
@@ -68,11 +68,9 @@ class ServerState:
     def _read(self, name: str) -> dict[str, Any]:
         path = self._dir / name
         try:
-            raw = json.loads(path.read_bytes())
+            raw = loads_json(path.read_bytes())
         except FileNotFoundError:
             return {}
-        except RecursionError:
-            raise StorageError(f"cannot read {path}: nested too deeply") from None
         except (OSError, ValueError) as exc:
             raise StorageError(f"cannot read {path}: {exc}") from None
         if not isinstance(raw, dict):

@@ -18,7 +18,7 @@ from ..config import parse_limits
 from ..errors import InvalidRequest, IsolateError, MethodNotAllowed, ModuleTooLarge, NotFound
 from ..host import ModuleInfo, VersionInfo
 from ..node import Node
-from ..registry import validate_name
+from ..registry import loads_json, validate_name
 from ..routing import RegionTable
 from ._auth import BearerAuth
 from ._errors import as_isolate_error, new_request_id, render, request_id_of, send_error
@@ -59,10 +59,9 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise InvalidRequest("request body must be a JSON object, not null")
     try:
         # A big body (a route table) is parsed off the event loop.
-        body = json.loads(raw) if len(raw) < 65536 else await run_in_threadpool(json.loads, raw)
-    except (ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise InvalidRequest(f"request body is not valid JSON: {reason}") from None
+        body = loads_json(raw) if len(raw) < 65536 else await run_in_threadpool(loads_json, raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     try:

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 TEMP_MARKER = ".tmp-"
+
+
+def loads_json(data: bytes | str) -> Any:
+    """`json.loads`, where input nested too deeply is a ValueError like any other bad JSON.
+
+    The decoder recurses per level; at the interpreter's limit it raises RecursionError, and a
+    garbage collection landing at that depth would run finalizers (wasmtime objects among them)
+    with no stack left, which fail and leak. Collection waits until the stack is shallow again.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def sha256(data: bytes) -> str:

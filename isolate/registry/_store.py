@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotFound, StorageError
-from ._files import atomic_write, fsync_dir, remove_temporaries, sha256, sha256_file
+from ._files import atomic_write, fsync_dir, loads_json, remove_temporaries, sha256, sha256_file
 from ._names import validate_name
 
 _FORMAT = 1
@@ -116,10 +116,7 @@ def _is_count(value: Any) -> bool:
 
 
 def _load_json(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
+    return loads_json(data)
 
 
 def _version(raw: Any) -> VersionRecord:
