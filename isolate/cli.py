@@ -17,7 +17,7 @@ from . import Config, Host, IsolateError, Request
 from .config import DEFAULT_ADMIN_PORT, DEFAULT_REGION, ServerConfig, parse_duration, parse_size
 from .errors import InvalidConfig
 from .http import load_or_create_token, token_path
-from .registry import validate_name
+from .registry import loads_json, validate_name
 from .routing import HTTP_METHODS, RegionTable, RouteTable
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(9), *range(11, 32), 127)}
@@ -185,7 +185,7 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
 
 def _region_table_file(path: Path) -> RegionTable:
     try:
-        raw = json.loads(path.read_text())
+        raw = loads_json(path.read_bytes())
     except (OSError, ValueError) as exc:
         raise InvalidConfig(f"cannot read region table {path}: {exc}") from None
     if isinstance(raw, dict):
@@ -338,7 +338,7 @@ def regions(data_dir: str | None, admin_url: str, admin_token: str | None, table
     admin = Admin(admin_url, admin_token, data_dir)
     if table_file:
         try:
-            table = json.loads(Path(table_file).read_text())
+            table = loads_json(Path(table_file).read_bytes())
         except (OSError, ValueError) as exc:
             _fail(f"cannot read {table_file}: {exc}")
         body = admin.call("PUT", "/v1/regions", json=table)

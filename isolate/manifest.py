@@ -77,6 +77,8 @@ def load(path: Path) -> Manifest:
         raise ManifestError(f"{path}: cannot read manifest: {exc.strerror}") from None
     try:
         data = tomllib.loads(text)
+    except RecursionError:
+        raise ManifestError(f"{path}:1: invalid TOML: nested too deeply", line=1) from None
     except tomllib.TOMLDecodeError as exc:
         line = getattr(exc, "lineno", None) or _line_in_message(str(exc))
         raise ManifestError(f"{path}:{line}: invalid TOML: {str(exc).split(' (at')[0]}", line=line) from None
