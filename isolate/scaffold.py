@@ -32,7 +32,7 @@ fn handle(req: Request) -> Result<Response, Error> {{
 isolate_sdk::handler!(handle);
 '''
 
-_RUST_CARGO = '''[package]
+RUST_CARGO = '''[package]
 name = "{crate}"
 version = "0.1.0"
 edition = "2021"
@@ -99,7 +99,7 @@ def scaffold(language: str, name: str, parent: Path = Path(".")) -> Path:
         files = {f"{name}.c": _C.format(name=name)}
     elif language == "rust":
         files = {"src/lib.rs": _RUST_LIB.format(name=name),
-                 "Cargo.toml": _RUST_CARGO.format(crate=name.replace("-", "_"), sdk=sdk / "rust")}
+                 "Cargo.toml": RUST_CARGO.format(crate=name.replace("-", "_"), sdk=sdk / "rust")}
     else:
         relative = os.path.relpath(sdk / "assemblyscript", project.resolve())
         files = {"assembly/index.ts": _AS_INDEX.format(name=name),

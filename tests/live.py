@@ -105,3 +105,18 @@ class LiveServer:
     def __exit__(self, *exc: Any) -> None:
         if self.process is not None and self.process.poll() is None:
             self.stop()
+
+
+def responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Concatenated HTTP/1.1 responses (each with content-length) as (status, headers, body)."""
+    out = []
+    for _ in range(100):
+        if not raw:
+            break
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        size = int(headers.get("content-length", "0"))
+        out.append((int(lines[0].split()[1]), headers, rest[:size]))
+        raw = rest[size:]
+    return out

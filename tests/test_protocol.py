@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from live import responses
 from uvicorn.server import ServerState
 
 from isolate.config import ServerConfig
@@ -80,19 +81,6 @@ class Connection:
         for _ in range(20):  # let the app's task run to its end
             await asyncio.sleep(0)
         return bytes(self.transport.written)
-
-
-def responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
-    """Split concatenated HTTP/1.1 responses that all carry content-length."""
-    out = []
-    while raw:
-        head, _, rest = raw.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-        size = int(headers.get("content-length", "0"))
-        out.append((int(lines[0].split()[1]), headers, rest[:size]))
-        raw = rest[size:]
-    return out
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import guests as g
 import httpx
 import pytest
-from live import ROOT, LiveServer
+from live import ROOT, LiveServer, responses
 
 KiB = 1024
 
@@ -62,21 +62,6 @@ def push(port: int, head: bytes, total: int) -> bytes:
         except OSError:  # the server answered and closed: the rest cannot be sent
             pass
         return read_until_closed(sock, 20)[0]
-
-
-def responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
-    """Concatenated HTTP/1.1 responses (each with content-length) as (status, headers, body)."""
-    out = []
-    for _ in range(100):
-        if not raw:
-            break
-        head, _, rest = raw.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-        size = int(headers.get("content-length", "0"))
-        out.append((int(lines[0].split()[1]), headers, rest[:size]))
-        raw = rest[size:]
-    return out
 
 
 def diagnostic(raw: bytes, status: int, kind: str) -> dict[str, object]:
