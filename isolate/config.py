@@ -427,11 +427,8 @@ class ServerConfig:
             raise InvalidConfig("max_body_size and max_url_length must be positive")
         if self.workers < 1 or self.queue_limit < 0:
             raise InvalidConfig("workers must be at least 1 and queue_limit not negative")
-        if not isinstance(self.max_header_size, int) or self.max_header_size < 1 * KiB:
-            raise InvalidConfig(f"max_header_size must be at least 1 KiB, got {self.max_header_size!r}")
-        if not isinstance(self.head_timeout, (int, float)) or not 0 < self.head_timeout <= 3600:
-            raise InvalidConfig(f"head_timeout must be within (0, 3600] seconds, got {self.head_timeout!r}")
-        for name, value in (("max_connections", 1 if self.max_connections is None else self.max_connections),
-                            ("admin_max_connections", self.admin_max_connections)):
-            if not isinstance(value, int) or value < 1:
-                raise InvalidConfig(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        _check_int("max_header_size", self.max_header_size, 1 * KiB, 1 * GiB)
+        _check_number("head_timeout", self.head_timeout, 0.0, 3600.0, open_low=True)
+        if self.max_connections is not None:
+            _check_int("max_connections", self.max_connections, 1, MAX_COUNT)
+        _check_int("admin_max_connections", self.admin_max_connections, 1, MAX_COUNT)

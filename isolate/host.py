@@ -232,7 +232,7 @@ class Host:
             version = record.version()
             limits = self._limits.get(name) or self._limits_for(record)
             prepared = self._cache.get(_cache_key(version.digest, engine_stack(limits.stack)), self._load)
-            self._blocking[name] = getattr(prepared.shape, "may_block", True)
+            self._blocking[name] = prepared.shape.may_block
             outcome = run(prepared, encode_request(request, record.variables), limits, self.config.log_limit,
                           (self.guest_cache, name))
             try:

@@ -30,7 +30,7 @@ from ..host import Host
 from ..routing import REGION_PATTERN
 from ..state import ServerState
 from ._dispatch import Dispatcher
-from ._errors import as_isolate_error, new_request_id, send_error
+from ._errors import REQUEST_ID, as_isolate_error, new_request_id, send_error
 from ._forward import CLIENT_REGION, FORWARDED_BY, Forwarder, RelayBroken
 from ._health import HEALTH_PATH
 from ._logs import clean, defer_log, guest_lines
@@ -49,7 +49,6 @@ RESERVED_HEADERS = frozenset({
 _RESERVED_PREFIX = "x-isolate-"
 # Statuses whose responses never carry a body (RFC 9110 §6.4.1); HEAD answers carry none either.
 _NO_BODY = frozenset({204, 304})
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _JSON = (b"content-type", b"application/json")
 _REGION = re.compile(REGION_PATTERN)
 _HIT, _MISS, _BYPASS = b"HIT", b"MISS", b"BYPASS"
@@ -112,9 +111,8 @@ class EdgeApp:
             if key == b"host":
                 host = value.decode("latin-1")
             elif key == b"x-request-id":
-                candidate = value.decode("latin-1")
-                if _REQUEST_ID.fullmatch(candidate):
-                    request_id = candidate
+                if REQUEST_ID.fullmatch(value):
+                    request_id = value.decode("latin-1")
             elif key == b"content-length":
                 declared = int(value) if value.isdigit() else None
             elif key[:10] == b"x-isolate-":

@@ -21,7 +21,8 @@ log = logging.getLogger("isolate.server")
 
 Header = tuple[bytes, bytes]
 _JSON = (b"content-type", b"application/json")
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+"""A client's `x-request-id` is kept when it matches this (raw header bytes), else one is generated."""
 # Generated request ids: a random per-process prefix and a counter (unique, and ~10x cheaper than uuid4).
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(1)
@@ -34,7 +35,7 @@ def new_request_id() -> str:
 def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The client's `x-request-id` if it is 1-128 characters of `A-Za-z0-9._:-`, else a new one."""
     for key, value in headers:
-        if key == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+        if key == b"x-request-id" and REQUEST_ID.fullmatch(value):
             return value.decode("latin-1")
     return new_request_id()
 
