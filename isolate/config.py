@@ -36,6 +36,11 @@ DEFAULT_LOG_RECORDS = 256  # guest log records kept per request: each becomes a 
 DEFAULT_KEEP_RESIDENT = 1 * MiB  # per pooled slot: reset by memset, not madvise (measured: 22 -> 16 µs invoke)
 DEFAULT_GUEST_CACHE_ENTRIES = 100_000  # guest cache (cache_get/cache_put), all modules together
 DEFAULT_GUEST_CACHE_BYTES = 64 * MiB
+DEFAULT_OUTBOUND_REQUESTS = 16  # outbound HTTP calls per incoming request
+DEFAULT_OUTBOUND_RESPONSE_SIZE = 10 * MiB  # body bytes of one outbound answer
+DEFAULT_OUTBOUND_TIMEOUT = 10.0  # seconds per outbound call (the module's timeout still bounds the request)
+DEFAULT_KV_OPERATIONS = 1000  # key-value calls per request
+DEFAULT_KV_STORE_SIZE = 1 * GiB  # bytes of keys and values per key-value store
 DEFAULT_GUEST_CACHE_MODULE_SHARE = 0.25  # of each guest cache bound, the most one module may hold
 
 # Hard ceilings, checked before any engine exists: wasmtime aborts the process (its C API does not
@@ -80,6 +85,7 @@ DEFAULT_HEAD_TIMEOUT = 10.0  # seconds a connection has to send a whole request 
 DEFAULT_MAX_CONNECTIONS = 10_000  # open edge connections; lowered at start-up to fit the open-file limit
 DEFAULT_ADMIN_MAX_CONNECTIONS = 64  # open admin connections, counted apart so an edge flood cannot lock it out
 DEFAULT_FD_RESERVE = 256  # descriptors kept from client connections (data dir, logs, forwards), + 1 per hot module
+DEFAULT_IO_THREADS = 256  # threads for guests that wait on I/O: made on demand, each mostly asleep
 DEFAULT_QUEUE_LIMIT = 64  # guests waiting for a worker thread before requests get 503
 DEFAULT_INLINE_MAX_TIMEOUT = 0.100  # seconds: modules allowed a longer run never run on the event loop
 DEFAULT_INLINE_THRESHOLD = 0.001  # seconds: guests consistently faster run on the event loop
@@ -127,11 +133,25 @@ def parse_duration(value: float | int | str) -> float:
     return seconds
 
 
+def parse_count(value: int | str) -> int:
+    """A whole number from an int or its decimal text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if not text.isdigit() or len(text) > 18:
+        raise InvalidConfig(f"not a count: {value!r} (use a whole number)")
+    return int(text)
+
+
 LIMIT_PARSERS: dict[str, Any] = {
     "memory": parse_size,
     "timeout": parse_duration,
     "response_size": parse_size,
     "stack": parse_size,
+    "outbound_requests": parse_count,
+    "outbound_response_size": parse_size,
+    "outbound_timeout": parse_duration,
+    "kv_operations": parse_count,
 }
 """How each limit is read from text (CLI flags, query parameters, manifests)."""
 
@@ -200,6 +220,14 @@ class Limits:
     """Bytes of the encoded response envelope the guest may hand back."""
     stack: int = DEFAULT_STACK_LIMIT
     """Bytes of wasm stack; each distinct value gets its own engine, since wasmtime fixes it per engine."""
+    outbound_requests: int = DEFAULT_OUTBOUND_REQUESTS
+    """Outbound HTTP calls (`http_send`) one request may make."""
+    outbound_response_size: int = DEFAULT_OUTBOUND_RESPONSE_SIZE
+    """Body bytes one outbound answer may have."""
+    outbound_timeout: float = DEFAULT_OUTBOUND_TIMEOUT
+    """Seconds one outbound call may take; `timeout` bounds the whole request, calls included."""
+    kv_operations: int = DEFAULT_KV_OPERATIONS
+    """Key-value calls one request may make."""
 
     def __post_init__(self) -> None:
         _check_int("limits.memory", self.memory, 64 * KiB, MAX_MEMORY_CEILING)
@@ -207,6 +235,11 @@ class Limits:
         object.__setattr__(self, "timeout", float(self.timeout))
         _check_int("limits.response_size", self.response_size, 16, MAX_RESPONSE_CEILING)
         _check_int("limits.stack", self.stack, 64 * KiB, MAX_STACK_CEILING)
+        _check_int("limits.outbound_requests", self.outbound_requests, 0, 1000)
+        _check_int("limits.outbound_response_size", self.outbound_response_size, 0, MAX_RESPONSE_CEILING)
+        _check_number("limits.outbound_timeout", self.outbound_timeout, 0.0, MAX_TIMEOUT_CEILING, open_low=True)
+        object.__setattr__(self, "outbound_timeout", float(self.outbound_timeout))
+        _check_int("limits.kv_operations", self.kv_operations, 0, 1_000_000)
 
     def merged(self, overrides: Mapping[str, Any] | None) -> Limits:
         """These limits with the fields named in `overrides` replaced (unknown names are an error)."""
@@ -258,6 +291,8 @@ class Config:
     guest_cache_bytes: int = DEFAULT_GUEST_CACHE_BYTES
     """Bounds of the guest cache behind `cache_get`/`cache_put`, shared by all modules."""
     guest_cache_module_share: float = DEFAULT_GUEST_CACHE_MODULE_SHARE
+    kv_store_size: int = DEFAULT_KV_STORE_SIZE
+    """Bytes of keys and values each key-value store may hold (`kv_set` beyond: store_full)."""
     """The fraction of each guest cache bound one module may hold; beyond it, its own oldest go."""
     memory_budget: int = field(default_factory=default_memory_budget)
     """Bytes of guest linear memory all concurrent isolates of this process may reserve together:
@@ -292,6 +327,7 @@ class Config:
         _check_int("guest_cache_entries", self.guest_cache_entries, 1, MAX_COUNT)
         _check_int("guest_cache_bytes", self.guest_cache_bytes, 1, 1 << 40)
         _check_number("guest_cache_module_share", self.guest_cache_module_share, 0.0, 1.0, open_low=True)
+        _check_int("kv_store_size", self.kv_store_size, 0, 1 << 50)
         _check_int("memory_budget", self.memory_budget, limits.memory, 1 << 50)
         if self.keep_resident * self.pool_instances > self.memory_budget:
             # Each idle pooled slot keeps up to keep_resident bytes faulted in (memset, not madvise).
@@ -364,6 +400,7 @@ _ENV_FIELDS: dict[str, Any] = {
     "guest_cache_entries": int,
     "guest_cache_bytes": parse_size,
     "guest_cache_module_share": float,
+    "kv_store_size": parse_size,
     "memory_budget": parse_size,
 }
 """Every `Config` field read from an `ISOLATE_<NAME>` variable, and how its text is parsed."""
@@ -395,6 +432,9 @@ class ServerConfig:
     """Open admin connections, counted apart from the edge's."""
     workers: int = field(default_factory=lambda: min(32, (os.cpu_count() or 1) * 4))
     """Threads that run guests off the event loop (wasm releases the GIL, so they run in parallel)."""
+    io_threads: int = DEFAULT_IO_THREADS
+    """Threads for guests that can wait in the host (outbound HTTP, key-value, WASI sleeps): most of
+    their time is spent waiting, so they get a pool of their own and never hold up the others."""
     queue_limit: int = DEFAULT_QUEUE_LIMIT
     inline_threshold: float = DEFAULT_INLINE_THRESHOLD
     inline_max_timeout: float = DEFAULT_INLINE_MAX_TIMEOUT
@@ -427,6 +467,7 @@ class ServerConfig:
             raise InvalidConfig("max_body_size and max_url_length must be positive")
         if self.workers < 1 or self.queue_limit < 0:
             raise InvalidConfig("workers must be at least 1 and queue_limit not negative")
+        _check_int("io_threads", self.io_threads, 1, 4096)
         _check_int("max_header_size", self.max_header_size, 1 * KiB, 1 * GiB)
         _check_number("head_timeout", self.head_timeout, 0.0, 3600.0, open_low=True)
         if self.max_connections is not None:

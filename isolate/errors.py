@@ -30,6 +30,7 @@
     ├── ForwardFailed                 forward_failed     502   the node a request was forwarded to failed mid-way
     ├── ForwardingLoop                forwarding_loop    508   a forwarded request would have been forwarded again
     ├── StorageError                  storage            500   the data directory is damaged or unwritable
+    ├── StoreFull                     store_full         507   a key-value store would exceed its size
     └── InternalError                 internal           500   a bug: an unexpected exception, logged with its traceback
 
 Statuses follow a gateway's view of the guest as its upstream: a guest that answers wrongly is a
@@ -210,6 +211,11 @@ class ForwardingLoop(IsolateError):
 class StorageError(IsolateError):
     kind = "storage"
     status = 500
+
+
+class StoreFull(IsolateError):
+    kind = "store_full"
+    status = 507
 
 
 class InternalError(IsolateError):

@@ -6,15 +6,24 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from .abi import Request, Response, decode_response, encode_request
 from .cache import CacheStatistics, GuestCache, GuestCacheStatistics, ModuleCache
+from .capabilities import (
+    AllowedHost,
+    GuestIO,
+    Outbound,
+    SecretStore,
+    SqliteKeyValue,
+    check_store_name,
+    parse_allowed_hosts,
+)
 from .config import Config, Limits
-from .engine import MemoryBudgetStatistics, Prepared, Runtime, run, wat_to_wasm
+from .engine import MemoryBudgetStatistics, Prepared, Runtime, is_stopping, run, wat_to_wasm
 from .engine import resume as engine_resume
 from .engine import shutdown as engine_shutdown
 from .errors import GuestError, InvalidConfig, InvalidModule, IsolateError, ModuleTooLarge, NotFound, StorageError
@@ -45,6 +54,9 @@ class ModuleInfo:
     limits: Limits
     limit_overrides: Mapping[str, Any]
     variables: Mapping[str, str]
+    allowed_hosts: tuple[str, ...] = ()
+    kv_stores: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()  # names only: values never leave the host except towards the guest
 
     @property
     def active(self) -> VersionInfo:
@@ -82,6 +94,10 @@ class Host:
         self.guest_cache = GuestCache(self.config.guest_cache_entries, self.config.guest_cache_bytes,
                                       module_share=self.config.guest_cache_module_share)
         self._limits: dict[str, Limits] = {}  # effective limits per module name, derived from records
+        self._grants: dict[str, tuple[AllowedHost, ...]] = {}  # parsed allowed_hosts per module name
+        self.secrets = SecretStore(self.config.data_dir)
+        self.kv = SqliteKeyValue(self.config.data_dir / "kv.sqlite3", self.config.kv_store_size)
+        self.outbound = Outbound()
         # Whether a module's active code can wait in the host (e.g. WASI poll_oneoff): such code must
         # never run on an event loop. Unknown names count as blocking until they have run once.
         self._blocking: dict[str, bool] = {}
@@ -99,6 +115,8 @@ class Host:
             self._closed = True
             for runtime in self._runtimes.values():
                 runtime.close()
+            self.outbound.close()
+            self.kv.close()
 
     def stop_guests(self) -> None:
         """Stop every guest of this process now (on SIGTERM): sleeping host calls wake and fail, running
@@ -123,12 +141,16 @@ class Host:
         *,
         limits: Mapping[str, Any] | Limits | None = None,
         variables: Mapping[str, str] | None = None,
+        allowed_hosts: Sequence[str] | None = None,
+        kv_stores: Sequence[str] | None = None,
+        secrets: Mapping[str, str | None] | None = None,
     ) -> VersionInfo:
         """Validate, compile and store `wasm` (a binary, or WebAssembly text) as a new active version.
 
         `limits` changes only the limits it names (a `None` value returns that one to the host
-        default; a `Limits` value sets all of them); `variables` replaces the module's variables.
-        Settings not given carry over from the previous version.
+        default; a `Limits` value sets all of them); `variables`, `allowed_hosts` and `kv_stores`
+        replace the module's; `secrets` sets the secrets it names (None removes one). Settings not
+        given carry over from the previous version.
         """
         wasm = _binary(wasm)
         if len(wasm) > self.config.max_module_size:
@@ -142,6 +164,9 @@ class Host:
         effective = self._effective(overrides)
         if variables is not None:
             variables = _check_variables(variables)
+        hosts = _check_hosts(allowed_hosts)
+        stores = _check_stores(kv_stores)
+        self._check_names(name, variables, secrets)
         runtime = self._runtime_for(effective.stack)
         module, shape, compile_s = runtime.compile(bytes(wasm))
         if shape.memory_min > effective.memory:
@@ -154,12 +179,16 @@ class Host:
         prepared = runtime.prepare(digest, module, shape)
         artifact = runtime.serialize(module)
         with self._control:
+            if secrets:  # first: the new version's first request already sees them
+                self.secrets.update(name, secrets)
             self._store.put_wasm(digest, wasm)
             self._store.put_artifact(digest, runtime.fingerprint, artifact)
             self._cache.put(_cache_key(digest, runtime.stack), prepared)
             self._blocking[name] = True  # until the new version has run once, it may wait in the host
-            record = self._store.add_version(name, digest, len(wasm), compile_s * 1000, overrides, variables)
+            record = self._store.add_version(name, digest, len(wasm), compile_s * 1000, overrides, variables,
+                                             allowed_hosts=hosts, kv_stores=stores)
             self._limits[name] = effective
+            self._grants.pop(name, None)
         return _version_info(name, record.version(record.active))
 
     def configure(
@@ -168,19 +197,38 @@ class Host:
         *,
         limits: Mapping[str, Any] | Limits | None = None,
         variables: Mapping[str, str] | None = None,
+        allowed_hosts: Sequence[str] | None = None,
+        kv_stores: Sequence[str] | None = None,
+        secrets: Mapping[str, str | None] | None = None,
     ) -> ModuleInfo:
-        """Change a module's limit overrides or variables without a new version."""
+        """Change a module's limit overrides, variables, grants or secrets without a new version."""
         changes: dict[str, Any] = {}
         if variables is not None:
             changes["variables"] = _check_variables(variables)
+        if allowed_hosts is not None:
+            changes["allowed_hosts"] = _check_hosts(allowed_hosts)
+        if kv_stores is not None:
+            changes["kv_stores"] = _check_stores(kv_stores)
         with self._control:
+            self._store.get(name)  # NotFound before anything is written
+            self._check_names(name, changes.get("variables"), secrets)
+            if secrets:
+                self.secrets.update(name, secrets)
             if limits is not None:
                 changes["limits"] = self._overrides(limits, self._store.get(name).limits)
                 # The engine for the new stack size must exist before the setting is stored.
                 self._runtime_for(self._effective(changes["limits"]).stack)
             record = self._store.update(name, **changes)
             self._limits.pop(name, None)
+            self._grants.pop(name, None)
         return self._info(record)
+
+    def set_secrets(self, name: str, secrets: Mapping[str, str | None]) -> list[str]:
+        """Set (None: remove) secrets of module `name`, which need not be deployed yet."""
+        validate_name(name)
+        with self._control:
+            self._check_names(name, None, secrets)
+            return self.secrets.update(name, secrets)
 
     def rollback(self, name: str, version: int | None = None) -> ModuleInfo:
         """Make `version` (default: the one before the active version) active again."""
@@ -200,7 +248,9 @@ class Host:
         with self._control:
             self._store.delete(name)
             self._limits.pop(name, None)
+            self._grants.pop(name, None)
             self._blocking.pop(name, None)
+            self.secrets.delete(name)
         self.guest_cache.clear(name)
 
     def modules(self) -> list[ModuleInfo]:
@@ -232,9 +282,13 @@ class Host:
             version = record.version()
             limits = self._limits.get(name) or self._limits_for(record)
             prepared = self._cache.get(_cache_key(version.digest, engine_stack(limits.stack)), self._load)
-            self._blocking[name] = prepared.shape.may_block
-            outcome = run(prepared, encode_request(request, record.variables), limits, self.config.log_limit,
-                          (self.guest_cache, name))
+            shape = prepared.shape
+            self._blocking[name] = shape.may_block
+            secrets = self.secrets.values(name)
+            variables = {**record.variables, **secrets} if secrets else record.variables
+            io = self._guest_io(record, limits, request) if shape.uses_io else None
+            outcome = run(prepared, encode_request(request, variables), limits, self.config.log_limit,
+                          (self.guest_cache, name), io)
             try:
                 status, headers, body = decode_response(outcome.payload)
             except GuestError as exc:
@@ -276,6 +330,40 @@ class Host:
         )
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _guest_io(self, record: ModuleRecord, limits: Limits, request: Request) -> GuestIO:
+        """What this request's guest may reach: the module's grants, limits and the request's ids."""
+        hosts = self._grants.get(record.name)
+        if hosts is None:
+            try:
+                hosts = parse_allowed_hosts(record.allowed_hosts)
+            except IsolateError as exc:  # edited by hand: this module fails, never the process
+                raise StorageError(f"stored allowed_hosts of module {record.name!r} are invalid: {exc.detail}; set "
+                                   "them again with PATCH /v1/modules/NAME", module=record.name) from None
+            self._grants[record.name] = hosts
+        trace = {k: v for k, v in request.headers if k in ("traceparent", "tracestate")}
+        return GuestIO(outbound=self.outbound, kv=self.kv, allowed_hosts=hosts, stores=record.kv_stores,
+                     outbound_requests=limits.outbound_requests, outbound_timeout=limits.outbound_timeout,
+                     outbound_response_size=limits.outbound_response_size, kv_operations=limits.kv_operations,
+                     deadline=time.perf_counter() + limits.timeout, request_id=request.request_id,
+                     traceparent=trace.get("traceparent"), tracestate=trace.get("tracestate"),
+                     stopping=is_stopping, note=_no_note)
+
+    def _check_names(self, name: str, variables: Mapping[str, str] | None,
+                     secrets: Mapping[str, str | None] | None) -> None:
+        """A secret and a variable never share a name: the guest reads both from one map."""
+        record = self._store.find(name)
+        names = set(variables if variables is not None else (record.variables if record else {}))
+        secret_names = set(self.secrets.names(name))
+        for key, value in (secrets or {}).items():
+            if value is None:
+                secret_names.discard(key)
+            else:
+                secret_names.add(key)
+        clash = sorted(names & secret_names)
+        if clash:
+            raise InvalidConfig(f"{', '.join(map(repr, clash))} is both a variable and a secret of module "
+                                f"{name!r}; a guest reads both by name, so use distinct names")
 
     def _runtime_for(self, stack: int) -> Runtime:
         """The engine for a module's stack limit (created on first need; `InvalidConfig` if it cannot be)."""
@@ -347,6 +435,9 @@ class Host:
             limits=limits,
             limit_overrides=dict(record.limits),
             variables=dict(record.variables),
+            allowed_hosts=tuple(record.allowed_hosts),
+            kv_stores=tuple(record.kv_stores),
+            secrets=tuple(self.secrets.names(record.name)),
         )
 
 
@@ -383,6 +474,26 @@ def _binary(wasm: bytes | str) -> bytes:
             return bytes(wasm)  # not text either: the validator names what is wrong
         return wat_to_wasm(text)
     return bytes(wasm)
+
+
+def _no_note(level: str, text: str) -> None:
+    """Until the engine binds a request's log capture to its GuestIO."""
+
+
+def _check_hosts(entries: Sequence[str] | None) -> tuple[str, ...] | None:
+    """allowed_hosts as stored: each entry checked, trimmed, duplicates dropped."""
+    if entries is None:
+        return None
+    parsed = parse_allowed_hosts(entries)
+    return tuple(dict.fromkeys(entry.text for entry in parsed))
+
+
+def _check_stores(stores: Sequence[str] | None) -> tuple[str, ...] | None:
+    if stores is None:
+        return None
+    if isinstance(stores, (str, bytes)) or not isinstance(stores, Sequence):
+        raise InvalidConfig("key_value_stores must be a list of store names")
+    return tuple(dict.fromkeys(check_store_name(store) for store in stores))
 
 
 def _check_variables(variables: Mapping[str, str]) -> dict[str, str]:

@@ -199,7 +199,8 @@ def test_one_huge_stdout_write_is_cut_at_the_deadline(make_host: HostFactory) ->
 
 
 def test_module_shape_says_whether_a_module_can_wait_in_the_host(host: Host, tmp_path: Path) -> None:
-    assert BLOCKING_IMPORTS == frozenset({("wasi_snapshot_preview1", "poll_oneoff")})
+    io = {"http_send", "http_take", "kv_open", "kv_get", "kv_set", "kv_delete", "kv_exists", "kv_list"}
+    assert BLOCKING_IMPORTS == frozenset({("wasi_snapshot_preview1", "poll_oneoff")} | {("isolate", n) for n in io})
     runtime = Runtime(Config(data_dir=tmp_path, pool_instances=2))
     try:
         assert runtime.compile(g.wasm(poller([clock(1)])))[1].may_block

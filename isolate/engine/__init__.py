@@ -4,9 +4,10 @@ from ._budget import MemoryBudget, MemoryBudgetStatistics
 from ._isolate import Outcome, instantiate_once, run
 from ._linker import BLOCKING_IMPORTS, HOST_FUNCTIONS, WASI_NAMESPACE, ModuleShape
 from ._runtime import Prepared, Runtime, wat_to_wasm
-from ._shutdown import resume, shutdown
+from ._shutdown import is_stopping, resume, shutdown
 
 __all__ = [
+    "is_stopping",
     "BLOCKING_IMPORTS",
     "HOST_FUNCTIONS",
     "WASI_NAMESPACE",

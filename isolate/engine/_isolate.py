@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import wasmtime
 
@@ -63,10 +64,11 @@ def _scratch() -> _raw.Scratch:
 
 
 def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
-        cache: tuple[GuestCache, str] | None = None) -> Outcome:
+        cache: tuple[GuestCache, str] | None = None, io: Any = None) -> Outcome:
     """Run the guest's handler on `payload` (an encoded request) in a fresh isolate.
 
-    `cache` is the guest cache and the namespace (module name) its host functions use.
+    `cache` is the guest cache and the namespace (module name) its host functions use; `io` the
+    request's `isolate.capabilities.GuestIO` (outbound HTTP, key-value stores), or None: denied.
     """
     runtime = prepared.runtime
     s = _scratch()
@@ -85,7 +87,8 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
         )
     started = time.perf_counter()
     capture = _output.Capture(log_limit, runtime.log_records)
-    if shape.uses_wasi:  # poll_oneoff and stdout/stderr writes bound their time by the deadline
+    waits = shape.uses_wasi or shape.uses_io
+    if waits:  # poll_oneoff, stdout/stderr writes and I/O calls bound their time by the deadline
         capture.wait_bounds(started, started + limits.timeout)
     store = _raw.store_new(runtime.engine_ptr, None, None)
     ctx = _raw.store_context(store)
@@ -103,6 +106,9 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
                 raise IsolateError(f"cannot set up WASI: {_raw.take_error(error)}")
         _output.current.capture = capture
         _output.current.cache = cache
+        _output.current.io = io
+        if io is not None:
+            io.note = capture.note
         error = _raw.instantiate_pre(prepared.pre_ptr, ctx, s.p_instance, s.p_trap)
         if error or s.trap.value:
             raise _failure(s, error, capture, limits, phase, None)
@@ -143,7 +149,7 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
         args[1].i32 = size
         error = call(ctx, s.p_handle_func, args, 2, s.p_trap)
         memory_size = _raw.memory_data_size(ctx, s.p_memory_item)
-        if error or s.trap.value or (shape.uses_wasi and capture.interrupted):
+        if error or s.trap.value or (waits and capture.interrupted):
             # A host call refused to run past the deadline and the guest finished before its epoch
             # deadline caught up with it: still a timeout, its output was cut.
             raise _failure(s, error, capture, limits, phase, memory_size)
@@ -166,7 +172,7 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
         exc.logs = capture.finish()
         raise
     finally:
-        _output.current.capture = _output.current.cache = None
+        _output.current.capture = _output.current.cache = _output.current.io = None
         _raw.store_delete(store)
         budget.release(reserved)
         if shape.uses_wasi:

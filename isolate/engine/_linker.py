@@ -8,7 +8,6 @@ import re
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import wasmtime
 from wasmtime import FuncType, MemoryType, ValType
@@ -22,34 +21,23 @@ from ..abi import (
     EXPORT_MEMORY,
     HOST_NAMESPACE,
 )
-from ..cache import GuestCache
-from ..cache._guest import MAX_KEY, MAX_TTL_MS, MAX_VALUE
 from ..errors import InvalidModule
-from . import _output, _shutdown
+from . import _hostcalls, _output, _shutdown
+from ._hostcalls import IO_FUNCTIONS, SIGNATURES, signature
 
 WASI_NAMESPACE = "wasi_snapshot_preview1"
-BLOCKING_IMPORTS = frozenset({(WASI_NAMESPACE, "poll_oneoff")})
-"""Host functions that can wait on the guest's behalf: a module importing one must never run on an
-event loop. Every other WASI call returns at once with the WASI context the host builds (stdin
-empty, no preopened files or sockets): fd_read on stdin reads end-of-file, sched_yield yields,
+BLOCKING_IMPORTS = frozenset({(WASI_NAMESPACE, "poll_oneoff")} | {(HOST_NAMESPACE, name) for name in IO_FUNCTIONS})
+"""Host functions that can wait on the guest's behalf (`poll_oneoff`, outbound HTTP, key-value
+stores): a module importing one must never run on an event loop. Every other WASI call returns at
+once with the WASI context the host builds (stdin empty, no preopened files or sockets): fd_read on
+stdin reads end-of-file, sched_yield yields,
 sock_* find no socket, path_* no directory. Two are not waits but can run long: fd_write to
 stdout/stderr (up to 128 MiB per call, 4 KiB per callback: `_output` fails it past the deadline)
 and random_get (wasmtime caps a call at 64 MiB, ~0.25 s here, then the epoch stops the guest)."""
 _I32, _I64 = ValType.i32(), ValType.i64()
-_MAX_LOG_MESSAGE = 16 * 1024
 
-# name -> (params, results) of every host function in the `isolate` namespace
-HOST_FUNCTIONS: dict[str, tuple[list[ValType], list[ValType]]] = {
-    "log": ([_I32, _I32, _I32], []),  # (level, ptr, len): a UTF-8 message at a level 0-3
-    "cache_get": ([_I32, _I32, _I32, _I32], [_I32]),  # (key, key_len, out, out_cap) -> length | error
-    "cache_put": ([_I32, _I32, _I32, _I32, _I32], [_I32]),  # (key, key_len, value, value_len, ttl_ms) -> 0 | error
-}
-# cache_get / cache_put results (ABI.md, "Host functions")
-CACHE_MISS = -1
-CACHE_BAD_KEY = -2
-CACHE_VALUE_TOO_LARGE = -3
-CACHE_BAD_TTL = -4
-CACHE_REFUSED = -5
+# name -> (params, results) of every host function in the `isolate` namespace (see _hostcalls)
+HOST_FUNCTIONS: dict[str, tuple[list[ValType], list[ValType]]] = {name: signature(name) for name in SIGNATURES}
 _REQUIRED_EXPORTS: dict[str, tuple[list[ValType], list[ValType]]] = {
     EXPORT_ALLOC: ([_I32], [_I32]),
     EXPORT_HANDLE: ([_I32, _I32], [_I64]),
@@ -67,76 +55,7 @@ class ModuleShape:
     memory_min: int  # bytes declared as the memory's minimum
     memory_max: int | None = None  # bytes declared as the memory's maximum, if any
     may_block: bool = False  # imports a host function that can wait (BLOCKING_IMPORTS)
-
-
-def _check_range(caller: wasmtime.Caller, what: str, ptr: int, length: int) -> tuple[Any, int]:
-    """The guest memory and `ptr` as unsigned; a range outside memory is an ABI violation."""
-    memory = caller.get(EXPORT_MEMORY)
-    size = memory.data_len(caller) if isinstance(memory, wasmtime.Memory) else 0
-    ptr &= 0xFFFFFFFF
-    length &= 0xFFFFFFFF
-    if ptr + length > size:
-        message = f"{HOST_NAMESPACE}.{what}: {ptr}+{length} is outside guest memory ({size} bytes)"
-        capture = getattr(_output.current, "capture", None)
-        if capture is not None:
-            capture.abi_error = message
-        raise wasmtime.WasmtimeError(message)
-    return memory, ptr
-
-
-def _guest_bytes(caller: wasmtime.Caller, what: str, ptr: int, length: int, cap: int | None = None) -> bytes:
-    """`length` bytes at `ptr` in guest memory (at most `cap`)."""
-    memory, ptr = _check_range(caller, what, ptr, length)
-    length &= 0xFFFFFFFF
-    return bytes(memory.read(caller, ptr, ptr + (length if cap is None else min(length, cap))))
-
-
-def _log(caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
-    capture = getattr(_output.current, "capture", None)
-    if capture is None:
-        return
-    if not capture.fits(min(length & 0xFFFFFFFF, _MAX_LOG_MESSAGE)):
-        capture.drop(min(length & 0xFFFFFFFF, _MAX_LOG_MESSAGE))  # not even read: logging is over
-        return
-    data = _guest_bytes(caller, "log: message", ptr, length, _MAX_LOG_MESSAGE)
-    name = _output.LEVELS[level] if 0 <= level < len(_output.LEVELS) else "info"
-    capture.add("log", name, data)
-
-
-def _binding() -> tuple[GuestCache, str] | None:
-    return getattr(_output.current, "cache", None)
-
-
-def _cache_get(caller: wasmtime.Caller, key_ptr: int, key_len: int, out_ptr: int, out_cap: int) -> int:
-    binding = _binding()
-    if not 0 < (key_len & 0xFFFFFFFF) <= MAX_KEY:
-        return CACHE_BAD_KEY
-    key = _guest_bytes(caller, "cache_get: key", key_ptr, key_len)
-    value = binding[0].get(binding[1], key) if binding is not None else None
-    if value is None:
-        return CACHE_MISS
-    out_cap &= 0xFFFFFFFF
-    memory, out_ptr = _check_range(caller, "cache_get: output buffer", out_ptr, out_cap)
-    if value and out_cap:
-        memory.write(caller, value[:out_cap], out_ptr)
-    return len(value)
-
-
-def _cache_put(caller: wasmtime.Caller, key_ptr: int, key_len: int, value_ptr: int, value_len: int,
-               ttl_ms: int) -> int:
-    binding = _binding()
-    # Sizes are judged before memory is read: an oversized value is refused without copying it.
-    if not 0 < (key_len & 0xFFFFFFFF) <= MAX_KEY:
-        return CACHE_BAD_KEY
-    if (value_len & 0xFFFFFFFF) > MAX_VALUE:
-        return CACHE_VALUE_TOO_LARGE
-    if not 0 < ttl_ms <= MAX_TTL_MS:
-        return CACHE_BAD_TTL
-    key = _guest_bytes(caller, "cache_put: key", key_ptr, key_len)
-    value = _guest_bytes(caller, "cache_put: value", value_ptr, value_len)
-    if binding is None or not binding[0].put(binding[1], key, value, ttl_ms):
-        return CACHE_REFUSED
-    return 0
+    uses_io: bool = False  # imports outbound HTTP or key-value functions: its requests get a GuestIO
 
 
 # WASI preview 1 ABI (wasi_snapshot_preview1.witx): a subscription is 48 bytes, an event 32.
@@ -226,8 +145,7 @@ def build_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
     linker.allow_shadowing = True  # replace wasmtime's poll_oneoff, which sleeps as long as asked
     linker.define_func(WASI_NAMESPACE, "poll_oneoff", FuncType([_I32] * 4, [_I32]), _poll_oneoff, access_caller=True)
     linker.allow_shadowing = False
-    for name, func in (("log", _log), ("cache_get", _cache_get), ("cache_put", _cache_put)):
-        linker.define_func(HOST_NAMESPACE, name, FuncType(*HOST_FUNCTIONS[name]), func, access_caller=True)
+    _hostcalls.define(linker)
     return linker
 
 
@@ -243,10 +161,11 @@ def _describe(sig: tuple[list[ValType], list[ValType]]) -> str:
 def inspect_module(module: wasmtime.Module) -> ModuleShape:
     """Check imports and exports against ABI v1; every problem found is named in one error."""
     problems: list[str] = []
-    uses_wasi = may_block = False
+    uses_wasi = may_block = uses_io = False
     for imp in module.imports:
         where = f"{imp.module}.{imp.name}"
         may_block = may_block or (imp.module, imp.name) in BLOCKING_IMPORTS
+        uses_io = uses_io or (imp.module == HOST_NAMESPACE and imp.name in IO_FUNCTIONS)
         if imp.module == WASI_NAMESPACE and isinstance(imp.type, FuncType):
             uses_wasi = True  # signatures are checked by the linker in instantiate_pre
         elif imp.module == HOST_NAMESPACE and imp.name in HOST_FUNCTIONS and isinstance(imp.type, FuncType):
@@ -296,4 +215,5 @@ def inspect_module(module: wasmtime.Module) -> ModuleShape:
         memory_min=memory_min,
         memory_max=memory_max,
         may_block=may_block,
+        uses_io=uses_io,
     )

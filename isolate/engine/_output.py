@@ -61,6 +61,10 @@ class Capture:
         if len(self.records) >= self.max_records or self.used + RECORD_OVERHEAD > self.limit:
             self.full = True
 
+    def note(self, level: str, text: str) -> None:
+        """A record from the host about this request (a refused outbound call, a missing store)."""
+        self.add("host", level, text.encode("utf-8", "replace"))
+
     def finish(self) -> tuple[LogRecord, ...]:
         if self.dropped_records:
             self.records.append(LogRecord(

@@ -156,3 +156,35 @@ def configure_pooling(
     finally:
         ffi.wasmtime_pooling_allocation_config_delete(pooling)
     ffi.wasmtime_config_memory_init_cow_set(config.ptr(), True)
+
+
+# -- host functions without wasmtime-py's per-call type checks and value boxing ----------------
+
+HOST_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(ffi.wasmtime_val_raw_t), c_size_t)
+"""wasmtime_func_unchecked_callback_t: (env, caller, args_and_results, count) -> trap pointer or 0."""
+_define_unchecked = _proto("wasmtime_linker_define_func_unchecked", c_void_p, c_void_p, ctypes.c_char_p, c_size_t,
+                           ctypes.c_char_p, c_size_t, c_void_p, HOST_CALLBACK, c_void_p, c_void_p)
+caller_export_get = _proto("wasmtime_caller_export_get", c_bool, c_void_p, ctypes.c_char_p, c_size_t, c_void_p)
+caller_context = _proto("wasmtime_caller_context", c_void_p, c_void_p)
+trap_new = _proto("wasmtime_trap_new", c_void_p, ctypes.c_char_p, c_size_t)
+
+
+def define_unchecked(linker: wasmtime.Linker, module: str, name: str, ty: wasmtime.FuncType, callback: Any) -> None:
+    """Define `module.name` with a raw callback (a HOST_CALLBACK the caller keeps alive)."""
+    linker_ptr = ctypes.cast(linker.ptr(), c_void_p)
+    ty_ptr = ctypes.cast(ty.ptr(), c_void_p)
+    error = _define_unchecked(linker_ptr, module.encode(), len(module.encode()), name.encode(), len(name.encode()),
+                              ty_ptr, callback, None, None)
+    if error:
+        raise take_error(error)
+
+
+class CallerMemory:
+    """Per-thread out-parameter for looking up the calling instance's `memory` export."""
+
+    __slots__ = ("item", "p_item", "p_memory")
+
+    def __init__(self) -> None:
+        self.item = ffi.wasmtime_extern_t()
+        self.p_item = byref(self.item)
+        self.p_memory = ctypes.c_void_p(ctypes.addressof(self.item) + ffi.wasmtime_extern_t.of.offset)

@@ -50,3 +50,8 @@ def resume() -> None:
 def wait(seconds: float) -> bool:
     """Sleep up to `seconds`; True if `shutdown()` ended the wait (or had already been called)."""
     return _wake.wait(seconds)
+
+
+def is_stopping() -> bool:
+    """Whether `shutdown()` was called (and not `resume()`): waits in host calls end when it is."""
+    return stopping

@@ -11,8 +11,11 @@ a module slow from the start, and grows eightfold (to 4,096) each time an inline
 for good: the price of the inline path is one hold of the loop per module, for at most
 `inline_max_timeout`. Everything else runs on worker threads, where wasm runs with the GIL released,
 at a lower scheduling priority than the event loop, so a CPU-heavy guest never stalls other
-requests. When every worker is busy and `queue_limit` more are waiting, new work is refused
-(`Overloaded`, 503) rather than queued.
+requests. Modules that can wait in the host (outbound HTTP, key-value stores, WASI sleeps) run on a
+second, larger pool (`io_threads`, threads made on demand): a hundred guests waiting on a slow origin
+hold a hundred mostly sleeping threads there, not the workers other guests need. When every thread
+of a pool is busy and `queue_limit` more are waiting, new work is refused (`Overloaded`, 503) rather
+than queued.
 """
 
 from __future__ import annotations
@@ -45,15 +48,26 @@ def _always(module: str) -> bool:
     return True
 
 
+def _never(module: str) -> bool:
+    return False
+
+
 class Dispatcher:
     def __init__(self, workers: int, queue_limit: int, inline_threshold: float,
-                 may_inline: Callable[[str], bool] = _always) -> None:
+                 may_inline: Callable[[str], bool] = _always, may_wait: Callable[[str], bool] = _never,
+                 io_threads: int = 256) -> None:
         """`may_inline(module)` says whether a module's code could ever run on the loop: not if it
-        can wait in the host, nor if its timeout exceeds the inline ceiling (see the module doc)."""
+        can wait in the host, nor if its timeout exceeds the inline ceiling (see the module doc);
+        `may_wait(module)` whether it can wait in the host (it then runs on the I/O pool)."""
         self._may_inline = may_inline
+        self._may_wait = may_wait
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolate-guest",
                                             initializer=_lower_priority)
+        self._io_executor = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="isolate-io",
+                                               initializer=_lower_priority)
         self._capacity = workers + queue_limit
+        self._io_capacity = io_threads + queue_limit
+        self.io_inflight = 0
         self._threshold = inline_threshold
         self._streak: dict[str, int] = {}  # module -> consecutive quick runs
         self._needed: dict[str, int] = {}  # module -> quick runs required before running inline
@@ -88,6 +102,8 @@ class Dispatcher:
                 # CPU time, not wall time: waiting for the GIL (other threads) is not the guest's doing,
                 # and code that could wait in the host never gets here.
                 self.record(module, time.thread_time() - started, inline=True)
+        if self._may_wait(module):
+            return await self._run_io(fn)
         if self.inflight >= self._capacity:
             raise Overloaded(f"server busy: {self.inflight} guests running or queued", limit=self._capacity)
         self.inflight += 1
@@ -112,5 +128,24 @@ class Dispatcher:
             self.inflight -= 1
             self.record(module, took[0] if took[0] else self._threshold)
 
+    async def _run_io(self, fn: Callable[[], T]) -> tuple[T, float]:
+        """On the I/O pool: such modules never run inline, so there is nothing to learn."""
+        if self.io_inflight >= self._io_capacity:
+            raise Overloaded(f"server busy: {self.io_inflight} waiting guests running or queued",
+                             limit=self._io_capacity)
+        self.io_inflight += 1
+        queued = [0.0]
+        submitted = time.perf_counter()
+
+        def timed() -> T:
+            queued[0] = time.perf_counter() - submitted
+            return fn()
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._io_executor, timed), queued[0]
+        finally:
+            self.io_inflight -= 1
+
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._io_executor.shutdown(wait=True, cancel_futures=True)

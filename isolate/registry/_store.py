@@ -6,7 +6,7 @@ Layout under the data directory:
     wasm/<sha256>.wasm                       the uploaded bytes, named by their digest
     compiled/<fingerprint>/<sha256>.cwasm    precompiled code for one engine fingerprint
     compiled/<fingerprint>/<sha256>.json     {"wasm_sha256", "artifact_sha256"}: written by this host
-    modules/<name>.json                      versions, active version, limits, variables
+    modules/<name>.json                      versions, active version, limits, variables, grants
     modules/<name>.deleted                   {"next_version"} of a deleted name: versions are never reused
 
 A deploy writes the blob, then the artifact, then the metadata; only the metadata's atomic rename
@@ -49,6 +49,8 @@ class ModuleRecord:
     versions: tuple[VersionRecord, ...]
     limits: Mapping[str, Any] = field(default_factory=dict)  # overrides of the host defaults
     variables: Mapping[str, str] = field(default_factory=dict)
+    allowed_hosts: tuple[str, ...] = ()  # outbound HTTP grants, as written (parsed by the host)
+    kv_stores: tuple[str, ...] = ()  # key-value stores the module may open
 
     def version(self, number: int | None = None) -> VersionRecord:
         wanted = self.active if number is None else number
@@ -71,6 +73,10 @@ class ModuleRecord:
             "limits": dict(self.limits),
             "variables": dict(self.variables),
         }
+        if self.allowed_hosts:
+            body["allowed_hosts"] = list(self.allowed_hosts)
+        if self.kv_stores:
+            body["key_value_stores"] = list(self.kv_stores)
         return json.dumps(body, indent=1, sort_keys=True).encode()
 
     @classmethod
@@ -103,8 +109,14 @@ class ModuleRecord:
         name = body.get("name")
         if not isinstance(name, str):
             raise ValueError("name must be a string")
+        grants = {}
+        for key in ("allowed_hosts", "key_value_stores"):
+            value = body.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise ValueError(f"{key} must be a list of strings")
+            grants[key] = tuple(value)
         return cls(name=name, active=int(active), next_version=int(next_version), versions=records, limits=limits,
-                   variables=variables)
+                   variables=variables, allowed_hosts=grants["allowed_hosts"], kv_stores=grants["key_value_stores"])
 
 
 _MAX_VERSION = 1 << 53  # whole numbers JSON and Python agree on
@@ -130,6 +142,10 @@ def _version(raw: Any) -> VersionRecord:
         if type(raw[key]) not in (int, float) or not math.isfinite(raw[key]):
             raise ValueError(f"bad {key} in version {raw['version']}")
     return VersionRecord(raw["version"], raw["digest"], raw["size"], float(raw["created"]), float(raw["compile_ms"]))
+
+
+def _carry(new: tuple[str, ...] | None, old: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(new) if new is not None else old
 
 
 class ModuleStore:
@@ -208,8 +224,11 @@ class ModuleStore:
         compile_ms: float,
         limits: Mapping[str, Any] | None,
         variables: Mapping[str, str] | None,
+        **grants: tuple[str, ...] | None,
     ) -> ModuleRecord:
-        """Append a version and make it active; settings given replace the module's, None keeps them."""
+        """Append a version and make it active; settings given replace the module's, None keeps them.
+
+        `grants`: allowed_hosts and kv_stores, with the same rule."""
         validate_name(name)
         with self._lock:
             old = self._records.get(name)
@@ -224,6 +243,8 @@ class ModuleStore:
                 versions=(old.versions if old else ()) + (version,),
                 limits=dict(limits) if limits is not None else dict(old.limits if old else {}),
                 variables=dict(variables) if variables is not None else dict(old.variables if old else {}),
+                allowed_hosts=_carry(grants.get("allowed_hosts"), old.allowed_hosts if old else ()),
+                kv_stores=_carry(grants.get("kv_stores"), old.kv_stores if old else ()),
             )
             return self._commit(record)
 

@@ -1,0 +1,256 @@
+"""Outbound HTTP for guests (`http_send`): the request envelope, the allow-list, the address guard,
+redirects, limits, and the answer envelope. ABI.md, "Outbound HTTP", is the contract."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ipaddress
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+import msgpack
+
+from ._client import Answer, Deadlines, OriginError, Pool
+from ._policy import AllowedHost, Target, allowed, is_internal, names_exactly, parse_url
+
+# http_send results (ABI.md)
+BAD_REQUEST = -1
+DENIED = -2
+BLOCKED_ADDRESS = -3
+TOO_MANY_REQUESTS = -4
+UNREACHABLE = -5
+TIMEOUT = -6
+TOO_LARGE = -7
+PROTOCOL = -8
+TOO_MANY_REDIRECTS = -9
+ERRORS = {BAD_REQUEST: "bad_request", DENIED: "denied", BLOCKED_ADDRESS: "blocked_address",
+          TOO_MANY_REQUESTS: "too_many_requests", UNREACHABLE: "unreachable", TIMEOUT: "timeout",
+          TOO_LARGE: "too_large", PROTOCOL: "protocol", TOO_MANY_REDIRECTS: "too_many_redirects"}
+_BY_KIND = {"unreachable": UNREACHABLE, "timeout": TIMEOUT, "too_large": TOO_LARGE, "protocol": PROTOCOL}
+
+MAX_REDIRECTS = 10
+MAX_HEADERS = 100
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+                        "te", "trailer", "transfer-encoding", "upgrade"})
+# Set by the host alone: the framing, the target, and the ids that tie the call to its request.
+HOST_SET = frozenset({"host", "content-length", "x-request-id", "traceparent", "tracestate"})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
+_RESOLVE_THREADS = 8
+
+
+class Refused(Exception):
+    """A call that gets an error code instead of an answer; `note` is logged when set."""
+
+    def __init__(self, code: int, detail: str, note: bool = False) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.note = note
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One decoded request envelope."""
+
+    method: str
+    target: Target
+    headers: list[tuple[str, bytes]]
+    body: bytes
+    redirects: int
+    timeout: float | None  # seconds, None: the module's outbound_timeout
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a call needs to know about the module and the incoming request."""
+
+    allowed_hosts: Sequence[AllowedHost]
+    timeout: float  # the module's outbound_timeout
+    max_body: int  # the module's outbound_response_size
+    deadline: float  # the request's, time.perf_counter()
+    request_id: str
+    traceparent: str | None
+    tracestate: str | None
+    stopping: Callable[[], bool]
+
+
+def decode_call(data: bytes) -> Call:
+    """The request envelope; `Refused(BAD_REQUEST)` naming the first problem."""
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True, max_str_len=len(data),
+                              max_bin_len=len(data), max_array_len=1024, max_map_len=64)
+    except Exception as exc:
+        raise Refused(BAD_REQUEST, f"the request envelope is not msgpack: {exc}") from None
+    if not isinstance(raw, dict):
+        raise Refused(BAD_REQUEST, "the request envelope is not a map")
+    url = raw.get("url")
+    if not isinstance(url, str):
+        raise Refused(BAD_REQUEST, "the request has no url string")
+    try:
+        target = parse_url(url)
+    except ValueError as exc:
+        raise Refused(BAD_REQUEST, f"bad url: {exc}") from None
+    method = raw.get("method", "GET")
+    if not isinstance(method, str) or not method or len(method) > 32 or not set(method) <= _TOKEN:
+        raise Refused(BAD_REQUEST, f"bad method {method!r}")
+    headers = _headers(raw.get("headers", []))
+    body = raw.get("body")
+    if isinstance(body, str):
+        body = body.encode()
+    elif body is None:
+        body = b""
+    elif not isinstance(body, bytes):
+        raise Refused(BAD_REQUEST, "body must be bin, str or nil")
+    redirects = raw.get("redirects", 0)
+    if type(redirects) is not int or not 0 <= redirects <= MAX_REDIRECTS:
+        raise Refused(BAD_REQUEST, f"redirects must be an integer within 0-{MAX_REDIRECTS}")
+    timeout_ms = raw.get("timeout_ms", 0)
+    if type(timeout_ms) is not int or timeout_ms < 0:
+        raise Refused(BAD_REQUEST, "timeout_ms must be a non-negative integer")
+    return Call(method.upper() if method.isascii() else method, target, headers, body, redirects,
+                timeout_ms / 1000 if timeout_ms else None)
+
+
+def _headers(raw: Any) -> list[tuple[str, bytes]]:
+    if not isinstance(raw, list) or len(raw) > MAX_HEADERS:
+        raise Refused(BAD_REQUEST, f"headers must be a list of at most {MAX_HEADERS} [name, value] pairs")
+    headers = []
+    for pair in raw:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise Refused(BAD_REQUEST, "each header is a [name, value] pair")
+        name, value = pair
+        if isinstance(name, bytes):
+            name = name.decode("latin-1")
+        if isinstance(value, str):
+            value = value.encode()
+        if not isinstance(name, str) or not isinstance(value, bytes):
+            raise Refused(BAD_REQUEST, "header names and values are str or bin")
+        if not name or not set(name) <= _TOKEN:
+            raise Refused(BAD_REQUEST, f"header name {name[:40]!r} is not a token")
+        if any(b < 32 and b != 9 or b == 127 for b in value):
+            raise Refused(BAD_REQUEST, f"header {name!r} has a control character in its value")
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered in HOST_SET:
+            continue
+        headers.append((lowered, value))
+    return headers
+
+
+def encode_answer(answer: Answer, url: str) -> bytes:
+    headers = [[name.decode("latin-1"), value.decode("utf-8", "replace")] for name, value in answer.headers]
+    packed: bytes = msgpack.packb({"status": answer.status, "headers": headers, "body": answer.body, "url": url},
+                                  use_bin_type=True)
+    return packed
+
+
+class Outbound:
+    """Sends guests' calls: one per host, shared by every module and thread."""
+
+    def __init__(self, resolve: Callable[[str, int], list[str]] | None = None) -> None:
+        """`resolve(name, port)` -> addresses replaces the system resolver (tests: names that cannot
+        resolve here)."""
+        self.pool = Pool()
+        self._resolve_name = resolve or _system_resolve
+        self._resolver = concurrent.futures.ThreadPoolExecutor(_RESOLVE_THREADS, thread_name_prefix="isolate-dns")
+
+    def close(self) -> None:
+        self._resolver.shutdown(wait=False, cancel_futures=True)
+        self.pool.close()
+
+    def send(self, call: Call, context: Context) -> bytes:
+        """Perform `call` (following redirects if asked) and return the answer envelope.
+
+        Raises `Refused` for a guest-visible error, TimeoutError when the request's deadline passes,
+        InterruptedError when the host is stopping.
+        """
+        started = time.perf_counter()
+        budget = context.timeout if call.timeout is None else min(call.timeout, context.timeout)
+        deadlines = Deadlines(started + budget, context.deadline, context.stopping)
+        method, target, headers, body = call.method, call.target, call.headers, call.body
+        hops = 0
+        while True:
+            answer = self._one(method, target, headers, body, context, deadlines)
+            location = next((v for n, v in answer.headers if n == b"location"), None)
+            if answer.status not in _REDIRECTS or location is None or call.redirects == 0:
+                return encode_answer(answer, target.url)
+            if hops >= call.redirects:
+                raise Refused(TOO_MANY_REDIRECTS, f"more than {call.redirects} redirects from {call.target.url}")
+            hops += 1
+            try:
+                following = parse_url(urljoin(target.url, location.decode("latin-1")))
+            except ValueError as exc:
+                raise Refused(PROTOCOL, f"redirect from {target.url} to a bad location: {exc}") from None
+            if answer.status == 303 or (answer.status in (301, 302) and method == "POST"):
+                method, body = ("GET" if method != "HEAD" else "HEAD"), b""
+                headers = [(n, v) for n, v in headers if n not in ("content-type",)]
+            if following.origin != target.origin:  # credentials are for the origin they were given to
+                headers = [(n, v) for n, v in headers if n not in _CREDENTIALS]
+            target = following
+
+    def _one(self, method: str, target: Target, headers: list[tuple[str, bytes]], body: bytes,
+             context: Context, deadlines: Deadlines) -> Answer:
+        if not allowed(context.allowed_hosts, target):
+            raise Refused(DENIED, f"{target.scheme}://{target.authority} is not in the module's allowed_hosts",
+                          note=True)
+        addresses = self._resolve(target, deadlines)
+        if not names_exactly(context.allowed_hosts, target):
+            internal = [a for a in addresses if is_internal(ipaddress.ip_address(a))]
+            if internal:
+                raise Refused(BLOCKED_ADDRESS, f"{target.host} resolves to the internal address {internal[0]}, "
+                              "which no allowed_hosts entry names", note=True)
+        sent = [(b"host", target.authority.encode()), *((n.encode(), v) for n, v in headers)]
+        if body or method in ("POST", "PUT", "PATCH"):
+            sent.append((b"content-length", str(len(body)).encode()))
+        sent.append((b"x-request-id", context.request_id.encode()))
+        if context.traceparent:
+            sent.append((b"traceparent", context.traceparent.encode()))
+            if context.tracestate:
+                sent.append((b"tracestate", context.tracestate.encode()))
+        last: OriginError | None = None
+        for address in addresses[:4]:
+            try:
+                return self.pool.request((target.scheme, address, target.port, target.host), method=method,
+                                         target=target.target, headers=sent, body=body, deadlines=deadlines,
+                                         max_body=context.max_body)
+            except OriginError as exc:
+                if exc.kind != "unreachable":
+                    raise Refused(_BY_KIND[exc.kind], f"{target.url}: {exc}") from None
+                last = exc
+        raise Refused(UNREACHABLE, f"{target.url}: {last}")
+
+    def _resolve(self, target: Target, deadlines: Deadlines) -> list[str]:
+        """The addresses to connect to, resolved once: the guard checks exactly these."""
+        try:
+            return [str(ipaddress.ip_address(target.host))]
+        except ValueError:
+            pass
+        future = self._resolver.submit(self._resolve_name, target.host, target.port)
+        while True:
+            try:
+                wait = min(0.25, deadlines.remaining())  # raises past a deadline (TimeoutError: the request's)
+            except OriginError as exc:
+                future.cancel()
+                raise Refused(_BY_KIND[exc.kind], f"resolving {target.host}: {exc}") from None
+            done, _ = concurrent.futures.wait([future], timeout=wait)
+            if not done:
+                continue
+            try:
+                infos = future.result()
+                break
+            except OSError as exc:
+                raise Refused(UNREACHABLE, f"cannot resolve {target.host}: {exc}") from None
+        addresses = list(dict.fromkeys(str(ipaddress.ip_address(a)) for a in infos))
+        if not addresses:
+            raise Refused(UNREACHABLE, f"{target.host} has no address")
+        return addresses
+
+
+def _system_resolve(name: str, port: int) -> list[str]:
+    """The addresses getaddrinfo gives for `name`, in its order (zone ids dropped)."""
+    infos = socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM)
+    return [str(sockaddr[0]).split("%")[0] for _family, _type, _proto, _name, sockaddr in infos]

@@ -1,0 +1,192 @@
+"""`GuestIO`: what one request's guest may reach, with its counters, called by the engine's host functions.
+
+The engine copies bytes in and out of guest memory and nothing else; every decision (grants,
+limits, error codes) is made here. Methods return bytes or a negative ABI code. They raise
+TimeoutError when the request's deadline passes during a wait and InterruptedError when the host
+is stopping: the engine turns both into the request's failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import msgpack
+
+from ..errors import InvalidRequest, StorageError, StoreFull
+from . import _kv, _outbound
+from ._kv import KeyValue
+from ._policy import AllowedHost
+
+log = logging.getLogger("isolate.capabilities")
+T = TypeVar("T")
+
+
+class GuestIO:
+    __slots__ = ("_outbound", "_context", "_requests", "_max_requests", "_held", "_kv", "_stores", "_granted",
+                 "_ops", "_max_ops", "_kept", "note", "deadline", "calls")
+
+    def __init__(self, *, outbound: _outbound.Outbound, kv: KeyValue, allowed_hosts: Sequence[AllowedHost],
+                 stores: Sequence[str], outbound_requests: int, outbound_timeout: float,
+                 outbound_response_size: int, kv_operations: int, deadline: float, request_id: str,
+                 traceparent: str | None, tracestate: str | None, stopping: Callable[[], bool],
+                 note: Callable[[str, str], None]) -> None:
+        self._outbound = outbound
+        self._context = _outbound.Context(allowed_hosts, outbound_timeout, outbound_response_size, deadline,
+                                          request_id, traceparent, tracestate, stopping)
+        self._requests = 0
+        self._max_requests = outbound_requests
+        self._held: bytes | None = None
+        self._kv = kv
+        self._granted = frozenset(stores)
+        self._stores: list[str] = []  # handle -> store name
+        self._ops = 0
+        self._max_ops = kv_operations
+        self._kept: tuple[tuple[object, ...], bytes] | None = None  # a value too big for the guest's buffer
+        self.note = note  # (level, message): a host log record of this request
+        self.deadline = deadline
+        self.calls = 0  # outbound calls made, for metrics
+
+    # -- outbound HTTP ------------------------------------------------------------------------
+
+    def http_send(self, envelope: bytes) -> int:
+        self._held = None
+        try:
+            call = _outbound.decode_call(envelope)
+            if self._requests >= self._max_requests:
+                raise _outbound.Refused(_outbound.TOO_MANY_REQUESTS,
+                                        f"outbound call to {call.target.url} refused: this request already made "
+                                        f"{self._max_requests} (limit outbound_requests)", note=True)
+            self._requests += 1
+            self.calls += 1
+            self._held = self._outbound.send(call, self._context)
+        except _outbound.Refused as exc:
+            if exc.note:
+                self.note("warn", f"http_send: {exc}")
+            return exc.code
+        return len(self._held)
+
+    def http_take(self, cap: int) -> bytes | int:
+        """The held answer if it fits `cap` (and it is released), its length if not, −1 with none."""
+        if self._held is None:
+            return -1
+        if len(self._held) > cap:
+            return len(self._held)
+        held, self._held = self._held, None
+        return held
+
+    # -- key-value ----------------------------------------------------------------------------
+
+    def kv_open(self, name: bytes) -> int:
+        if (code := self._count()) < 0:
+            return code
+        try:
+            store = name.decode()
+        except UnicodeDecodeError:
+            return _kv.NO_SUCH_STORE
+        if store not in self._granted:
+            self.note("warn", f"kv_open: store {store[:64]!r} is not granted to this module (key_value_stores)")
+            return _kv.NO_SUCH_STORE
+        self._stores.append(store)
+        return len(self._stores) - 1
+
+    def _store(self, handle: int) -> str | None:
+        return self._stores[handle] if 0 <= handle < len(self._stores) else None
+
+    def _count(self) -> int:
+        if self._ops >= self._max_ops:
+            return _kv.TOO_MANY_OPERATIONS
+        self._ops += 1
+        return 0
+
+    def _checked(self, handle: int, key: bytes, *, prefix: bool = False) -> str | int:
+        if (code := self._count()) < 0:
+            return code
+        store = self._store(handle)
+        if store is None:
+            return _kv.NO_SUCH_STORE
+        try:
+            _kv.check_key(key, prefix=prefix)
+        except InvalidRequest:
+            return _kv.BAD_KEY
+        return store
+
+    def _kept_for(self, what: tuple[object, ...], cap: int) -> bytes | int | None:
+        """A value kept from a call whose buffer was too small, for the same call (one consistent read)."""
+        if self._kept is None or self._kept[0] != what:
+            return None
+        value = self._kept[1]
+        if len(value) <= cap:
+            self._kept = None
+        return value
+
+    def _keep_if_large(self, what: tuple[object, ...], value: bytes, cap: int) -> bytes:
+        self._kept = (what, value) if len(value) > cap else None
+        return value
+
+    def kv_get(self, handle: int, key: bytes, cap: int) -> bytes | int:
+        kept = self._kept_for(("get", handle, key), cap)
+        if kept is not None:
+            return kept
+        store = self._checked(handle, key)
+        if isinstance(store, int):
+            return store
+        value = self._storage(lambda: self._kv.get(store, key, self.deadline))
+        if isinstance(value, int):
+            return value
+        if value is None:
+            return _kv.NOT_FOUND
+        return self._keep_if_large(("get", handle, key), value, cap)
+
+    def kv_set(self, handle: int, key: bytes, value_len: int, read_value: Callable[[], bytes]) -> int:
+        store = self._checked(handle, key)
+        if isinstance(store, int):
+            return store
+        if value_len > _kv.MAX_VALUE:
+            return _kv.TOO_LARGE  # judged before the value is copied out of the guest
+        value = read_value()
+        result = self._storage(lambda: self._kv.set(store, key, value, self.deadline))
+        return result if isinstance(result, int) else 0
+
+    def kv_delete(self, handle: int, key: bytes) -> int:
+        store = self._checked(handle, key)
+        if isinstance(store, int):
+            return store
+        result = self._storage(lambda: self._kv.delete(store, key, self.deadline))
+        return result if type(result) is int else 0  # a bool is the backend's answer, an int an error code
+
+    def kv_exists(self, handle: int, key: bytes) -> int:
+        store = self._checked(handle, key)
+        if isinstance(store, int):
+            return store
+        result = self._storage(lambda: self._kv.exists(store, key, self.deadline))
+        return result if type(result) is int else int(bool(result))
+
+    def kv_list(self, handle: int, prefix: bytes, cursor: bytes, cap: int) -> bytes | int:
+        what = ("list", handle, prefix, cursor)
+        kept = self._kept_for(what, cap)
+        if kept is not None:
+            return kept
+        store = self._checked(handle, prefix, prefix=True)
+        if isinstance(store, int):
+            return store
+        if len(cursor) > _kv.MAX_KEY:
+            return _kv.BAD_KEY
+        page = self._storage(lambda: self._kv.list(store, prefix, cursor, _kv.PAGE_KEYS, self.deadline))
+        if isinstance(page, int):
+            return page
+        data = msgpack.packb({"keys": page.keys, "cursor": page.cursor}, use_bin_type=True)
+        return self._keep_if_large(what, data, cap)
+
+    def _storage(self, work: Callable[[], T]) -> T | int:
+        """Run a backend call; storage failures become codes (and a server log line), a full store too."""
+        try:
+            return work()
+        except StoreFull as exc:
+            self.note("warn", f"kv_set: {exc}")
+            return _kv.STORE_FULL
+        except StorageError as exc:
+            log.error("key-value storage failed: %s", exc.detail)
+            self.note("error", "key-value storage failed (see the server log)")
+            return _kv.STORAGE

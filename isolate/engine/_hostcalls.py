@@ -1,0 +1,299 @@
+"""The `isolate` host functions (ABI.md, "Host functions"), defined on the C API's unchecked path.
+
+wasmtime-py's `define_func` re-reads the function type and boxes every value on each call (~25 µs);
+here each call is one ctypes callback with raw values and direct memory copies. The functions only
+move bytes between guest memory and Python: the guest cache and `GuestIO` (isolate.capabilities)
+decide everything else. Pointers outside guest memory trap the guest with an `abi` failure; the
+request's deadline or a shutdown passing during a wait fails it as `timeout` or `overloaded`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import wasmtime
+from wasmtime import FuncType, ValType
+
+from ..abi import HOST_NAMESPACE
+from ..cache._guest import MAX_KEY, MAX_TTL_MS, MAX_VALUE
+from . import _output, _raw
+
+log = logging.getLogger("isolate.engine")
+_I32 = ValType.i32()
+_U32 = 0xFFFFFFFF
+_MAX_LOG_MESSAGE = 16 * 1024
+
+# name -> number of i32 parameters and results of every host function in the `isolate` namespace
+SIGNATURES: dict[str, tuple[int, int]] = {
+    "log": (3, 0),  # (level, ptr, len)
+    "cache_get": (4, 1),  # (key, key_len, out, out_cap) -> length | error
+    "cache_put": (5, 1),  # (key, key_len, value, value_len, ttl_ms) -> 0 | error
+    "http_send": (2, 1),  # (req, req_len) -> response length | error
+    "http_take": (2, 1),  # (out, out_cap) -> response length | -1
+    "kv_open": (2, 1),  # (name, name_len) -> handle | error
+    "kv_get": (5, 1),  # (store, key, key_len, out, out_cap) -> length | error
+    "kv_set": (5, 1),  # (store, key, key_len, value, value_len) -> 0 | error
+    "kv_delete": (3, 1),  # (store, key, key_len) -> 0 | error
+    "kv_exists": (3, 1),  # (store, key, key_len) -> 1 | 0 | error
+    "kv_list": (7, 1),  # (store, prefix, prefix_len, cursor, cursor_len, out, out_cap) -> length | error
+}
+IO_FUNCTIONS = frozenset(name for name in SIGNATURES if name.startswith(("http_", "kv_")))
+"""Host functions that reach outside the isolate and may wait: modules importing one run on a thread."""
+
+# cache_get / cache_put results (ABI.md, "The guest cache")
+CACHE_MISS = -1
+CACHE_BAD_KEY = -2
+CACHE_VALUE_TOO_LARGE = -3
+CACHE_BAD_TTL = -4
+CACHE_REFUSED = -5
+NO_IO_HTTP = -2  # http_send without a GuestIO (a bare engine run): denied
+NO_IO_KV = -4  # kv_* without a GuestIO: no such store
+
+
+class _GuestFault(Exception):
+    """The guest passed a range outside its memory: an `abi` failure."""
+
+
+class _Interrupt(Exception):
+    """A wait cut short: `why` is "timeout" or "shutdown"."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+_local = threading.local()
+
+
+class Call:
+    """The calling instance's memory during one host call."""
+
+    __slots__ = ("base", "size", "name")
+
+    def __init__(self, caller: int, name: str) -> None:
+        scratch: _raw.CallerMemory | None = getattr(_local, "memory", None)
+        if scratch is None:
+            scratch = _local.memory = _raw.CallerMemory()
+        self.name = name
+        if not _raw.caller_export_get(caller, b"memory", 6, scratch.p_item):
+            raise _GuestFault(f"{HOST_NAMESPACE}.{name}: the module exports no memory")
+        ctx = _raw.caller_context(caller)
+        self.base = _raw.memory_data(ctx, scratch.p_memory) or 0
+        self.size = _raw.memory_data_size(ctx, scratch.p_memory)
+
+    def check(self, what: str, ptr: int, length: int) -> int:
+        ptr &= _U32
+        if ptr + (length & _U32) > self.size:
+            raise _GuestFault(f"{HOST_NAMESPACE}.{self.name}: {what} {ptr}+{length & _U32} is outside guest memory "
+                              f"({self.size} bytes)")
+        return ptr
+
+    def read(self, what: str, ptr: int, length: int) -> bytes:
+        length &= _U32
+        return ctypes.string_at(self.base + self.check(what, ptr, length), length) if length else b""
+
+    def write(self, what: str, ptr: int, data: bytes, cap: int) -> None:
+        """Copy `data` (at most `cap` bytes of it) to `ptr`, after checking `cap` bytes are there."""
+        ptr = self.check(what, ptr, cap)
+        n = min(len(data), cap & _U32)
+        if n:
+            ctypes.memmove(self.base + ptr, data, n)
+
+
+# -- the functions: each takes the caller and the raw i32 arguments, returns the i32 result ---------
+
+def _log(caller: int, level: int, ptr: int, length: int) -> None:
+    capture = getattr(_output.current, "capture", None)
+    if capture is None:
+        return
+    size = min(length & _U32, _MAX_LOG_MESSAGE)
+    if not capture.fits(size):
+        capture.drop(size)  # not even read: logging is over
+        return
+    call = Call(caller, "log")
+    call.check("message", ptr, length)
+    data = call.read("message", ptr, size)
+    capture.add("log", _output.LEVELS[level] if 0 <= level < len(_output.LEVELS) else "info", data)
+
+
+def _cache_get(caller: int, key_ptr: int, key_len: int, out_ptr: int, out_cap: int) -> int:
+    binding = getattr(_output.current, "cache", None)
+    if not 0 < (key_len & _U32) <= MAX_KEY:
+        return CACHE_BAD_KEY
+    call = Call(caller, "cache_get")
+    key = call.read("key", key_ptr, key_len)
+    value = binding[0].get(binding[1], key) if binding is not None else None
+    if value is None:
+        return CACHE_MISS
+    call.write("output buffer", out_ptr, value, out_cap)
+    return len(value)
+
+
+def _cache_put(caller: int, key_ptr: int, key_len: int, value_ptr: int, value_len: int, ttl_ms: int) -> int:
+    binding = getattr(_output.current, "cache", None)
+    # Sizes are judged before memory is read: an oversized value is refused without copying it.
+    if not 0 < (key_len & _U32) <= MAX_KEY:
+        return CACHE_BAD_KEY
+    if (value_len & _U32) > MAX_VALUE:
+        return CACHE_VALUE_TOO_LARGE
+    if not 0 < ttl_ms <= MAX_TTL_MS:
+        return CACHE_BAD_TTL
+    call = Call(caller, "cache_put")
+    key = call.read("key", key_ptr, key_len)
+    value = call.read("value", value_ptr, value_len)
+    if binding is None or not binding[0].put(binding[1], key, value, ttl_ms):
+        return CACHE_REFUSED
+    return 0
+
+
+def _io() -> Any:
+    return getattr(_output.current, "io", None)
+
+
+def _http_send(caller: int, ptr: int, length: int) -> int:
+    io = _io()
+    envelope = Call(caller, "http_send").read("request", ptr, length)
+    return NO_IO_HTTP if io is None else int(io.http_send(envelope))
+
+
+def _http_take(caller: int, out_ptr: int, out_cap: int) -> int:
+    io = _io()
+    if io is None:
+        return -1
+    call = Call(caller, "http_take")
+    call.check("output buffer", out_ptr, out_cap)
+    held = io.http_take(out_cap & _U32)
+    if isinstance(held, int):
+        return held
+    call.write("output buffer", out_ptr, held, out_cap)
+    return len(held)
+
+
+def _kv_open(caller: int, ptr: int, length: int) -> int:
+    io = _io()
+    call = Call(caller, "kv_open")
+    call.check("name", ptr, length)
+    name = call.read("name", ptr, min(length & _U32, 256))
+    return NO_IO_KV if io is None else int(io.kv_open(name))
+
+
+def _key(caller: int, what: str, ptr: int, length: int) -> tuple[Call, bytes]:
+    """The key at `ptr`; an oversized one is read only as far as needed to be refused (1025 bytes)."""
+    call = Call(caller, what)
+    call.check("key", ptr, length)
+    return call, call.read("key", ptr, min(length & _U32, 1025))
+
+
+def _kv_get(caller: int, store: int, key_ptr: int, key_len: int, out_ptr: int, out_cap: int) -> int:
+    io = _io()
+    call, key = _key(caller, "kv_get", key_ptr, key_len)
+    call.check("output buffer", out_ptr, out_cap)
+    if io is None:
+        return NO_IO_KV
+    value = io.kv_get(store, key, out_cap & _U32)
+    if isinstance(value, int):
+        return value
+    call.write("output buffer", out_ptr, value, out_cap)
+    return len(value)
+
+
+def _kv_set(caller: int, store: int, key_ptr: int, key_len: int, value_ptr: int, value_len: int) -> int:
+    io = _io()
+    call, key = _key(caller, "kv_set", key_ptr, key_len)
+    call.check("value", value_ptr, value_len)
+    if io is None:
+        return NO_IO_KV
+    return int(io.kv_set(store, key, value_len & _U32, lambda: call.read("value", value_ptr, value_len)))
+
+
+def _kv_delete(caller: int, store: int, key_ptr: int, key_len: int) -> int:
+    io = _io()
+    _, key = _key(caller, "kv_delete", key_ptr, key_len)
+    return NO_IO_KV if io is None else int(io.kv_delete(store, key))
+
+
+def _kv_exists(caller: int, store: int, key_ptr: int, key_len: int) -> int:
+    io = _io()
+    _, key = _key(caller, "kv_exists", key_ptr, key_len)
+    return NO_IO_KV if io is None else int(io.kv_exists(store, key))
+
+
+def _kv_list(caller: int, store: int, prefix_ptr: int, prefix_len: int, cursor_ptr: int, cursor_len: int,
+             out_ptr: int, out_cap: int) -> int:
+    io = _io()
+    call, prefix = _key(caller, "kv_list", prefix_ptr, prefix_len)
+    call.check("cursor", cursor_ptr, cursor_len)
+    cursor = call.read("cursor", cursor_ptr, min(cursor_len & _U32, 1025))
+    call.check("output buffer", out_ptr, out_cap)
+    if io is None:
+        return NO_IO_KV
+    page = io.kv_list(store, prefix, cursor, out_cap & _U32)
+    if isinstance(page, int):
+        return page
+    call.write("output buffer", out_ptr, page, out_cap)
+    return len(page)
+
+
+_IMPLEMENTATIONS: dict[str, Callable[..., int | None]] = {
+    "log": _log, "cache_get": _cache_get, "cache_put": _cache_put, "http_send": _http_send,
+    "http_take": _http_take, "kv_open": _kv_open, "kv_get": _kv_get, "kv_set": _kv_set,
+    "kv_delete": _kv_delete, "kv_exists": _kv_exists, "kv_list": _kv_list,
+}
+
+
+def _trap(message: str) -> int:
+    data = message.encode("utf-8", "replace")
+    return int(_raw.trap_new(data, len(data)) or 0)
+
+
+def _callback(name: str, impl: Callable[..., int | None], params: int, results: int) -> Any:
+    """The raw callback for one host function: unpack i32 arguments, store the i32 result, and turn
+    every exception into a trap (an exception must never cross back into wasmtime)."""
+
+    def callback(_env: int, caller: int, values: Any, _count: int) -> int:
+        try:
+            result = impl(caller, *[values[i].i32 for i in range(params)])
+            if results:
+                values[0].i32 = result
+            return 0
+        except _GuestFault as exc:
+            capture = getattr(_output.current, "capture", None)
+            if capture is not None:
+                capture.abi_error = str(exc)
+            return _trap(str(exc))
+        except TimeoutError:
+            return _interrupt("timeout", name)
+        except InterruptedError:
+            return _interrupt("shutdown", name)
+        except BaseException as exc:  # a host bug: fail this request, never the process
+            log.exception("host function %s.%s failed", HOST_NAMESPACE, name)
+            return _trap(f"{HOST_NAMESPACE}.{name} failed in the host: {type(exc).__name__}")
+
+    return _raw.HOST_CALLBACK(callback)
+
+
+def _interrupt(why: str, name: str) -> int:
+    capture = getattr(_output.current, "capture", None)
+    if capture is not None:
+        capture.interrupted = why
+    return _trap(f"{HOST_NAMESPACE}.{name} interrupted: {why}")
+
+
+# Made once and kept for the life of the process: every linker's functions point at these.
+_CALLBACKS = {name: _callback(name, _IMPLEMENTATIONS[name], *SIGNATURES[name]) for name in SIGNATURES}
+
+
+def define(linker: wasmtime.Linker) -> None:
+    """Define every `isolate` host function on `linker`."""
+    for name, (params, results) in SIGNATURES.items():
+        _raw.define_unchecked(linker, HOST_NAMESPACE, name, FuncType([_I32] * params, [_I32] * results),
+                              _CALLBACKS[name])
+
+
+def signature(name: str) -> tuple[list[ValType], list[ValType]]:
+    params, results = SIGNATURES[name]
+    return [_I32] * params, [_I32] * results
