@@ -77,10 +77,7 @@ class Admin:
         self.client = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {token}"}, timeout=120)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self.client.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            _fail(f"cannot reach the admin API at {self.url} ({exc}); is `isolate serve` running?")
+        response = self.raw(method, path, **kwargs)
         try:
             body = response.json()
         except ValueError:
@@ -88,6 +85,12 @@ class Admin:
         if response.is_error:
             _fail(f"{body.get('error', response.status_code)}: {body.get('detail', '')}")
         return body
+
+    def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self.client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            _fail(f"cannot reach the admin API at {self.url} ({exc}); is `isolate serve` running?")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -119,6 +122,8 @@ def main() -> None:
 @click.option("--admin-max-connections", type=click.IntRange(min=1), default=64,
               show_default=True, help="Open admin connections, counted apart from the edge's.")
 @click.option("--workers", type=int, default=None, help="Threads running guests off the event loop.")
+@click.option("--io-threads", type=int, default=None,
+              help="Threads for guests that wait on I/O (outbound HTTP, key-value) [default 256].")
 @click.option("--queue-limit", type=int, default=64, show_default=True, help="Guests waiting before 503.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="Host log level.")
@@ -135,7 +140,8 @@ def main() -> None:
               help="Start three local nodes (us, eu, ap) on consecutive ports, with a region table joining them.")
 def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_port: int, admin_token: str | None,
           manifest: str | None, max_body_size: str, max_url_length: str, max_header_size: str, head_timeout: str,
-          max_connections: int | None, admin_max_connections: int, workers: int | None, queue_limit: int,
+          max_connections: int | None, admin_max_connections: int, workers: int | None, io_threads: int | None,
+          queue_limit: int,
           log_level: str, no_access_log: bool, region: str, node_name: str, no_cache: bool, cache_size: str,
           module_cache_size: int | None, regions_file: str | None, simulate_regions: bool) -> None:
     """Run the edge and admin listeners until interrupted."""
@@ -154,7 +160,8 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
         server = ServerConfig(
             host=host, port=port, admin_host=admin_host, admin_port=admin_port, admin_token=admin_token,
             max_body_size=parse_size(max_body_size), queue_limit=queue_limit, access_log=not no_access_log,
-            workers=workers or ServerConfig().workers, region=region, node_name=node_name, cache=not no_cache,
+            workers=workers or ServerConfig().workers, io_threads=io_threads or ServerConfig().io_threads,
+            region=region, node_name=node_name, cache=not no_cache,
             cache_bytes=parse_size(cache_size), max_url_length=parse_size(max_url_length),
             max_header_size=parse_size(max_header_size), head_timeout=parse_duration(head_timeout),
             max_connections=max_connections, admin_max_connections=admin_max_connections,
@@ -209,11 +216,24 @@ def _region_table_file(path: Path) -> RegionTable:
 @click.option("--timeout", help="Time limit, e.g. 200ms.")
 @click.option("--response-size", help="Response size limit, e.g. 1MiB.")
 @click.option("--stack", help="Wasm stack limit, e.g. 1MiB.")
+@click.option("--limit", "other_limits", multiple=True, metavar="NAME=VALUE",
+              help="Any other limit, e.g. outbound_requests=4, outbound_timeout=2s, kv_operations=100.")
 @click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="A variable for the guest.")
+@click.option("--allow-host", "allowed_hosts", multiple=True, metavar="SCHEME://HOST[:PORT]",
+              help="An origin the guest may call, e.g. https://api.example.com, https://*.example.org, "
+                   "http://127.0.0.1:9000 (repeat; replaces the module's list).")
+@click.option("--kv-store", "kv_stores", multiple=True, metavar="NAME",
+              help="A key-value store the guest may open (repeat; replaces the module's list).")
+@click.option("--secret", "secrets", multiple=True, metavar="NAME=VALUE|NAME@env:VAR|NAME@file:PATH",
+              help="A secret the guest reads like a variable; never shown again (prefer @env: or @file:, "
+                   "which keep the value off the command line).")
 def deploy(data_dir: str | None, admin_url: str, admin_token: str | None, name: str, file: str,
            routes: tuple[str, ...], memory: str | None, timeout: str | None, response_size: str | None,
-           stack: str | None, variables: tuple[str, ...]) -> None:
+           stack: str | None, other_limits: tuple[str, ...], variables: tuple[str, ...],
+           allowed_hosts: tuple[str, ...], kv_stores: tuple[str, ...], secrets: tuple[str, ...]) -> None:
     """Upload FILE (.wasm, .wat text, or a guest source directory, built first) as a new version of NAME."""
+    from .capabilities import parse_allowed_host
+    from .config import parse_limits
     from .manifest import read_module
 
     params: list[tuple[str, str]] = []
@@ -223,6 +243,16 @@ def deploy(data_dir: str | None, admin_url: str, admin_token: str | None, name: 
                                   ("response_size", response_size, parse_size), ("stack", stack, parse_size)):
             if value is not None:
                 params.append((key, str(parse(value))))
+        for pair in other_limits:
+            limit, eq, value = pair.partition("=")
+            if not eq:
+                _fail(f"--limit {pair!r}: expected NAME=VALUE")
+            params.extend((k, str(v)) for k, v in parse_limits({limit.strip(): value.strip()}).items())
+        for entry in allowed_hosts:
+            parse_allowed_host(entry)  # a bad entry fails here, before anything is uploaded
+            params.append(("allow_host", entry))
+        params.extend(("kv_store", store) for store in kv_stores)
+        secret_values = dict(_secret(spec) for spec in secrets)
         wasm = read_module(Path(file))
     except IsolateError as exc:
         _fail(f"{exc.kind}: {exc.detail}")
@@ -240,6 +270,10 @@ def deploy(data_dir: str | None, admin_url: str, admin_token: str | None, name: 
             RouteTable.build([*current, *new_routes])
         except IsolateError as exc:
             _fail(f"{exc.kind}: {exc.detail} (nothing was deployed)")
+    if secret_values:
+        # First, so the new version's first request already has them (names only are echoed).
+        admin.call("PUT", _module_path(name, "/secrets"), json=secret_values)
+        click.echo(f"secrets set: {', '.join(sorted(secret_values))}")
     info = admin.call("PUT", module_path, content=wasm, params=params)
     click.echo(f"deployed {info['name']} v{info['version']} sha256:{info['digest'][:12]} {info['size']} bytes "
                f"(compiled in {info['compile_ms']:.1f} ms)")
@@ -248,6 +282,28 @@ def deploy(data_dir: str | None, admin_url: str, admin_token: str | None, name: 
         click.echo(f"routed {', '.join(routes)} → {name}")
         for warning in body.get("warnings", []):
             click.echo(f"warning: {warning}", err=True)
+
+
+def _secret(spec: str) -> tuple[str, str]:
+    """`NAME=VALUE`, `NAME@env:VAR` or `NAME@file:PATH` as (name, value); the value is never echoed."""
+    import os
+
+    equals, at = spec.find("="), spec.find("@")
+    if equals > 0 and (at < 0 or equals < at):
+        return spec[:equals], spec[equals + 1:]
+    name, _, source = spec.partition("@")
+    kind, _, where = source.partition(":")
+    if not name or kind not in ("env", "file") or not where:
+        raise InvalidConfig(f"--secret {name or spec.split('=')[0]!r}: expected NAME=VALUE, NAME@env:VAR or "
+                            "NAME@file:PATH")
+    if kind == "env":
+        if where not in os.environ:
+            raise InvalidConfig(f"--secret {name}: the environment variable {where} is not set")
+        return name, os.environ[where]
+    try:
+        return name, Path(where).read_text().rstrip("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidConfig(f"--secret {name}: cannot read {where}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _route_spec(spec: str, module: str) -> dict[str, Any]:
@@ -273,8 +329,11 @@ def modules(data_dir: str | None, admin_url: str, admin_token: str | None) -> No
         click.echo("no modules (deploy one with `isolate deploy NAME FILE`)")
     for info in listed:
         active = next(v for v in info["versions"] if v["version"] == info["active_version"])
+        grants = "".join(f"\t{label}: {', '.join(info.get(key) or [])}" for key, label in
+                         (("allowed_hosts", "hosts"), ("key_value_stores", "kv"), ("secrets", "secrets"))
+                         if info.get(key))
         click.echo(f"{info['name']}\tv{info['active_version']}/{len(info['versions'])}\t{active['size']} bytes\t"
-                   f"sha256:{active['digest'][:12]}")
+                   f"sha256:{active['digest'][:12]}{grants}")
 
 
 @main.command()
@@ -405,6 +464,91 @@ def delete(data_dir: str | None, admin_url: str, admin_token: str | None, name: 
     """Delete module NAME and all its versions."""
     Admin(admin_url, admin_token, data_dir).call("DELETE", _module_path(name))
     click.echo(f"deleted {name}")
+
+
+@main.group()
+def kv() -> None:
+    """Read and write the key-value stores guests use (keys are percent-encoded in listings)."""
+
+
+def _kv_path(store: str, key: str | None = None) -> str:
+    path = f"/v1/kv/{quote(store, safe='')}"
+    return path if key is None else f"{path}/{quote(key, safe='')}"
+
+
+@kv.command("get")
+@data_dir_option
+@admin_url_option
+@admin_token_option
+@click.argument("store")
+@click.argument("key")
+def kv_get(data_dir: str | None, admin_url: str, admin_token: str | None, store: str, key: str) -> None:
+    """Print the value of KEY in STORE (bytes as they are)."""
+    response = Admin(admin_url, admin_token, data_dir).raw("GET", _kv_path(store, key))
+    if response.is_error:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.status_code, "detail": response.text[:200]}
+        _fail(f"{body.get('error')}: {body.get('detail', '')}")
+    sys.stdout.buffer.write(response.content)
+    sys.stdout.buffer.flush()
+
+
+@kv.command("set")
+@data_dir_option
+@admin_url_option
+@admin_token_option
+@click.argument("store")
+@click.argument("key")
+@click.argument("value", required=False)
+@click.option("--file", "value_file", type=click.File("rb"), help="Read the value from a file (- for stdin).")
+def kv_set(data_dir: str | None, admin_url: str, admin_token: str | None, store: str, key: str,
+           value: str | None, value_file: Any) -> None:
+    """Set KEY in STORE to VALUE (or the contents of --file); durable once this returns."""
+    if (value is None) == (value_file is None):
+        _fail("give the value as an argument or with --file (not both)")
+    data = value.encode() if value is not None else value_file.read()
+    body = Admin(admin_url, admin_token, data_dir).call("PUT", _kv_path(store, key), content=data)
+    click.echo(f"set {store}/{body['key']} ({body['bytes']} bytes)")
+
+
+@kv.command("delete")
+@data_dir_option
+@admin_url_option
+@admin_token_option
+@click.argument("store")
+@click.argument("key")
+def kv_delete(data_dir: str | None, admin_url: str, admin_token: str | None, store: str, key: str) -> None:
+    """Delete KEY from STORE."""
+    body = Admin(admin_url, admin_token, data_dir).call("DELETE", _kv_path(store, key))
+    click.echo(f"deleted {store}/{body['key']}" if body["deleted"] else f"{store}/{body['key']} was not there")
+
+
+@kv.command("list")
+@data_dir_option
+@admin_url_option
+@admin_token_option
+@click.argument("store", required=False)
+@click.option("--prefix", default="", help="Only keys starting with this.")
+def kv_list(data_dir: str | None, admin_url: str, admin_token: str | None, store: str | None, prefix: str) -> None:
+    """List the keys of STORE (all pages), or the stores and their sizes."""
+    admin = Admin(admin_url, admin_token, data_dir)
+    if store is None:
+        stores = admin.call("GET", "/v1/kv")["stores"]
+        if not stores:
+            click.echo("no key-value data yet")
+        for entry in stores:
+            click.echo(f"{entry['name']}\t{entry['keys']} keys\t{entry['bytes']} bytes")
+        return
+    cursor: str | None = ""
+    while cursor is not None:
+        # A listed key is percent-encoded for a URL path; `safe="%"` keeps its escapes and encodes & = +.
+        page = admin.call("GET", f"{_kv_path(store)}?prefix={quote(prefix, safe='')}&cursor={quote(cursor, safe='%')}"
+                                 "&limit=1000")
+        for key in page["keys"]:
+            click.echo(_clean(key))
+        cursor = page["cursor"]
 
 
 @main.command()

@@ -28,18 +28,30 @@ Optionally, the region table (see `isolate.routing.RegionTable`):
     regions = ["eu"]                           # placement: may run only in these regions (ignored
                                                # while the server has no region table)
 
+What a module may reach (ABI.md: outbound HTTP, key-value stores, secrets):
+
+    [modules.proxy]
+    path = "proxy/"
+    allowed_hosts = ["https://api.example.com", "http://127.0.0.1:9000", "https://*.example.org"]
+    key_value_stores = ["default"]
+    secrets = { api_key = { env = "API_KEY" }, db_password = { file = "secrets/db" } }
+
 Errors name the file, the line and the reason. Applying a manifest deploys only modules whose bytes
 or settings changed, so restarting with the same manifest creates no new versions.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .capabilities import check_secret, check_store_name, parse_allowed_hosts
 from .config import parse_limits
 from .engine import wat_to_wasm
 from .errors import InvalidConfig, IsolateError, ManifestError
@@ -54,6 +66,9 @@ class ModuleSpec:
     path: Path
     limits: dict[str, Any] = field(default_factory=dict)
     variables: dict[str, str] = field(default_factory=dict)
+    allowed_hosts: tuple[str, ...] = ()
+    kv_stores: tuple[str, ...] = ()
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)  # resolved values: never printed
     line: int = 1
     """Where the module's table starts in the manifest, for errors found when it is deployed."""
 
@@ -69,8 +84,10 @@ class Manifest:
     """Modules' `regions`, also when the manifest has no table (`serve --simulate-regions` uses them)."""
 
 
-def load(path: Path) -> Manifest:
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Manifest:
+    """Read and check a manifest; secrets' `env` sources are read from `environ` (default os.environ)."""
     path = Path(path)
+    environ = os.environ if environ is None else environ
     try:
         text = path.read_text()
     except OSError as exc:
@@ -106,10 +123,25 @@ def load(path: Path) -> Manifest:
             fail(exc.detail, module=name)
         if not isinstance(spec, dict):
             fail("must be a table with a path", module=name)
-        extra = set(spec) - {"path", "limits", "variables", "regions"}
+        known = ("path", "limits", "variables", "regions", "allowed_hosts", "key_value_stores", "secrets")
+        extra = set(spec) - set(known)
         if extra:
-            fail(f"unknown key(s) {', '.join(sorted(extra))}; use path, limits, variables, regions", module=name,
+            fail(f"unknown key(s) {', '.join(sorted(extra))}; use {', '.join(known)}", module=name,
                  key=sorted(extra)[0])
+        try:
+            hosts = tuple(entry.text for entry in parse_allowed_hosts(spec.get("allowed_hosts", [])))
+        except IsolateError as exc:
+            fail(exc.detail, module=name, key="allowed_hosts")
+        stores = spec.get("key_value_stores", [])
+        if not isinstance(stores, list):
+            fail("must be a list of store names", module=name, key="key_value_stores")
+        for store in stores:
+            try:
+                check_store_name(store)
+            except IsolateError as exc:
+                fail(exc.detail, module=name, key="key_value_stores")
+        secrets = _secrets(path, spec.get("secrets", {}), environ,
+                           functools.partial(fail, module=name, key="secrets"))
         if "regions" in spec:
             if not isinstance(spec["regions"], list) or not spec["regions"]:
                 fail("must be a non-empty list of region ids", module=name, key="regions")
@@ -135,7 +167,8 @@ def load(path: Path) -> Manifest:
             fail("must be a table of strings", module=name, key="variables")
         if not (path.parent / spec["path"]).exists():
             fail(f"no such file or directory: {(path.parent / spec['path']).resolve()}", module=name, key="path")
-        modules.append(ModuleSpec(name, (path.parent / spec["path"]).resolve(), parsed, dict(variables),
+        modules.append(ModuleSpec(name, (path.parent / spec["path"]).resolve(), parsed, dict(variables), hosts,
+                                  tuple(dict.fromkeys(stores)), secrets,
                                   _locate(text, module=name, route=None, key="path")))
 
     routes = data.get("routes", [])
@@ -200,6 +233,33 @@ def with_placement(table: RegionTable, placement: dict[str, list[str]]) -> Regio
     return RegionTable.build(raw)
 
 
+def _secrets(path: Path, raw: Any, environ: Mapping[str, str], fail: Callable[[str], None]) -> dict[str, str]:
+    """`secrets = { NAME = { env = "VAR" } | { file = "PATH" } }`, read now; messages never hold a value."""
+    if not isinstance(raw, dict):
+        fail('must be a table: secrets = { NAME = { env = "VAR" } } or { file = "PATH" }')
+    values: dict[str, str] = {}
+    for name, source in raw.items():
+        if not isinstance(source, dict) or len(source) != 1 or next(iter(source)) not in ("env", "file") \
+                or not isinstance(next(iter(source.values())), str):
+            fail(f'{name}: give exactly one source, {{ env = "VAR" }} or {{ file = "PATH" }} (a value written in '
+                 "the manifest would be kept in plain text beside the code)")
+        kind, where = next(iter(source.items()))
+        if kind == "env":
+            if where not in environ:
+                fail(f"{name}: the environment variable {where} is not set")
+            values[name] = environ[where]
+        else:
+            try:
+                values[name] = (path.parent / where).read_text().rstrip("\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                fail(f"{name}: cannot read {path.parent / where}: {getattr(exc, 'strerror', None) or exc}")
+        try:
+            check_secret(name, values[name])
+        except IsolateError as exc:
+            fail(exc.detail)
+    return values
+
+
 def read_module(path: Path) -> bytes:
     """A module's bytes: a `.wasm` file as is, `.wat` text compiled, a source directory built."""
     if Path(path).is_dir():
@@ -226,14 +286,24 @@ def apply(manifest: Manifest, host: Host) -> list[str]:
             current = host.module(spec.name)
         except IsolateError:
             current = None
-        if (current is None or current.active.digest != sha256(wasm)
-                or dict(current.limit_overrides) != spec.limits or dict(current.variables) != spec.variables):
-            try:
-                host.deploy(spec.name, wasm, limits=spec.limits, variables=spec.variables)
-            except IsolateError as exc:
-                raise ManifestError(f"{manifest.path}:{spec.line}: modules.{spec.name} ({spec.path}): {exc.kind}: "
-                                    f"{exc.detail}", module=spec.name, line=spec.line) from None
-            deployed.append(spec.name)
+        try:
+            stored = dict(host.secrets.values(spec.name)) if current is not None else {}
+        except IsolateError:
+            stored = {}  # damaged: written again below
+        secrets = {k: v for k, v in spec.secrets.items() if stored.get(k) != v} or None
+        try:
+            if (current is None or current.active.digest != sha256(wasm)
+                    or dict(current.limit_overrides) != spec.limits or dict(current.variables) != spec.variables
+                    or current.allowed_hosts != spec.allowed_hosts or current.kv_stores != spec.kv_stores):
+                host.deploy(spec.name, wasm, limits=spec.limits, variables=spec.variables,
+                            allowed_hosts=spec.allowed_hosts, kv_stores=spec.kv_stores, secrets=secrets)
+                deployed.append(spec.name)
+            elif secrets:
+                host.set_secrets(spec.name, secrets)
+                deployed.append(spec.name)
+        except IsolateError as exc:
+            raise ManifestError(f"{manifest.path}:{spec.line}: modules.{spec.name} ({spec.path}): {exc.kind}: "
+                                f"{exc.detail}", module=spec.name, line=spec.line) from None
     return deployed
 
 

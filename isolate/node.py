@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .cache import ResponseCache
-from .errors import InvalidConfig, IsolateError
+from .capabilities import Page, check_key, check_store_name
+from .capabilities._kv import MAX_VALUE, PAGE_KEYS
+from .errors import InvalidConfig, InvalidRequest, IsolateError, NotFound, PayloadTooLarge
 from .host import Host, ModuleInfo, VersionInfo
 from .routing import RegionTable, Route, RouteTable
 from .state import ServerState
@@ -57,18 +59,62 @@ class Node:
     # -- modules ------------------------------------------------------------------------------
 
     def deploy(self, name: str, wasm: bytes | str, *, limits: Mapping[str, Any] | None = None,
-               variables: Mapping[str, str] | None = None) -> VersionInfo:
+               variables: Mapping[str, str] | None = None, allowed_hosts: Sequence[str] | None = None,
+               kv_stores: Sequence[str] | None = None,
+               secrets: Mapping[str, str | None] | None = None) -> VersionInfo:
         with self._lock:
-            info = self.host.deploy(name, wasm, limits=limits, variables=variables)
+            info = self.host.deploy(name, wasm, limits=limits, variables=variables, allowed_hosts=allowed_hosts,
+                                    kv_stores=kv_stores, secrets=secrets)
             self.purge(module=name)  # cached answers came from the old version
             return info
 
     def configure(self, name: str, *, limits: Mapping[str, Any] | None = None,
-                  variables: Mapping[str, str] | None = None) -> ModuleInfo:
+                  variables: Mapping[str, str] | None = None, allowed_hosts: Sequence[str] | None = None,
+                  kv_stores: Sequence[str] | None = None,
+                  secrets: Mapping[str, str | None] | None = None) -> ModuleInfo:
         with self._lock:
-            info = self.host.configure(name, limits=limits, variables=variables)
-            self.purge(module=name)  # new variables can change every answer
+            info = self.host.configure(name, limits=limits, variables=variables, allowed_hosts=allowed_hosts,
+                                       kv_stores=kv_stores, secrets=secrets)
+            self.purge(module=name)  # new variables, grants or secrets can change every answer
             return info
+
+    def set_secrets(self, name: str, secrets: Mapping[str, str | None]) -> list[str]:
+        """Set (or, with None, remove) secrets of `name`, deployed or not yet: `isolate deploy --secret`
+        sets them first, so the new version's first request sees them. Returns the secret names."""
+        with self._lock:
+            names = self.host.set_secrets(name, secrets)
+            self.purge(module=name)
+            return names
+
+    # -- key-value stores (the operators' view of what guests store) ---------------------------
+
+    def kv_get(self, store: str, key: bytes) -> bytes:
+        check_store_name(store)
+        check_key(key)
+        value = self.host.kv.get(store, key)
+        if value is None:
+            raise NotFound(f"store {store!r} has no key {_show_key(key)}", store=store)
+        return value
+
+    def kv_set(self, store: str, key: bytes, value: bytes) -> None:
+        check_store_name(store)
+        check_key(key)
+        if len(value) > MAX_VALUE:
+            raise PayloadTooLarge(f"values are at most {MAX_VALUE} bytes, got {len(value)}", limit=MAX_VALUE)
+        self.host.kv.set(store, key, value)
+
+    def kv_delete(self, store: str, key: bytes) -> bool:
+        check_store_name(store)
+        check_key(key)
+        return self.host.kv.delete(store, key)
+
+    def kv_list(self, store: str, prefix: bytes = b"", cursor: bytes = b"", limit: int = PAGE_KEYS) -> Page:
+        check_store_name(store)
+        check_key(prefix, prefix=True)
+        check_key(cursor, prefix=True)
+        if not 1 <= limit <= 1000:
+            raise InvalidRequest("limit must be within 1-1000")
+        return self.host.kv.list(store, prefix, cursor, limit)
 
     def rollback(self, name: str, version: int | None = None) -> ModuleInfo:
         with self._lock:
@@ -184,6 +230,10 @@ class Node:
                 continue
             kept.append(route)
         return RouteTable.build(kept), dropped
+
+
+def _show_key(key: bytes) -> str:
+    return repr(key.decode()) if key.isascii() and key.decode().isprintable() else f"0x{key[:64].hex()}"
 
 
 def _identity(route: Route) -> tuple[Any, ...]:

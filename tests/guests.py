@@ -163,3 +163,50 @@ def cache_call(call: str) -> str:
     body = response_bytes(body=b"\x00" * 4)
     at = RESPONSE_AT + len(body) - 4
     return module(f"(i32.store (i32.const {at}) {call}) {returns(body)}", response=body, imports=CACHE_IMPORTS)
+
+
+IO_IMPORTS = """
+    (import "isolate" "http_send" (func $http_send (param i32 i32) (result i32)))
+    (import "isolate" "http_take" (func $http_take (param i32 i32) (result i32)))
+    (import "isolate" "kv_open" (func $kv_open (param i32 i32) (result i32)))
+    (import "isolate" "kv_get" (func $kv_get (param i32 i32 i32 i32 i32) (result i32)))
+    (import "isolate" "kv_set" (func $kv_set (param i32 i32 i32 i32 i32) (result i32)))"""
+ENVELOPE_AT = 16384
+ANSWER_AT = 65536
+
+
+def fetcher(envelope: bytes, *, calls: int = 1) -> str:
+    """A guest sending `envelope` with http_send `calls` times. It answers 200 with the last answer
+    envelope as its body, or 502 with the error code (4 bytes, little-endian)."""
+    failed = response_bytes(status=502, body=b"\x00" * 4)
+    code_at = RESPONSE_AT + len(failed) - 4
+    return module(
+        f"""
+        (local $n i32) (local $i i32)
+        (loop $again
+          (local.set $n (call $http_send (i32.const {ENVELOPE_AT}) (i32.const {len(envelope)})))
+          (if (i32.lt_s (local.get $n) (i32.const 0))
+            (then (i32.store (i32.const {code_at}) (local.get $n)) (return {returns(failed)})))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $again (i32.lt_u (local.get $i) (i32.const {calls}))))
+        (drop (call $http_take (i32.const {ANSWER_AT + 29}) (local.get $n)))
+        (memory.copy (i32.const {ANSWER_AT}) (i32.const {PREFIX_AT}) (i32.const 25))
+        (i32.store8 (i32.const {ANSWER_AT + 25}) (i32.shr_u (local.get $n) (i32.const 24)))
+        (i32.store8 (i32.const {ANSWER_AT + 26}) (i32.shr_u (local.get $n) (i32.const 16)))
+        (i32.store8 (i32.const {ANSWER_AT + 27}) (i32.shr_u (local.get $n) (i32.const 8)))
+        (i32.store8 (i32.const {ANSWER_AT + 28}) (local.get $n))
+        (i64.or (i64.shl (i64.const {ANSWER_AT}) (i64.const 32))
+                (i64.extend_i32_u (i32.add (local.get $n) (i32.const 29))))""",
+        response=failed,
+        imports=IO_IMPORTS,
+        memory="256",
+        extra=f'(data (i32.const {ENVELOPE_AT}) "{data_string(envelope)}")',
+    )
+
+
+def io_call(call: str, data: bytes = b"") -> str:
+    """A guest answering the i32 result of one I/O host call (4 bytes, little-endian); `data` sits at 200."""
+    body = response_bytes(body=b"\x00" * 4)
+    at = RESPONSE_AT + len(body) - 4
+    return module(f"(i32.store (i32.const {at}) {call}) {returns(body)}", response=body, imports=IO_IMPORTS,
+                  extra=f'(data (i32.const 200) "{data_string(data)}")' if data else "")

@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import asdict
 from typing import Any
+from urllib.parse import quote, unquote_to_bytes
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -14,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Match, Route
 
-from ..config import parse_limits
-from ..errors import InvalidRequest, IsolateError, MethodNotAllowed, ModuleTooLarge, NotFound
+from ..capabilities._kv import MAX_VALUE
+from ..config import LIMIT_PARSERS, parse_limits
+from ..errors import InvalidRequest, IsolateError, MethodNotAllowed, ModuleTooLarge, NotFound, PayloadTooLarge
 from ..host import ModuleInfo, VersionInfo
 from ..node import Node
 from ..registry import loads_json, validate_name
@@ -25,7 +27,9 @@ from ._errors import as_isolate_error, new_request_id, render, request_id_of, se
 from ._health import NodeHealth
 from ._metrics import Metrics
 
-LIMIT_QUERY = ("memory", "timeout", "response_size", "stack")
+LIMIT_QUERY = tuple(LIMIT_PARSERS)
+GRANT_QUERY = {"allow_host": "allowed_hosts", "kv_store": "key_value_stores"}
+_KEY_SAFE = "!$&'()*+,-.:;=@_~/"  # printable ASCII that stays as it is in a listed key (and in a URL path)
 
 
 def version_json(v: VersionInfo) -> dict[str, Any]:
@@ -41,7 +45,34 @@ def module_json(info: ModuleInfo) -> dict[str, Any]:
         "limits": info.limits.as_dict(),
         "limit_overrides": dict(info.limit_overrides),
         "variables": dict(info.variables),
+        "allowed_hosts": list(info.allowed_hosts),
+        "key_value_stores": list(info.kv_stores),
+        "secrets": list(info.secrets),  # names only: a secret's value is never shown again
     }
+
+
+def show_key(key: bytes) -> str:
+    """A key as listed: percent-encoded UTF-8, so it can be pasted into /v1/kv/STORE/KEY as it is."""
+    return quote(key, safe=_KEY_SAFE)
+
+
+def _raw_query(request: Request, name: bytes) -> bytes:
+    """A query parameter as bytes, percent-decoded once from the raw query string (keys are bytes)."""
+    for pair in (request.scope.get("query_string") or b"").split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if unquote_to_bytes(key.replace(b"+", b" ")) == name:
+            return unquote_to_bytes(value.replace(b"+", b" "))
+    return b""
+
+
+def _key_of(request: Request) -> bytes:
+    """The key of /v1/kv/{store}/{key}, as bytes: percent-decoded from the raw path, not as text."""
+    raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    raw = raw.split(b"?", 1)[0]
+    prefix = f"/v1/kv/{request.path_params['store']}/".encode()
+    if not raw.startswith(prefix):
+        raise InvalidRequest("the key must follow /v1/kv/STORE/ (percent-encoded)")
+    return unquote_to_bytes(raw[len(prefix):])
 
 
 _ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -84,10 +115,11 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
     async def put_module(request: Request) -> Response:
         name = validate_name(request.path_params["name"])
         query = request.query_params
-        unknown = sorted(set(query) - {*LIMIT_QUERY, "var"})
+        unknown = sorted(set(query) - {*LIMIT_QUERY, "var", *GRANT_QUERY})
         if unknown:
             raise InvalidRequest(f"unknown query parameter(s) {', '.join(map(repr, unknown))}; use "
-                                 f"{', '.join(LIMIT_QUERY)} and var=KEY=VALUE")
+                                 f"{', '.join(LIMIT_QUERY)}, var=KEY=VALUE, allow_host=URL and kv_store=NAME "
+                                 "(secrets: PUT /v1/modules/NAME/secrets)")
         repeated = sorted(k for k in LIMIT_QUERY if len(query.getlist(k)) > 1)
         if repeated:
             raise InvalidRequest(f"query parameter(s) given more than once: {', '.join(repeated)}")
@@ -96,6 +128,8 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
         if any("=" not in pair for pair in pairs):
             raise InvalidRequest("each var query parameter must be KEY=VALUE")
         variables = dict(pair.split("=", 1) for pair in pairs) or None
+        # Given (even once, empty) replaces the module's grants; absent keeps them.
+        grants = {GRANT_QUERY[k]: [v for v in query.getlist(k) if v] for k in GRANT_QUERY if k in query}
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_module:
             raise ModuleTooLarge(f"module of {declared} bytes exceeds the {max_module}-byte limit", limit=max_module)
@@ -107,7 +141,9 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
             chunks.append(chunk)
         wasm = b"".join(chunks)
         # Compiling takes milliseconds of CPU: keep it off the event loop.
-        info = await run_in_threadpool(node.deploy, name, wasm, limits=limits, variables=variables)
+        info = await run_in_threadpool(lambda: node.deploy(
+            name, wasm, limits=limits, variables=variables, allowed_hosts=grants.get("allowed_hosts"),
+            kv_stores=grants.get("key_value_stores")))
         return JSONResponse(version_json(info), status_code=201)
 
     async def list_modules(request: Request) -> Response:
@@ -118,9 +154,16 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
 
     async def patch_module(request: Request) -> Response:
         body = await _json_body(request)
-        unknown = set(body) - {"limits", "variables"}
+        fields = {"limits", "variables", "allowed_hosts", "key_value_stores", "secrets"}
+        unknown = set(body) - fields
         if unknown:
-            raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}; use limits and variables")
+            raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}; use {', '.join(sorted(fields))}")
+        for key in ("allowed_hosts", "key_value_stores"):
+            if body.get(key) is not None and not isinstance(body[key], list):
+                raise InvalidRequest(f"{key} must be a list of strings")
+        secrets = body.get("secrets")
+        if secrets is not None and not isinstance(secrets, dict):
+            raise InvalidRequest("secrets must be an object of names to values (null removes one)")
         limits = body.get("limits")
         if limits is not None and not isinstance(limits, dict):
             raise InvalidRequest("limits must be an object")
@@ -130,9 +173,50 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
         # A null limit goes back to the host default; the others named are parsed from text or numbers.
         parsed = ({**parse_limits({k: v for k, v in limits.items() if v is not None}),
                    **{k: None for k, v in limits.items() if v is None}} if limits is not None else None)
-        info = await run_in_threadpool(node.configure, request.path_params["name"], limits=parsed,
-                                       variables=variables)
+        info = await run_in_threadpool(lambda: node.configure(
+            request.path_params["name"], limits=parsed, variables=variables, allowed_hosts=body.get("allowed_hosts"),
+            kv_stores=body.get("key_value_stores"), secrets=secrets))
         return JSONResponse(module_json(info))
+
+    async def put_secrets(request: Request) -> Response:
+        name = validate_name(request.path_params["name"])
+        body = await _json_body(request)
+        names = await run_in_threadpool(node.set_secrets, name, body)
+        return JSONResponse({"module": name, "secrets": names})
+
+    async def list_stores(request: Request) -> Response:
+        stores = await run_in_threadpool(host.kv.stores)
+        return JSONResponse({"stores": [{"name": n, "keys": k, "bytes": b} for n, (k, b) in stores.items()]})
+
+    async def list_keys(request: Request) -> Response:
+        query = request.query_params
+        limit = query.get("limit", "100")
+        if not limit.isdigit():
+            raise InvalidRequest("limit must be a whole number within 1-1000")
+        page = await run_in_threadpool(node.kv_list, request.path_params["store"],
+                                       _raw_query(request, b"prefix"), _raw_query(request, b"cursor"), int(limit))
+        return JSONResponse({"store": request.path_params["store"], "keys": [show_key(k) for k in page.keys],
+                             "cursor": None if page.cursor is None else show_key(page.cursor)})
+
+    async def get_key(request: Request) -> Response:
+        value = await run_in_threadpool(node.kv_get, request.path_params["store"], _key_of(request))
+        return Response(value, media_type="application/octet-stream")
+
+    async def put_key(request: Request) -> Response:
+        key = _key_of(request)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_VALUE:
+                raise PayloadTooLarge(f"values are at most {MAX_VALUE} bytes", limit=MAX_VALUE)
+            chunks.append(chunk)
+        await run_in_threadpool(node.kv_set, request.path_params["store"], key, b"".join(chunks))
+        return JSONResponse({"store": request.path_params["store"], "key": show_key(key), "bytes": size})
+
+    async def delete_key(request: Request) -> Response:
+        key = _key_of(request)
+        existed = await run_in_threadpool(node.kv_delete, request.path_params["store"], key)
+        return JSONResponse({"store": request.path_params["store"], "key": show_key(key), "deleted": existed})
 
     async def rollback(request: Request) -> Response:
         body = await _json_body(request)
@@ -256,6 +340,12 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
         Route("/v1/modules/{name}", patch_module, methods=["PATCH"]),
         Route("/v1/modules/{name}", delete_module, methods=["DELETE"]),
         Route("/v1/modules/{name}/rollback", rollback, methods=["POST"]),
+        Route("/v1/modules/{name}/secrets", put_secrets, methods=["PUT"]),
+        Route("/v1/kv", list_stores, methods=["GET"]),
+        Route("/v1/kv/{store}", list_keys, methods=["GET"]),
+        Route("/v1/kv/{store}/{key:path}", get_key, methods=["GET"]),
+        Route("/v1/kv/{store}/{key:path}", put_key, methods=["PUT"]),
+        Route("/v1/kv/{store}/{key:path}", delete_key, methods=["DELETE"]),
         Route("/v1/routes", get_routes, methods=["GET"]),
         Route("/v1/routes", put_routes, methods=["PUT"]),
         Route("/v1/routes", add_routes, methods=["POST"]),
