@@ -12,6 +12,18 @@ IMPORT("isolate", "cache_get") int32_t __isolate_host_cache_get(const void *key,
                                                               size_t out_cap);
 IMPORT("isolate", "cache_put") int32_t __isolate_host_cache_put(const void *key, size_t key_len, const void *value,
                                                               size_t value_len, uint32_t ttl_ms);
+IMPORT("isolate", "http_send") int32_t __isolate_host_http_send(const void *req, size_t req_len);
+IMPORT("isolate", "http_take") int32_t __isolate_host_http_take(void *out, size_t out_cap);
+IMPORT("isolate", "kv_open") int32_t __isolate_host_kv_open(const char *name, size_t name_len);
+IMPORT("isolate", "kv_get") int32_t __isolate_host_kv_get(int32_t store, const void *key, size_t key_len, void *out,
+                                                        size_t out_cap);
+IMPORT("isolate", "kv_set") int32_t __isolate_host_kv_set(int32_t store, const void *key, size_t key_len,
+                                                        const void *value, size_t value_len);
+IMPORT("isolate", "kv_delete") int32_t __isolate_host_kv_delete(int32_t store, const void *key, size_t key_len);
+IMPORT("isolate", "kv_exists") int32_t __isolate_host_kv_exists(int32_t store, const void *key, size_t key_len);
+IMPORT("isolate", "kv_list") int32_t __isolate_host_kv_list(int32_t store, const void *prefix, size_t prefix_len,
+                                                          const void *cursor, size_t cursor_len, void *out,
+                                                          size_t out_cap);
 
 EXPORT("isolate_abi_v1") void isolate_abi_v1(void) {}
 
@@ -138,6 +150,27 @@ static uint32_t read_container(reader *r, int map) {
     r->ok = 0;
     return 0;
 }
+
+/* an integer (any msgpack int form); 0 and !ok for anything else */
+static int64_t read_int(reader *r) {
+    if (!need(r, 1)) return 0;
+    uint8_t t = *r->p++;
+    if (t <= 0x7f) return t;
+    if (t >= 0xe0) return (int8_t)t;
+    switch (t) {
+    case 0xcc: return read_len(r, 1);
+    case 0xcd: return read_len(r, 2);
+    case 0xce: return read_len(r, 4);
+    case 0xcf: { int64_t hi = read_len(r, 4); return (int64_t)((uint64_t)hi << 32 | read_len(r, 4)); }
+    case 0xd0: return (int8_t)read_len(r, 1);
+    case 0xd1: return (int16_t)read_len(r, 2);
+    case 0xd2: return (int32_t)read_len(r, 4);
+    case 0xd3: { int64_t hi = read_len(r, 4); return (int64_t)((uint64_t)hi << 32 | read_len(r, 4)); }
+    default: r->ok = 0; return 0;
+    }
+}
+
+static int peek_nil(reader *r) { return r->ok && r->p < r->end && *r->p == 0xc0; }
 
 static void skip(reader *r, int depth) {
     if (!need(r, 1) || depth > 64) { r->ok = 0; return; }
@@ -380,4 +413,376 @@ EXPORT("isolate_handle") uint64_t isolate_handle(const uint8_t *ptr, size_t len)
         }
     }
     return encode_response(res);
+}
+
+
+/* ---------- query strings ---------- */
+
+static int hex(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    c = lower(c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* percent-decodes s[0..n) into out (room for n bytes); '+' is a space; a bad escape stays as it is */
+static size_t form_decode(const char *s, size_t n, char *out) {
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '+') out[o++] = ' ';
+        else if (s[i] == '%' && i + 2 < n && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
+            out[o++] = (char)(hex(s[i + 1]) << 4 | hex(s[i + 2]));
+            i += 2;
+        } else out[o++] = s[i];
+    }
+    return o;
+}
+
+char *isolate_query_param(const isolate_request *req, const char *name) {
+    const char *q = req->query.ptr, *end = q + req->query.len;
+    size_t want = strlen(name);
+    char *scratch = NULL;
+    while (q && q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *stop = amp ? amp : end;
+        const char *eq = memchr(q, '=', (size_t)(stop - q));
+        const char *name_end = eq ? eq : stop;
+        size_t raw = (size_t)(name_end - q);
+        if (raw >= want) { /* a decoded name is never longer than its raw form */
+            scratch = realloc(scratch, raw ? raw : 1);
+            if (!scratch) abort();
+            if (form_decode(q, raw, scratch) == want && memcmp(scratch, name, want) == 0) {
+                free(scratch);
+                size_t vlen = eq ? (size_t)(stop - eq - 1) : 0;
+                char *value = malloc(vlen + 1);
+                if (!value) abort();
+                value[eq ? form_decode(eq + 1, vlen, value) : 0] = 0;
+                return value;
+            }
+        }
+        q = amp ? amp + 1 : end;
+    }
+    free(scratch);
+    return NULL;
+}
+
+/* ---------- JSON ---------- */
+
+isolate_response *isolate_response_json(int status, const char *json) {
+    isolate_response *res = isolate_response_new(status);
+    isolate_response_header(res, "content-type", "application/json");
+    isolate_response_body_str(res, json);
+    return res;
+}
+
+/* The length of the valid UTF-8 sequence at s[0..n) (s[0] >= 0x80), or 0 with *skip the length of
+ * its maximal invalid subpart (Unicode's "U+FFFD substitution of maximal subparts"). */
+static size_t utf8_sequence(const uint8_t *s, size_t n, size_t *skip) {
+    uint8_t c = s[0];
+    size_t len;
+    uint8_t lo = 0x80, hi = 0xbf; /* the range of the second byte */
+    if (c >= 0xc2 && c <= 0xdf) len = 2;
+    else if (c >= 0xe0 && c <= 0xef) { len = 3; if (c == 0xe0) lo = 0xa0; if (c == 0xed) hi = 0x9f; }
+    else if (c >= 0xf0 && c <= 0xf4) { len = 4; if (c == 0xf0) lo = 0x90; if (c == 0xf4) hi = 0x8f; }
+    else { *skip = 1; return 0; }
+    size_t i = 1;
+    for (; i < len && i < n; i++) {
+        uint8_t b = s[i];
+        if (i == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xbf)) break;
+    }
+    if (i == len) return len;
+    *skip = i;
+    return 0;
+}
+
+char *isolate_json_quote(const char *s, size_t len) {
+    static const char digits[] = "0123456789abcdef";
+    buffer out = {0};
+    reserve(&out, len + 3);
+    put_byte(&out, '"');
+    const uint8_t *p = (const uint8_t *)s;
+    size_t i = 0;
+    while (i < len) {
+        uint8_t c = p[i];
+        if (c == '"' || c == '\\') {
+            uint8_t esc[2] = {'\\', c};
+            put(&out, esc, 2);
+            i++;
+        } else if (c < 0x20) {
+            uint8_t esc[6] = {'\\', 'u', '0', '0', (uint8_t)digits[c >> 4], (uint8_t)digits[c & 15]};
+            put(&out, esc, 6);
+            i++;
+        } else if (c < 0x80) {
+            size_t j = i + 1; /* a run of plain ASCII in one copy */
+            while (j < len && p[j] >= 0x20 && p[j] < 0x80 && p[j] != '"' && p[j] != '\\') j++;
+            put(&out, p + i, j - i);
+            i = j;
+        } else {
+            size_t skip_len = 0, n = utf8_sequence(p + i, len - i, &skip_len);
+            if (n) {
+                put(&out, p + i, n);
+                i += n;
+            } else {
+                put(&out, "\xef\xbf\xbd", 3); /* U+FFFD */
+                i += skip_len;
+            }
+        }
+    }
+    put_byte(&out, '"');
+    put_byte(&out, 0);
+    return (char *)out.data;
+}
+
+/* ---------- outbound HTTP ---------- */
+
+static void put_int(buffer *b, int64_t v) {
+    if (v >= 0 && v <= 0xffffffff) put_uint(b, (uint32_t)v);
+    else if (v >= -32) put_byte(b, (uint8_t)(int8_t)v);
+    else if (v >= INT32_MIN) { put_byte(b, 0xd2); put_be(b, (uint32_t)(int32_t)v, 4); }
+    else { put_byte(b, 0xd3); put_be(b, (uint32_t)((uint64_t)v >> 32), 4); put_be(b, (uint32_t)v, 4); }
+}
+
+static void put_map(buffer *b, size_t n) { put_byte(b, (uint8_t)(0x80 | n)); } /* n < 16 */
+
+void isolate_fetch_request_init(isolate_fetch_request *req, const char *method, const char *url) {
+    memset(req, 0, sizeof *req);
+    req->method = method;
+    req->url = url;
+}
+
+void isolate_fetch_request_header_n(isolate_fetch_request *req, const char *name, size_t name_len,
+                                    const char *value, size_t value_len) {
+    if (req->header_count == req->header_cap) {
+        req->header_cap = req->header_cap ? req->header_cap * 2 : 8;
+        req->headers = realloc(req->headers, req->header_cap * sizeof *req->headers);
+        if (!req->headers) abort();
+    }
+    char *copy = malloc(name_len + value_len + 1);
+    if (!copy) abort();
+    memcpy(copy, name, name_len);
+    memcpy(copy + name_len, value, value_len);
+    isolate_pair *pair = &req->headers[req->header_count++];
+    pair->name = (isolate_str){copy, name_len};
+    pair->value = (isolate_str){copy + name_len, value_len};
+}
+
+void isolate_fetch_request_header(isolate_fetch_request *req, const char *name, const char *value) {
+    isolate_fetch_request_header_n(req, name, strlen(name), value, strlen(value));
+}
+
+static int decode_fetch_response(const uint8_t *data, size_t len, isolate_fetch_response *out) {
+    reader r = {data, data + len, 1};
+    int has_status = 0;
+    uint32_t n = read_container(&r, 1);
+    for (uint32_t i = 0; i < n && r.ok; i++) {
+        isolate_str key = read_bytes(&r);
+        if (key_is(key, "status")) { out->status = (int)read_int(&r); has_status = 1; }
+        else if (key_is(key, "headers")) out->headers = read_pairs(&r, &out->header_count, 0);
+        else if (key_is(key, "body")) out->body = read_bytes(&r);
+        else if (key_is(key, "url")) out->url = read_bytes(&r);
+        else skip(&r, 0);
+    }
+    return r.ok && has_status;
+}
+
+int isolate_fetch(const isolate_fetch_request *req, isolate_fetch_response *out) {
+    memset(out, 0, sizeof *out);
+    out->body = out->url = (isolate_str){"", 0};
+    if (!req->url) return ISOLATE_FETCH_BAD_REQUEST;
+    const char *method = req->method ? req->method : "GET";
+    buffer env = {0};
+    reserve(&env, 64 + strlen(req->url) + req->body_len);
+    put_map(&env, req->body ? 6 : 5);
+    put_str(&env, "url", 3);
+    put_str(&env, req->url, strlen(req->url));
+    put_str(&env, "method", 6);
+    put_str(&env, method, strlen(method));
+    put_str(&env, "headers", 7);
+    put_array(&env, req->header_count);
+    for (size_t i = 0; i < req->header_count; i++) {
+        put_byte(&env, 0x92);
+        put_str(&env, req->headers[i].name.ptr, req->headers[i].name.len);
+        put_str(&env, req->headers[i].value.ptr, req->headers[i].value.len);
+    }
+    if (req->body) {
+        put_str(&env, "body", 4);
+        put_bin(&env, req->body, req->body_len);
+    }
+    put_str(&env, "redirects", 9);
+    put_int(&env, req->redirects);
+    put_str(&env, "timeout_ms", 10);
+    put_uint(&env, req->timeout_ms);
+    int32_t n = __isolate_host_http_send(env.data, env.len);
+    free(env.data);
+    if (n < 0) return n;
+    uint8_t *data = malloc(n ? (size_t)n : 1);
+    if (!data) abort();
+    int32_t taken = __isolate_host_http_take(data, (size_t)n);
+    if (taken != n || !decode_fetch_response(data, (size_t)n, out)) {
+        free(out->headers);
+        free(data);
+        memset(out, 0, sizeof *out);
+        out->body = out->url = (isolate_str){"", 0};
+        isolate_log(ISOLATE_ERROR, "isolate C SDK: malformed outbound HTTP response envelope");
+        return ISOLATE_FETCH_PROTOCOL;
+    }
+    out->envelope = data;
+    return 0;
+}
+
+const isolate_str *isolate_fetch_header(const isolate_fetch_response *res, const char *name) {
+    return find(res->headers, res->header_count, name, 1);
+}
+
+void isolate_fetch_response_free(isolate_fetch_response *res) {
+    free(res->headers);
+    free(res->envelope);
+    memset(res, 0, sizeof *res);
+    res->body = res->url = (isolate_str){"", 0};
+}
+
+static const char *const FETCH_NAMES[] = {"bad_request", "denied", "blocked_address", "too_many_requests",
+                                          "unreachable", "timeout", "too_large", "protocol", "too_many_redirects"};
+static const char *const FETCH_MESSAGES[] = {
+    "the request breaks the outbound request rules", "the URL's host is not in allowed_hosts",
+    "the host resolves to a blocked address", "too many outbound requests for this request",
+    "the origin is unreachable", "the origin did not answer in time", "the origin's answer is too large",
+    "the origin's answer is not valid HTTP/1.1", "too many redirects"};
+
+const char *isolate_fetch_error_name(int code) {
+    if (code == 0) return "ok";
+    return code < 0 && code >= -9 ? FETCH_NAMES[-code - 1] : "unknown";
+}
+
+const char *isolate_fetch_strerror(int code) {
+    if (code == 0) return "ok";
+    return code < 0 && code >= -9 ? FETCH_MESSAGES[-code - 1] : "unknown outbound HTTP error";
+}
+
+/* ---------- key-value stores ---------- */
+
+#define KV_FIRST_TRY 256
+
+int isolate_kv_open(const char *name) { return __isolate_host_kv_open(name, strlen(name)); }
+
+int isolate_kv_get(int store, const void *key, size_t key_len, void **value, size_t *value_len) {
+    if (value) *value = NULL;
+    if (value_len) *value_len = 0;
+    uint8_t first[KV_FIRST_TRY];
+    int32_t n = __isolate_host_kv_get(store, key, key_len, first, sizeof first);
+    if (n == ISOLATE_KV_NOT_FOUND) return 0;
+    if (n < 0) return n;
+    size_t cap = (size_t)n;
+    uint8_t *copy = malloc(cap + 1);
+    if (!copy) abort();
+    if ((size_t)n <= sizeof first) {
+        memcpy(copy, first, (size_t)n);
+    } else {
+        /* The host keeps the value it measured for this second call (one consistent read); the
+         * loop only guards against a host that does not. */
+        for (;;) {
+            n = __isolate_host_kv_get(store, key, key_len, copy, cap);
+            if (n < 0) {
+                free(copy);
+                return n == ISOLATE_KV_NOT_FOUND ? 0 : n;
+            }
+            if ((size_t)n <= cap) break;
+            cap = (size_t)n;
+            copy = realloc(copy, cap + 1);
+            if (!copy) abort();
+        }
+    }
+    copy[n] = 0;
+    if (value_len) *value_len = (size_t)n;
+    if (value) *value = copy;
+    else free(copy);
+    return 1;
+}
+
+int isolate_kv_set(int store, const void *key, size_t key_len, const void *value, size_t value_len) {
+    return __isolate_host_kv_set(store, key, key_len, value, value_len);
+}
+
+int isolate_kv_delete(int store, const void *key, size_t key_len) {
+    return __isolate_host_kv_delete(store, key, key_len);
+}
+
+int isolate_kv_exists(int store, const void *key, size_t key_len) {
+    return __isolate_host_kv_exists(store, key, key_len);
+}
+
+static int decode_page(const uint8_t *data, size_t len, isolate_kv_page *page) {
+    reader r = {data, data + len, 1};
+    uint32_t n = read_container(&r, 1);
+    for (uint32_t i = 0; i < n && r.ok; i++) {
+        isolate_str key = read_bytes(&r);
+        if (key_is(key, "keys")) {
+            uint32_t count = read_container(&r, 0);
+            if (!r.ok || count > len) return 0; /* every key takes at least one byte */
+            free(page->keys);
+            page->keys = calloc(count ? count : 1, sizeof *page->keys);
+            if (!page->keys) abort();
+            for (uint32_t k = 0; k < count && r.ok; k++) page->keys[k] = read_bytes(&r);
+            page->key_count = count;
+        } else if (key_is(key, "cursor")) {
+            if (peek_nil(&r)) { r.p++; page->cursor = NULL; continue; }
+            isolate_str cursor = read_bytes(&r);
+            if (!page->cursor) page->cursor = malloc(sizeof *page->cursor);
+            if (!page->cursor) abort();
+            *page->cursor = cursor;
+        } else skip(&r, 0);
+    }
+    return r.ok;
+}
+
+int isolate_kv_list(int store, const void *prefix, size_t prefix_len, const void *cursor, size_t cursor_len,
+                    isolate_kv_page *page) {
+    memset(page, 0, sizeof *page);
+    uint8_t *data = malloc(KV_FIRST_TRY);
+    if (!data) abort();
+    size_t cap = KV_FIRST_TRY;
+    int32_t n;
+    for (;;) {
+        n = __isolate_host_kv_list(store, prefix, prefix_len, cursor, cursor_len, data, cap);
+        if (n < 0) {
+            free(data);
+            return n;
+        }
+        if ((size_t)n <= cap) break;
+        cap = (size_t)n; /* too small: the host keeps this page for a call with room for it */
+        free(data);
+        data = malloc(cap);
+        if (!data) abort();
+    }
+    if (!decode_page(data, (size_t)n, page)) {
+        isolate_kv_page_free(page);
+        free(data);
+        isolate_log(ISOLATE_ERROR, "isolate C SDK: malformed key-value page");
+        return ISOLATE_KV_STORAGE;
+    }
+    page->data = data;
+    return 0;
+}
+
+void isolate_kv_page_free(isolate_kv_page *page) {
+    free(page->keys);
+    free(page->cursor);
+    free(page->data);
+    memset(page, 0, sizeof *page);
+}
+
+static const char *const KV_NAMES[] = {"not_found", "bad_key", "too_large", "no_such_store",
+                                       "store_full", "storage", "too_many_operations"};
+static const char *const KV_MESSAGES[] = {
+    "no such key", "key is empty or longer than 1024 bytes", "value is longer than 1 MiB",
+    "no such store (not granted, or not an open handle)", "the store is full",
+    "the store cannot be read or written", "too many key-value operations for this request"};
+
+const char *isolate_kv_error_name(int code) {
+    if (code >= 0) return "ok";
+    return code >= -7 ? KV_NAMES[-code - 1] : "unknown";
+}
+
+const char *isolate_kv_strerror(int code) {
+    if (code >= 0) return "ok";
+    return code >= -7 ? KV_MESSAGES[-code - 1] : "unknown key-value error";
 }

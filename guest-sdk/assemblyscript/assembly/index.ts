@@ -17,6 +17,9 @@
 import { Reader, Writer } from "./msgpack";
 
 export { cache } from "./cache";
+export { fetch, FetchRequest, FetchResponse, FetchResult, FetchError } from "./http";
+export { kv, KvPage } from "./kv";
+export { jsonQuote } from "./json";
 
 @external("isolate", "log")
 declare function hostLog(level: i32, ptr: usize, len: usize): void;
@@ -54,6 +57,37 @@ function find(pairs: Pair[], name: string, ignoreCase: bool): string | null {
   return null;
 }
 
+function hexValue(c: i32): i32 {
+  if (c >= 0x30 && c <= 0x39) return c - 0x30;
+  if (c >= 0x61 && c <= 0x66) return c - 0x61 + 10;
+  if (c >= 0x41 && c <= 0x46) return c - 0x41 + 10;
+  return -1;
+}
+
+/** Percent-decode a query component (`+` is a space); a `%` not followed by two hex digits is kept. */
+function percentDecode(s: string): string {
+  if (s.indexOf("%") < 0 && s.indexOf("+") < 0) return s;
+  const raw = String.UTF8.encode(s);
+  const n = raw.byteLength;
+  const src = changetype<usize>(raw);
+  const out = new Uint8Array(n);
+  let length = 0;
+  for (let i = 0; i < n; i++) {
+    let c = <i32>load<u8>(src + <usize>i);
+    if (c == 0x2b) c = 0x20;
+    else if (c == 0x25 && i + 2 < n) {
+      const high = hexValue(<i32>load<u8>(src + <usize>(i + 1)));
+      const low = hexValue(<i32>load<u8>(src + <usize>(i + 2)));
+      if (high >= 0 && low >= 0) {
+        c = (high << 4) | low;
+        i += 2;
+      }
+    }
+    out[length++] = <u8>c;
+  }
+  return String.UTF8.decodeUnsafe(out.dataStart, length);
+}
+
 /** An HTTP request as the guest sees it. */
 export class Request {
   method: string = "";
@@ -78,8 +112,33 @@ export class Request {
   param(name: string): string | null {
     return find(this.params, name, false);
   }
+  /** A deployment variable or secret (both arrive in `vars`), or null. */
+  var(name: string): string | null {
+    return find(this.vars, name, false);
+  }
+  /** The same as `var` (its older name). */
   variable(name: string): string | null {
     return find(this.vars, name, false);
+  }
+  /**
+   * The first value of the query parameter `name`, percent-decoded with `+` as a space, or null
+   * when absent (`?a` or `?a=` give ""). Names are compared after decoding.
+   */
+  queryParam(name: string): string | null {
+    const query = this.query;
+    let start = 0;
+    while (start <= query.length) {
+      let end = query.indexOf("&", start);
+      if (end < 0) end = query.length;
+      if (end > start) {
+        const eq = query.indexOf("=", start);
+        const hasValue = eq >= 0 && eq < end;
+        const key = percentDecode(query.substring(start, hasValue ? eq : end));
+        if (key == name) return hasValue ? percentDecode(query.substring(eq + 1, end)) : "";
+      }
+      start = end + 1;
+    }
+    return null;
   }
   /** The body decoded as UTF-8. */
   text(): string {
@@ -98,7 +157,20 @@ export class Response {
     return new Response(status).header("content-type", "text/plain; charset=utf-8").setText(text);
   }
 
-  static json(json: string, status: i32 = 200): Response {
+  /**
+   * A `content-type: application/json` response from JSON text: `Response.json(text, status = 200)`,
+   * or `Response.json(status, text)` as in the C SDK (`jsonQuote` makes string literals).
+   */
+  static json<A, B = i32>(a: A, b: B = <B>200): Response {
+    let status: i32 = 200;
+    let json = "";
+    if (isString<A>() && isInteger<B>()) {
+      json = changetype<string>(a);
+      status = <i32>b;
+    } else if (isInteger<A>() && isString<B>()) {
+      status = <i32>a;
+      json = changetype<string>(b);
+    } else ERROR("Response.json takes (text: string, status: i32 = 200) or (status: i32, text: string)");
     return new Response(status).header("content-type", "application/json").setText(json);
   }
 

@@ -1,4 +1,5 @@
-// The msgpack subset of ABI v1: read the request map, write the response in shortest forms.
+// The msgpack subset of ABI v1: read the request map, write the response in shortest forms; also the
+// outbound HTTP envelopes and key-value pages (http.ts, kv.ts).
 import { Pair } from "./index";
 
 export class Reader {
@@ -8,7 +9,7 @@ export class Reader {
   private end: usize;
 
   private need(n: usize): void {
-    if (this.end - this.pos < n) throw new Error("truncated request envelope");
+    if (this.end - this.pos < n) throw new Error("truncated msgpack envelope");
   }
 
   byte(): u8 {
@@ -65,6 +66,34 @@ export class Reader {
 
   mapLength(): u32 {
     return this.container(true);
+  }
+
+  arrayLength(): u32 {
+    return this.container(false);
+  }
+
+  /** Consume a nil if one is next; true when it was. */
+  nil(): bool {
+    this.need(1);
+    if (load<u8>(this.pos) != 0xc0) return false;
+    this.pos += 1;
+    return true;
+  }
+
+  /** An integer of any msgpack width (values beyond i64 wrap). */
+  integer(): i64 {
+    const tag = this.byte();
+    if (tag <= 0x7f) return <i64>tag;
+    if (tag >= 0xe0) return <i64><i8>tag;
+    if (tag == 0xcc) return <i64>this.uint(1);
+    if (tag == 0xcd) return <i64>this.uint(2);
+    if (tag == 0xce) return <i64>this.uint(4);
+    if (tag == 0xcf) return (<i64>this.uint(4) << 32) | <i64>this.uint(4);
+    if (tag == 0xd0) return <i64><i8>this.uint(1);
+    if (tag == 0xd1) return <i64><i16>this.uint(2);
+    if (tag == 0xd2) return <i64><i32>this.uint(4);
+    if (tag == 0xd3) return (<i64>this.uint(4) << 32) | <i64>this.uint(4);
+    throw new Error("expected an integer");
   }
 
   pairs(map: bool): Pair[] {
@@ -172,6 +201,28 @@ export class Writer {
     else if (n < 0x10000) { this.byte(0xc5); this.be(n, 2); }
     else { this.byte(0xc6); this.be(n, 4); }
     this.raw(body.dataStart, n);
+  }
+
+  /** A signed integer in its shortest form. */
+  int(v: i64): void {
+    if (v >= 0) {
+      if (v <= <i64>u32.MAX_VALUE) this.uint(<u32>v);
+      else { this.byte(0xcf); this.be(<u32>(v >> 32), 4); this.be(<u32>v, 4); }
+    } else if (v >= -32) this.byte(<u32>(<i32>v) & 0xff);
+    else if (v >= -128) { this.byte(0xd0); this.be(<u32>(<i32>v) & 0xff, 1); }
+    else if (v >= -32768) { this.byte(0xd1); this.be(<u32>(<i32>v) & 0xffff, 2); }
+    else if (v >= <i64>i32.MIN_VALUE) { this.byte(0xd2); this.be(<u32>(<i32>v), 4); }
+    else { this.byte(0xd3); this.be(<u32>(v >> 32), 4); this.be(<u32>v, 4); }
+  }
+
+  nil(): void {
+    this.byte(0xc0);
+  }
+
+  mapLength(n: i32): void {
+    if (n < 16) this.byte(0x80 | n);
+    else if (n < 0x10000) { this.byte(0xde); this.be(n, 2); }
+    else { this.byte(0xdf); this.be(n, 4); }
   }
 
   arrayLength(n: i32): void {

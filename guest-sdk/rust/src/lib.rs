@@ -13,9 +13,15 @@
 //! Build for `wasm32-unknown-unknown` as a `cdylib` (or with `isolate build DIR`). A returned
 //! `Err` becomes a response with the error's status (500 unless set) and is logged; a panic traps
 //! the isolate, which the host reports as a `trap` with the panic message in the request's logs.
+//!
+//! Beyond the request: [`cache`] (the guest cache), [`http`] (outbound requests with
+//! [`http::fetch`]), [`kv`] (named key-value stores) and [`json`] (a string quoter).
 
 use std::fmt;
 
+pub mod http;
+pub mod json;
+pub mod kv;
 mod msgpack;
 
 /// An HTTP request as the guest sees it.
@@ -46,6 +52,38 @@ fn lookup<'a>(pairs: &'a [(String, String)], name: &str, ignore_case: bool) -> O
         .map(|(_, v)| v.as_str())
 }
 
+/// `application/x-www-form-urlencoded` decoding: `%XX` escapes and `+` as a space; a `%` not
+/// followed by two hex digits is kept as it is.
+fn form_decode(s: &str) -> Vec<u8> {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i + 1..i + 3) {
+            Some(&[hi, lo]) if bytes[i] == b'%' => hex(hi).and_then(|hi| hex(lo).map(|lo| hi << 4 | lo)),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 impl Request {
     /// The first value of a header (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -55,9 +93,21 @@ impl Request {
     pub fn param(&self, name: &str) -> Option<&str> {
         lookup(&self.params, name, false)
     }
-    /// A deployment variable.
+    /// A deployment variable or secret (both arrive in `vars`).
     pub fn var(&self, name: &str) -> Option<&str> {
         lookup(&self.vars, name, false)
+    }
+    /// The first value of the query parameter `name`, percent-decoded with `+` as a space (bytes
+    /// that are not UTF-8 become U+FFFD); `None` when absent. `?flag` alone has the value `""`.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.split('&').filter(|pair| !pair.is_empty()).find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if form_decode(key) == name.as_bytes() {
+                Some(String::from_utf8_lossy(&form_decode(value)).into_owned())
+            } else {
+                None
+            }
+        })
     }
     /// The body as UTF-8 text, or a 400 error.
     pub fn text(&self) -> Result<&str, Error> {

@@ -1,15 +1,56 @@
-//! The msgpack subset of ABI v1: decode the request map, encode the response in shortest forms.
+//! The msgpack subset of ABI v1: decode the request map, encode the response in shortest forms;
+//! encode outbound requests and decode their answers and key-value pages.
 
 use super::{Request, Response};
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
 }
 
-type R<T> = Result<T, &'static str>;
+pub(crate) type R<T> = Result<T, &'static str>;
 
 impl<'a> Reader<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
+        Reader { data, pos: 0 }
+    }
+    /// Whether the next value is nil (not consumed).
+    fn at_nil(&self) -> bool {
+        self.data.get(self.pos) == Some(&0xc0)
+    }
+    /// Any msgpack integer that fits an i64.
+    fn int(&mut self) -> R<i64> {
+        let tag = self.byte()?;
+        Ok(match tag {
+            0x00..=0x7f => tag as i64,
+            0xe0..=0xff => tag as i8 as i64,
+            0xcc => self.uint(1)? as i64,
+            0xcd => self.uint(2)? as i64,
+            0xce => self.uint(4)? as i64,
+            0xcf => {
+                let raw = self.take(8)?;
+                let mut b = [0u8; 8];
+                b.copy_from_slice(raw);
+                i64::try_from(u64::from_be_bytes(b)).map_err(|_| "integer out of range")?
+            }
+            0xd0 => self.take(1)?[0] as i8 as i64,
+            0xd1 => {
+                let raw = self.take(2)?;
+                i16::from_be_bytes([raw[0], raw[1]]) as i64
+            }
+            0xd2 => {
+                let raw = self.take(4)?;
+                i32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]) as i64
+            }
+            0xd3 => {
+                let raw = self.take(8)?;
+                let mut b = [0u8; 8];
+                b.copy_from_slice(raw);
+                i64::from_be_bytes(b)
+            }
+            _ => return Err("expected an integer"),
+        })
+    }
     fn take(&mut self, n: usize) -> R<&'a [u8]> {
         if self.data.len() - self.pos < n {
             return Err("truncated");
@@ -96,7 +137,7 @@ impl<'a> Reader<'a> {
 }
 
 pub fn decode_request(data: &[u8]) -> R<Request> {
-    let mut r = Reader { data, pos: 0 };
+    let mut r = Reader::new(data);
     let mut req = Request::default();
     for _ in 0..r.container(true)? {
         let key = r.bytes()?;
@@ -130,7 +171,7 @@ fn put_len(out: &mut Vec<u8>, n: usize, tags: [u8; 3]) {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     if s.len() < 32 {
         out.push(0xa0 | s.len() as u8);
     } else {
@@ -167,5 +208,127 @@ pub fn encode_response(res: &Response) -> Vec<u8> {
     put_str(&mut out, "body");
     put_len(&mut out, res.body.len(), [0xc4, 0xc5, 0xc6]);
     out.extend_from_slice(&res.body);
+    out
+}
+
+pub(crate) fn put_bin(out: &mut Vec<u8>, data: &[u8]) {
+    put_len(out, data.len(), [0xc4, 0xc5, 0xc6]);
+    out.extend_from_slice(data);
+}
+
+/// A map (`0x80`) or array (`0x90`) header of `n` entries.
+pub(crate) fn put_container(out: &mut Vec<u8>, n: usize, map: bool) {
+    if n < 16 {
+        out.push(if map { 0x80 } else { 0x90 } | n as u8);
+    } else if map {
+        put_len(out, n, [0, 0xde, 0xdf]);
+    } else {
+        put_len(out, n, [0, 0xdc, 0xdd]);
+    }
+}
+
+pub(crate) fn put_uint(out: &mut Vec<u8>, n: u64) {
+    if n < 0x80 {
+        out.push(n as u8);
+    } else if n < 0x100 {
+        out.push(0xcc);
+        out.push(n as u8);
+    } else if n < 0x10000 {
+        out.push(0xcd);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else if n < 0x1_0000_0000 {
+        out.push(0xce);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    } else {
+        out.push(0xcf);
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+}
+
+/// The outbound request envelope (ABI.md, "Outbound HTTP"); `timeout_ms` 0 is left out (the default).
+pub(crate) fn encode_fetch(req: &crate::http::FetchRequest, timeout_ms: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + req.url.len() + req.body.len());
+    let fields = 5 + usize::from(timeout_ms > 0);
+    put_container(&mut out, fields, true);
+    put_str(&mut out, "method");
+    put_str(&mut out, &req.method);
+    put_str(&mut out, "url");
+    put_str(&mut out, &req.url);
+    put_str(&mut out, "headers");
+    put_container(&mut out, req.headers.len(), false);
+    for (name, value) in &req.headers {
+        out.push(0x92);
+        put_str(&mut out, name);
+        put_str(&mut out, value);
+    }
+    put_str(&mut out, "body");
+    put_bin(&mut out, &req.body);
+    put_str(&mut out, "redirects");
+    put_uint(&mut out, req.redirects as u64);
+    if timeout_ms > 0 {
+        put_str(&mut out, "timeout_ms");
+        put_uint(&mut out, timeout_ms as u64);
+    }
+    out
+}
+
+/// The outbound response envelope: `status`, `headers`, `body` and `url`.
+pub(crate) fn decode_fetch(data: &[u8]) -> R<crate::http::FetchResponse> {
+    let mut r = Reader::new(data);
+    let mut res = crate::http::FetchResponse { status: 0, headers: Vec::new(), body: Vec::new(), url: String::new() };
+    for _ in 0..r.container(true)? {
+        match r.bytes()? {
+            b"status" => res.status = u16::try_from(r.int()?).map_err(|_| "status out of range")?,
+            b"headers" => res.headers = r.pairs(false)?,
+            b"body" => res.body = r.bytes()?.to_vec(),
+            b"url" => res.url = r.string()?,
+            _ => r.skip(0)?,
+        }
+    }
+    Ok(res)
+}
+
+/// A key-value page: `{"keys": [bin, ...], "cursor": bin | nil}`.
+pub(crate) fn decode_page(data: &[u8]) -> R<crate::kv::Page> {
+    let mut r = Reader::new(data);
+    let mut page = crate::kv::Page { keys: Vec::new(), cursor: None };
+    for _ in 0..r.container(true)? {
+        match r.bytes()? {
+            b"keys" => {
+                let n = r.container(false)?;
+                page.keys = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    page.keys.push(r.bytes()?.to_vec());
+                }
+            }
+            b"cursor" => {
+                page.cursor = if r.at_nil() {
+                    r.pos += 1;
+                    None
+                } else {
+                    Some(r.bytes()?.to_vec())
+                }
+            }
+            _ => r.skip(0)?,
+        }
+    }
+    Ok(page)
+}
+
+/// A key-value page as the host encodes it (for the stand-in host off wasm32).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn encode_page(keys: &[Vec<u8>], cursor: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_container(&mut out, 2, true);
+    put_str(&mut out, "keys");
+    put_container(&mut out, keys.len(), false);
+    for key in keys {
+        put_bin(&mut out, key);
+    }
+    put_str(&mut out, "cursor");
+    match cursor {
+        Some(cursor) => put_bin(&mut out, cursor),
+        None => out.push(0xc0),
+    }
     out
 }
