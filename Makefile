@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 TOOLS  := $(VENV)/.toolchains-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SAMPLES := hello echo router transform crash
+SAMPLES := hello echo router transform crash proxy todo
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 

@@ -107,6 +107,14 @@ class LiveServer:
             self.stop()
 
 
+def repository_manifest(server: LiveServer, dest: Path) -> Path:
+    """The repository's isolate.toml for `server`: its port where the manifest names 8787 (the proxy
+    sample calls this server) and its paths made absolute. Pass the result with --manifest."""
+    text = (ROOT / "isolate.toml").read_text().replace("127.0.0.1:8787", f"127.0.0.1:{server.port}")
+    dest.write_text(text.replace('path = "samples/', f'path = "{ROOT}/samples/'))
+    return dest
+
+
 def responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
     """Concatenated HTTP/1.1 responses (each with content-length) as (status, headers, body)."""
     out = []

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from live import ROOT, LiveServer
+from live import ROOT, LiveServer, repository_manifest
 
 README = (ROOT / "README.md").read_text()
 
@@ -62,6 +62,19 @@ def test_quick_start_and_deploy_your_own_module(tmp_path: Path) -> None:
             output = run(command, server)
             if expected is not None:
                 assert squeeze(expected) in squeeze(output), f"{command}: expected {expected!r} in {output!r}"
+
+
+def test_guests_reach_the_world_example(tmp_path: Path) -> None:
+    live = LiveServer(tmp_path / "data", "--manifest", str(tmp_path / "isolate.toml"))
+    repository_manifest(live, tmp_path / "isolate.toml")
+    with live as server:
+        lines = commands(block("## Guests reach the world", "sh"))
+        assert len(lines) >= 10
+        for command, expected in lines:
+            output = run(command, server)
+            if expected is not None:
+                assert squeeze(expected) in squeeze(output), f"{command}: expected {expected!r} in {output!r}"
+        assert "hunter2" not in server.log()
 
 
 def test_the_python_api_example(tmp_path: Path) -> None:

@@ -7,18 +7,21 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from live import ROOT, LiveServer
+from live import ROOT, LiveServer, repository_manifest
 
 from isolate.build import build
 
-SAMPLES = ["hello", "echo", "router", "transform", "crash"]
+SAMPLES = ["hello", "echo", "router", "transform", "crash", "proxy", "todo"]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     for sample in SAMPLES:  # built (or found up to date) before the server starts
         build(ROOT / "samples" / sample)
-    with LiveServer(tmp_path_factory.mktemp("samples") / "data", "--manifest", str(ROOT / "isolate.toml")) as live:
+    where = tmp_path_factory.mktemp("samples")
+    live = LiveServer(where / "data", "--manifest", str(where / "isolate.toml"))
+    repository_manifest(live, where / "isolate.toml")
+    with live:
         yield live
 
 
@@ -30,7 +33,7 @@ def edge(server: LiveServer) -> Iterator[httpx.Client]:
 
 def test_every_sample_is_deployed(server: LiveServer) -> None:
     names = [m["name"] for m in server.admin().get("/v1/modules").json()["modules"]]
-    assert names == sorted(["crash", "echo", "hello", "hello-eu", "hello-wat", "router", "transform"])
+    assert names == sorted(["crash", "echo", "hello", "hello-eu", "hello-wat", "proxy", "router", "todo", "transform"])
 
 
 def test_hello_c(edge: httpx.Client) -> None:
@@ -71,6 +74,34 @@ def test_transform_c(edge: httpx.Client) -> None:
     assert missing.status_code == 405 and missing.headers["allow"] == "POST"
 
 
+def test_proxy_c(server: LiveServer, edge: httpx.Client) -> None:
+    first = edge.get("/proxy/hello/ada")
+    assert first.status_code == 200 and first.headers["x-proxied-by"] == "isolate-proxy"
+    assert first.json() == {"status": 200, "url": f"http://127.0.0.1:{server.port}/hello/ada", "length": 52,
+                            "body": "HELLO, ADA! (FROM C, REGION LOCAL, CLIENT IN LOCAL)\n"}
+    assert first.headers["x-cache"] == "MISS"
+    assert edge.get("/proxy/hello/ada").headers["x-cache"] == "HIT"  # cache-control lets the response cache help
+    missing = edge.get("/proxy/nope")
+    assert missing.status_code == 404 and missing.json()["status"] == 404
+
+
+def test_todo_rust(server: LiveServer, edge: httpx.Client) -> None:
+    created = edge.post("/todos", json={"title": "buy milk"})
+    assert created.status_code == 201
+    item = created.json()
+    assert item["title"] == "buy milk" and item["done"] is False
+    second = edge.post("/todos", content=b"write the report", headers={"content-type": "text/plain"}).json()
+    assert [t["title"] for t in edge.get("/todos").json()][-2:] == ["buy milk", "write the report"]
+    assert edge.get(f"/todos/{item['id']}").json() == item
+    assert edge.delete(f"/todos/{item['id']}").status_code == 204
+    assert edge.get(f"/todos/{item['id']}").status_code == 404
+    bad = edge.post("/todos", json={"title": ""})
+    assert bad.status_code == 400 and "error" in bad.json()
+    server.restart()  # the store is in the data directory: items outlive the server
+    with server.edge() as again:
+        assert again.get(f"/todos/{second['id']}").json() == second
+
+
 @pytest.mark.parametrize(
     "path, status, kind, extra",
     [
@@ -108,7 +139,8 @@ def test_sdk_error_messages_reach_the_host_log(server: LiveServer, edge: httpx.C
 
 def test_readme_lists_every_sample_url() -> None:
     readme = (ROOT / "README.md").read_text()
-    for url in ["/hello/ada", "/eu/hello", "/wat", "/echo/", "/users/1", "/transform/sha256", "/crash/oom"]:
+    for url in ["/hello/ada", "/eu/hello", "/wat", "/echo/", "/users/1", "/transform/sha256", "/crash/oom",
+                "/proxy/hello/ada", "/todos"]:
         assert url in readme, url
     manifest = (ROOT / "isolate.toml").read_text()
     for sample in SAMPLES:
