@@ -1,7 +1,8 @@
 """`make bench`: isolate against real peers, side by side in one run; medians, ranges and ratios.
 
-Phases: (1) in-process medians, (2) HTTP on loopback with wrk, peers in alternating rounds,
-(3) 1 / 100 / 1,000 tenants, (4) head-of-line latency beside a CPU-heavy guest, (5) cold paths.
+Phases: (1) in-process medians, host calls included, (2) HTTP on loopback with wrk, peers in
+alternating rounds, (3) 1 / 100 / 1,000 tenants, (4) head-of-line latency beside a CPU-heavy guest,
+(5) cold paths, (6) guest I/O: one outbound call and one key-value read per request.
 Writes bench/results/latest.json, .md and .png; `--quick` runs short and writes quick.* instead, with
 the same keys, so a quick check never overwrites the last full run. `--plot-only` redraws .md and .png
 from a run's .json without measuring anything.
@@ -103,7 +104,7 @@ _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
 def wrk(url: str, duration: int, connections: int, script: Path | None = None,
-        headers: tuple[str, ...] = ()) -> tuple[float, float]:
+        headers: tuple[str, ...] = (), errors_ok: bool = False) -> tuple[float, float]:
     """(requests/s, p99 latency in ms) from one wrk run with one thread (the other core is the server's)."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *(a for h in headers
                                                                                   for a in ("-H", h)), url]
@@ -113,7 +114,7 @@ def wrk(url: str, duration: int, connections: int, script: Path | None = None,
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors and script is None:
+    if errors and script is None and not errors_ok:
         raise RuntimeError(f"{url}: {errors.group(1)} error responses during the run")
     return rps, float(value) * _UNITS[unit]
 
@@ -175,6 +176,84 @@ def phase_micro(s: Settings, hello: bytes) -> dict[str, Any]:
         out[f"{name}_us_median"] = round(results[key].median_us, 2)
         out[f"{name}_us_p99"] = round(results[key].p99_us, 2)
     return out
+
+
+def features_guest() -> bytes:
+    """The C SDK's features guest (guest-sdk/c/tests/features): a real SDK guest with bench routes."""
+    from isolate.build import build
+
+    return build(ROOT / "guest-sdk" / "c" / "tests" / "features").output.read_bytes()
+
+
+def phase_hostcall(s: Settings) -> dict[str, Any]:
+    """One host call from a real SDK guest: (N calls - 0 calls) / N, full invocations, medians."""
+    from isolate import Config, Host, Request
+    from isolate.benchmark import measure
+
+    calls = 1000
+    iterations = max(50, s.iterations // 200)
+    with tempfile.TemporaryDirectory() as tmp, Host(Config(data_dir=Path(tmp))) as host:
+        host.deploy("features", features_guest(), kv_stores=["default"],
+                    limits={"kv_operations": calls + 10, "timeout": 5.0})
+        host.guest_cache.put("features", b"bench", b"x" * 16, 3_600_000)
+
+        def run(path: str) -> float:
+            request = Request(path=path.split("?")[0], query=path.split("?")[1])
+            response = host.invoke("features", request)
+            assert response.body.startswith(b"ok"), response.body
+            return measure(lambda: host.invoke("features", request), iterations, warmup=10).median_us
+
+        cache = (run(f"/cache/bench?n={calls}") - run("/cache/bench?n=0")) / calls
+        kv = (run(f"/kv/count?store=default&n={calls}") - run("/kv/count?store=default&n=0")) / calls
+    return {"hostcall_us_median": round(cache, 2), "kv_hostcall_us_median": round(kv, 2)}
+
+
+def phase_io(s: Settings, server: IsolateServer, progress: Progress) -> dict[str, Any]:
+    """A guest that makes one outbound call (to this server's /hello) and one key-value read per request."""
+    task = progress.add_task("guest I/O", total=1)
+    with server.admin() as admin:
+        admin.put("/v1/modules/io", content=features_guest(),
+                  params=[("allow_host", server.url), ("kv_store", "default"), ("timeout", "2s"),
+                          ("memory", "16MiB")]).raise_for_status()
+        admin.put("/v1/kv/default/bench-key", content=b" and a value from the store\n").raise_for_status()
+        routes = admin.get("/v1/routes").json()["routes"] + [{"path": "/bench/io", "module": "io", "cache": False}]
+        admin.put("/v1/routes", json={"routes": routes}).raise_for_status()
+    url = f"{server.url}/bench/io?url={server.url}/hello&store=default&key=bench-key"
+    body = httpx.get(url).content
+    if body != EXPECTED_BODY + b" and a value from the store\n":
+        raise SystemExit(f"the I/O guest answered {body!r}")
+    wrk(url, 1, s.connections, errors_ok=True)
+    runs = [wrk(url, s.duration, s.connections, errors_ok=True) for _ in range(s.rounds)]
+    failed = _sample_failures(url, s.connections)
+    if failed:
+        raise SystemExit(f"the I/O guest failed under load: {failed}")
+    progress.advance(task)
+    return {"io_http_rps": round(statistics.median(r for r, _ in runs), 1),
+            "io_http_rps_range": [round(min(r for r, _ in runs), 1), round(max(r for r, _ in runs), 1)],
+            "io_http_p99_ms": round(statistics.median(p for _, p in runs), 3)}
+
+
+def _sample_failures(url: str, connections: int, requests: int = 2000) -> dict[str, int]:
+    """Answers other than 200 among `requests` sent over `connections` at once, by status and body."""
+    failures: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            for _ in range(requests // connections):
+                response = http.get(url)
+                if response.status_code != 200:
+                    with lock:
+                        detail = re.sub(r'"request_id": "[0-9a-f]+", ?', "", response.text)[:160]
+                        key = f"{response.status_code} {detail}"
+                        failures[key] = failures.get(key, 0) + 1
+
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return failures
 
 
 def phase_http(s: Settings, urls: dict[str, str], progress: Progress) -> dict[str, Any]:
@@ -360,7 +439,9 @@ def markdown(r: dict[str, Any]) -> str:
         "## In-process (µs)", "", "| measure | median | p99 |", "|---|---|---|",
         f"| store + instantiate | {r['instantiate_us_median']} | {r['instantiate_us_p99']} |",
         f"| invoke, 100-byte body | {r['invoke_us_median']} | {r['invoke_us_p99']} |",
-        f"| invoke, 64 KiB body | {r['invoke_64k_us_median']} | {r['invoke_64k_us_p99']} |", "",
+        f"| invoke, 64 KiB body | {r['invoke_64k_us_median']} | {r['invoke_64k_us_p99']} |",
+        f"| one guest-cache host call (C SDK guest) | {r.get('hostcall_us_median', '–')} | |",
+        f"| one key-value host call (kv_exists, C SDK guest) | {r.get('kv_hostcall_us_median', '–')} | |", "",
         "## HTTP on loopback", "", "| peer | req/s (median) | min–max | p99 ms |", "|---|---|---|---|",
     ]
     for name, rps in r["http_rps"].items():
@@ -380,7 +461,13 @@ def markdown(r: dict[str, Any]) -> str:
               f"- upload → first response, {r['cold_module_bytes'] / 1e6:.2f} MB module: "
               f"**{r['cold_upload_to_first_response_ms']} ms**",
               f"- server start → ready with {r['cold_start_modules']:,} modules: **{r['cold_start_to_ready_ms']} ms**",
-              "", "## Regions (two nodes on this machine)", "",
+              ""]
+    if "io_http_rps" in r:
+        low, high = r["io_http_rps_range"]
+        lines += ["## Guest I/O", "",
+                  f"One outbound call (to this server's /hello) and one key-value read per request: "
+                  f"**{r['io_http_rps']:,.0f} req/s** ({low:,.0f}–{high:,.0f}), p99 {r['io_http_p99_ms']} ms.", ""]
+    lines += [ "## Regions (two nodes on this machine)", "",
               "| hello in region eu | req/s (median) | p99 ms | one request at a time, median ms |",
               "|---|---|---|---|"]
     for name in ("direct", "forwarded"):
@@ -456,6 +543,7 @@ def main() -> None:
         work = Path(tmp)
         task = progress.add_task("in-process medians", total=1)
         results.update(phase_micro(s, hello))
+        results.update(phase_hostcall(s))
         progress.advance(task)
 
         server = IsolateServer(work / "data")
@@ -498,6 +586,7 @@ def main() -> None:
         stop(workerd)
         results.update(phase_tenants(s, server, work, progress))
         results.update(phase_head_of_line(s, server, progress))
+        results.update(phase_io(s, server, progress))
         results.update(phase_cold(server, progress))
         server.stop()
         results.update(phase_regions(s, work, hello, progress))

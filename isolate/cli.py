@@ -294,8 +294,8 @@ def _secret(spec: str) -> tuple[str, str]:
     name, _, source = spec.partition("@")
     kind, _, where = source.partition(":")
     if not name or kind not in ("env", "file") or not where:
-        raise InvalidConfig(f"--secret {name or spec.split('=')[0]!r}: expected NAME=VALUE, NAME@env:VAR or "
-                            "NAME@file:PATH")
+        # The argument may hold the value itself, mistyped: it is never echoed.
+        raise InvalidConfig("a --secret argument is malformed: expected NAME=VALUE, NAME@env:VAR or NAME@file:PATH")
     if kind == "env":
         if where not in os.environ:
             raise InvalidConfig(f"--secret {name}: the environment variable {where} is not set")

@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -75,6 +75,8 @@ class HostStatistics:
     engine_fingerprint: str  # of the engine for the default stack size
     engines: int  # one per distinct wasm stack size in use
     memory_budget: MemoryBudgetStatistics  # guest memory reserved by running isolates, of Config.memory_budget
+    outbound: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (module, result) -> outbound calls
+    kv_operations: Mapping[str, int] = field(default_factory=dict)  # module -> key-value calls
 
 
 class Host:
@@ -105,6 +107,8 @@ class Host:
         self._control = threading.RLock()  # deploy, configure, rollback, delete: held across fsyncs
         self._invocations = 0
         self._failures: Counter[str] = Counter()
+        self._outbound: Counter[tuple[str, str]] = Counter()
+        self._kv_operations: Counter[str] = Counter()
         self._recompiles = 0
         self._closed = False
 
@@ -287,8 +291,12 @@ class Host:
             secrets = self.secrets.values(name)
             variables = {**record.variables, **secrets} if secrets else record.variables
             io = self._guest_io(record, limits, request) if shape.uses_io else None
-            outcome = run(prepared, encode_request(request, variables), limits, self.config.log_limit,
-                          (self.guest_cache, name), io)
+            try:
+                outcome = run(prepared, encode_request(request, variables), limits, self.config.log_limit,
+                              (self.guest_cache, name), io)
+            finally:
+                if io is not None:
+                    self._count_io(name, io)
             try:
                 status, headers, body = decode_response(outcome.payload)
             except GuestError as exc:
@@ -316,6 +324,8 @@ class Host:
     def statistics(self) -> HostStatistics:
         with self._lock:
             failures = dict(self._failures)
+            outbound = dict(self._outbound)
+            kv_operations = dict(self._kv_operations)
         return HostStatistics(
             modules=len(self._store.names()),
             invocations=self._invocations,
@@ -327,9 +337,18 @@ class Host:
             engine_fingerprint=self._runtime.fingerprint,
             engines=len(self._runtimes),
             memory_budget=self._runtime.budget.statistics(),
+            outbound=outbound,
+            kv_operations=kv_operations,
         )
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _count_io(self, name: str, io: GuestIO) -> None:
+        with self._lock:
+            for result, count in io.results.items():
+                self._outbound[(name, result)] += count
+            if io.kv_operations:
+                self._kv_operations[name] += io.kv_operations
 
     def _guest_io(self, record: ModuleRecord, limits: Limits, request: Request) -> GuestIO:
         """What this request's guest may reach: the module's grants, limits and the request's ids."""
@@ -347,7 +366,7 @@ class Host:
                      outbound_response_size=limits.outbound_response_size, kv_operations=limits.kv_operations,
                      deadline=time.perf_counter() + limits.timeout, request_id=request.request_id,
                      traceparent=trace.get("traceparent"), tracestate=trace.get("tracestate"),
-                     stopping=is_stopping, note=_no_note)
+                     stopping=is_stopping, note=_no_note, module=record.name)
 
     def _check_names(self, name: str, variables: Mapping[str, str] | None,
                      secrets: Mapping[str, str | None] | None) -> None:

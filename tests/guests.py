@@ -170,7 +170,8 @@ IO_IMPORTS = """
     (import "isolate" "http_take" (func $http_take (param i32 i32) (result i32)))
     (import "isolate" "kv_open" (func $kv_open (param i32 i32) (result i32)))
     (import "isolate" "kv_get" (func $kv_get (param i32 i32 i32 i32 i32) (result i32)))
-    (import "isolate" "kv_set" (func $kv_set (param i32 i32 i32 i32 i32) (result i32)))"""
+    (import "isolate" "kv_set" (func $kv_set (param i32 i32 i32 i32 i32) (result i32)))
+    (import "isolate" "kv_list" (func $kv_list (param i32 i32 i32 i32 i32 i32 i32) (result i32)))"""
 ENVELOPE_AT = 16384
 ANSWER_AT = 65536
 

@@ -42,6 +42,7 @@ def test_bad_allowed_host_entries(text: object) -> None:
 
 
 def test_wildcards_match_subdomains_only() -> None:
+    assert not parse_allowed_host("http://*.0.0.1").matches("http", "127.0.0.1", 80)  # names, not addresses
     entry = parse_allowed_host("https://*.example.org")
     assert entry.matches("https", "a.example.org", 443) and entry.matches("https", "a.b.example.org", 443)
     assert not entry.matches("https", "example.org", 443)
@@ -54,7 +55,8 @@ def test_wildcards_match_subdomains_only() -> None:
     "127.0.0.1", "127.255.0.9", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",
     "100.64.0.1", "0.0.0.0", "::1", "::", "fc00::1", "fd00:ec2::254", "fe80::1", "::ffff:127.0.0.1",
     "::ffff:10.0.0.1", "::ffff:169.254.169.254", "2002:7f00:1::", "64:ff9b::a9fe:a9fe", "::127.0.0.1",
-    "224.0.0.1", "ff02::1",
+    "224.0.0.1", "ff02::1", "::ffff:0:7f00:1", "::ffff:0:a00:1", "64:ff9b:1::7f00:1", "64:ff9b:1::808:808",
+    "fec0::1",
 ])
 def test_internal_addresses(address: str) -> None:
     assert is_internal(ipaddress.ip_address(address))
@@ -141,7 +143,7 @@ def test_hop_by_hop_and_host_set_headers_are_not_sent(tmp_path: Path) -> None:
     msgpack.packb({"url": "http://a/", "headers": [["bad name", "v"]]}),
     msgpack.packb({"url": "http://a/", "headers": [["x", "a\r\nb"]]}),
     msgpack.packb({"url": "http://a/", "redirects": 11}), msgpack.packb({"url": "http://a/", "timeout_ms": -1}),
-    msgpack.packb({"url": "http://a/", "body": 7}),
+    msgpack.packb({"url": "http://a/", "body": 7}), msgpack.packb({"url": "http://a/", "method": "CONNECT"}),
 ])
 def test_bad_request_envelopes(tmp_path: Path, bad: bytes) -> None:
     io = io_for(Outbound(), SqliteKeyValue(tmp_path / "kv.sqlite3"), ["http://a"])
@@ -250,3 +252,117 @@ secrets = { api_key = { env = "TEST_API_KEY" }, db = { file = "db" } }
         with pytest.raises(ManifestError, match=expected) as info:
             load(manifest, {})
         assert "isolate.toml:3:" in str(info.value)
+
+
+def test_abi_md_vectors() -> None:
+    """The I/O envelopes of ABI.md, byte for byte: the host reads the request and writes the rest."""
+    import re
+
+    from isolate.capabilities import Page
+    from isolate.capabilities._client import Answer
+    from isolate.capabilities._kv import encode_page
+    from isolate.capabilities._outbound import decode_call, encode_answer
+
+    text = (Path(__file__).resolve().parent.parent / "guest-sdk" / "ABI.md").read_text()
+    section = text[text.index("### Vectors for the I/O envelopes"):text.index("### Secrets")]
+    request, answer, page, last = (bytes.fromhex(block) for block in re.findall(r"```\n(.*?)```", section, re.S))
+    call = decode_call(request)
+    assert (call.method, call.target.url, call.headers, call.body, call.redirects, call.timeout) == (
+        "POST", "https://api.example.com/v1/items?page=2", [("content-type", b"application/json")], b'{"a":1}', 0,
+        0.5)
+    assert encode_answer(Answer(200, [(b"content-type", b"text/plain")], b"ok"), call.target.url) == answer
+    assert encode_page(Page([b"todo:1", b"todo:2"], b"todo:2")) == page
+    assert encode_page(Page([], None)) == last
+
+
+def test_more_descriptors_than_select_handles(tmp_path: Path) -> None:
+    """A busy server has descriptors above 1024: waiting on a socket must not use select()."""
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip("the hard descriptor limit is below 2048")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    held = [socket.socket() for _ in range(1100)]
+    try:
+        with Origin() as origin:
+            outbound = Outbound()
+            io = io_for(outbound, SqliteKeyValue(tmp_path / "kv.sqlite3"), [origin.url])
+            for _ in range(3):  # a new connection, then pooled ones checked for staleness
+                size = io.http_send(envelope(f"{origin.url}/ok"))
+                assert size > 0 and msgpack.unpackb(io.http_take(size))["body"] == b"hello from origin"
+            outbound.close()
+    finally:
+        for sock in held:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_one_modules_slow_names_do_not_hold_up_anothers(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    release = threading.Event()
+
+    def resolve(name: str, port: int) -> list[str]:
+        if name.startswith("slow"):
+            release.wait(10)  # a lookup that cannot be cancelled
+        return ["127.0.0.1"]
+
+    with Origin() as origin:
+        outbound = Outbound(resolve=resolve)
+        kv = SqliteKeyValue(tmp_path / "kv.sqlite3")
+        try:
+            names = [f"http://slow{i}.example.test:{origin.port}" for i in range(12)]
+            attacker = io_for(outbound, kv, names, module="attacker", outbound_timeout=0.05)
+            for name in names:
+                assert attacker.http_send(envelope(f"{name}/ok")) in (-5, -6)  # its own lookups stall
+            victim = io_for(outbound, kv, [f"http://fast.example.test:{origin.port}"], module="victim",
+                            outbound_timeout=5.0)
+            started = time.monotonic()
+            size = victim.http_send(envelope(f"http://fast.example.test:{origin.port}/ok"))
+            assert size > 0 and time.monotonic() - started < 4  # not queued behind the attacker's lookups
+        finally:
+            release.set()
+            outbound.close()
+
+
+def test_non_ascii_urls_are_percent_encoded(tmp_path: Path) -> None:
+    with Origin() as origin:
+        io = io_for(Outbound(), SqliteKeyValue(tmp_path / "kv.sqlite3"), [origin.url])
+        size = io.http_send(envelope(f"{origin.url}/echo/caf\u00e9?q=\u00fc"))
+        assert size > 0
+        assert origin.seen[-1]["path"] == "/echo/caf%C3%A9"
+
+
+def test_a_head_answer_is_not_judged_by_its_length(tmp_path: Path) -> None:
+    with Origin() as origin:
+        io = io_for(Outbound(), SqliteKeyValue(tmp_path / "kv.sqlite3"), [origin.url], outbound_response_size=1000)
+        size = io.http_send(envelope(f"{origin.url}/huge?n=100000", method="HEAD"))
+        assert size > 0
+        answer = msgpack.unpackb(io.http_take(size))
+        assert answer["status"] == 200 and answer["body"] == b""
+        assert io.http_send(envelope(f"{origin.url}/huge?n=100000")) == -7
+
+
+def test_refusals_log_the_origin_not_the_query(tmp_path: Path) -> None:
+    notes: list[str] = []
+    with Origin() as origin:
+        io = io_for(Outbound(), SqliteKeyValue(tmp_path / "kv.sqlite3"), [origin.url], outbound_requests=0,
+                    note=lambda level, text: notes.append(text))
+        assert io.http_send(envelope(f"{origin.url}/ok?api_key=hunter2")) == -4
+    assert notes and "hunter2" not in notes[0] and origin.url in notes[0]
+
+
+def test_a_page_too_big_for_the_buffer_is_not_copied(host: Host) -> None:
+    host.kv.set("default", b"key-one", b"v")
+    call = ("(call $kv_list (call $kv_open (i32.const 200) (i32.const 7)) (i32.const 0) (i32.const 0)"
+            " (i32.const 0) (i32.const 0) (i32.const 400) (i32.const 4))")
+    sentinel = "(i32.store (i32.const 400) (i32.const 0x41414141))"
+    # The page needs more than the 4 bytes offered: its length comes back and the buffer is untouched.
+    host.deploy("length", g.io_call(f"(block (result i32) {sentinel} {call})", b"default"), kv_stores=["default"])
+    assert result(host, "length") > 4
+    wat = g.io_call(f"(block (result i32) {sentinel} (drop {call}) (i32.load (i32.const 400)))", b"default")
+    host.deploy("lister2", wat, kv_stores=["default"])
+    assert result(host, "lister2") == 0x41414141

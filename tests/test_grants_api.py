@@ -107,10 +107,12 @@ def test_cli_secrets_and_grants(server: LiveServer, tmp_path: Path) -> None:
     stored = (server.data_dir / "secrets" / "c1.json").read_text()
     assert "from-a-file" in stored and "from-the-env" in stored  # kept for the guest, 0600, apart
     for bad, message in [("--secret=x@env:NOT_SET_ANYWHERE", b"NOT_SET_ANYWHERE is not set"),
-                         ("--secret=x@vault:y", b"expected NAME=VALUE"), ("--allow-host=gopher://x", b"http or https"),
+                         ("--secret=x@vault:y", b"expected NAME=VALUE"), ("--secret=API_KEY:hunter2", b"malformed"),
+                         ("--allow-host=gopher://x", b"http or https"),
                          ("--limit=nope=1", b"unknown limit")]:
         failed = cli(server, "deploy", "c2", str(hello), bad)
         assert failed.returncode == 1 and message in failed.stderr, failed.stderr
+        assert b"hunter2" not in failed.stderr + failed.stdout
     with server.admin() as admin:
         assert admin.get("/v1/modules/c2").status_code == 404  # nothing was deployed
 

@@ -277,3 +277,14 @@ def test_kv_writes_survive_restart_and_kill(tmp_path: Path) -> None:
         live.start()
         with live.edge() as edge:
             assert [edge.get(f"/kv/get?store=default&key=k{i}").text for i in range(40)] == [f"v{i}" for i in range(40)]
+
+
+def test_metrics_count_guest_io(server: LiveServer, origin: Origin) -> None:
+    call(server, "c", f"/fetch?url={origin.url}/ok")
+    call(server, "c", f"/fetch?url=http://127.0.0.1:{closed_port()}/")
+    call(server, "c", "/kv/exists?store=default&key=k")
+    with server.admin() as admin:
+        text = admin.get("/metrics").text
+    assert 'isolate_outbound_requests_total{module="features-c",result="ok"}' in text
+    assert 'isolate_outbound_requests_total{module="features-c",result="denied"}' in text
+    assert 'isolate_kv_operations_total{module="features-c"}' in text

@@ -166,7 +166,10 @@ class Pool:
             err = sock.connect_ex((address, port))
             if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
                 raise OriginError("unreachable", f"cannot connect to {address} port {port}: {os.strerror(err)}")
-            while not select.select([], [sock], [], min(_SLICE, deadlines.remaining()))[1]:
+            # poll, not select: select fails on descriptors above 1024, which a busy server has.
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+            while not poller.poll(int(min(_SLICE, deadlines.remaining()) * 1000) + 1):
                 pass
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
@@ -205,7 +208,7 @@ class Pool:
             data = h.send(h11.Request(method=method, target=target, headers=list(headers)))
             data = (data or b"") + (h.send(h11.Data(data=body)) or b"") if body else data
             data = (data or b"") + (h.send(h11.EndOfMessage()) or b"")
-        except h11.LocalProtocolError as exc:
+        except (h11.LocalProtocolError, UnicodeError) as exc:
             raise OriginError("protocol", f"cannot send the request: {exc}") from None
         self._send_all(conn, data, deadlines)
         received = 0
@@ -231,7 +234,8 @@ class Pool:
                 status = event.status_code
                 answer_headers = [(name, value) for name, value in event.headers]
                 length = next((v for n, v in answer_headers if n == b"content-length"), None)
-                if length is not None and length.isdigit() and int(length) > max_body:
+                bodiless = method == "HEAD" or status in (204, 304)  # a length here describes no body
+                if length is not None and length.isdigit() and int(length) > max_body and not bodiless:
                     raise OriginError("too_large", f"the answer's body ({int(length)} bytes) exceeds {max_body} bytes")
                 continue
             if isinstance(event, h11.Data):
@@ -289,6 +293,8 @@ def _still_open(sock: socket.socket) -> bool:
     """An idle connection is usable if the origin has neither closed it nor sent anything unasked:
     either would make it readable."""
     try:
-        return not select.select([sock], [], [], 0)[0]
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return not poller.poll(0)
     except (OSError, ValueError):
         return False

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import msgpack
+
 from ..config import GiB, MiB
 from ..errors import InvalidConfig, InvalidRequest, StorageError, StoreFull
 
@@ -56,6 +58,18 @@ def check_key(key: bytes, *, prefix: bool = False) -> None:
 class Page:
     keys: list[bytes]
     cursor: bytes | None  # pass it back for the next page; None on the last
+
+
+def _successor(prefix: bytes) -> bytes | None:
+    """The smallest byte string after every string starting with `prefix` (None: no such bound)."""
+    trimmed = prefix.rstrip(b"\xff")
+    return trimmed[:-1] + bytes([trimmed[-1] + 1]) if trimmed else None
+
+
+def encode_page(page: Page) -> bytes:
+    """A page as `kv_list` hands it to the guest (ABI.md): {"keys": [bin...], "cursor": bin | nil}."""
+    packed: bytes = msgpack.packb({"keys": page.keys, "cursor": page.cursor}, use_bin_type=True)
+    return packed
 
 
 class KeyValue(Protocol):
@@ -192,10 +206,13 @@ class SqliteKeyValue:
     def list(self, store: str, prefix: bytes, cursor: bytes = b"", limit: int = PAGE_KEYS,
              deadline: float | None = None) -> Page:
         def work(conn: sqlite3.Connection) -> Page:
-            # Byte order is SQLite's BLOB order (memcmp); substr keeps the prefix test exact for any byte.
+            # Byte order is SQLite's BLOB order (memcmp): the keys with a prefix are one range of the
+            # primary key, [prefix, successor), so a page reads at most `limit + 1` rows.
+            upper = _successor(prefix)
             rows = conn.execute(
-                "SELECT key FROM kv WHERE store = ? AND key >= ? AND key > ? AND substr(key, 1, ?) = ? "
-                "ORDER BY key LIMIT ?", (store, prefix, cursor, len(prefix), prefix, limit + 1)).fetchall()
+                "SELECT key FROM kv WHERE store = ? AND key >= ? AND key > ?"
+                + (" AND key < ?" if upper is not None else "") + " ORDER BY key LIMIT ?",
+                (store, prefix, cursor, *((upper,) if upper is not None else ()), limit + 1)).fetchall()
             keys = [bytes(row[0]) for row in rows[:limit]]
             return Page(keys, keys[-1] if len(rows) > limit else None)
         return self._run(work, deadline, False)  # type: ignore[return-value]

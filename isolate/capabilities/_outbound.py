@@ -3,9 +3,9 @@ redirects, limits, and the answer envelope. ABI.md, "Outbound HTTP", is the cont
 
 from __future__ import annotations
 
-import concurrent.futures
 import ipaddress
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,7 +41,7 @@ HOST_SET = frozenset({"host", "content-length", "x-request-id", "traceparent", "
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
-_RESOLVE_THREADS = 8
+LOOKUPS_PER_MODULE = 8
 
 
 class Refused(Exception):
@@ -77,6 +77,7 @@ class Context:
     traceparent: str | None
     tracestate: str | None
     stopping: Callable[[], bool]
+    module: str = ""  # whose name lookups these are: each module may have only so many waiting
 
 
 def decode_call(data: bytes) -> Call:
@@ -98,6 +99,8 @@ def decode_call(data: bytes) -> Call:
     method = raw.get("method", "GET")
     if not isinstance(method, str) or not method or len(method) > 32 or not set(method) <= _TOKEN:
         raise Refused(BAD_REQUEST, f"bad method {method!r}")
+    if method.upper() == "CONNECT":  # a tunnel is not a request: the allow-list could not see where it goes
+        raise Refused(BAD_REQUEST, "CONNECT is not an outbound request")
     headers = _headers(raw.get("headers", []))
     body = raw.get("body")
     if isinstance(body, str):
@@ -112,7 +115,7 @@ def decode_call(data: bytes) -> Call:
     timeout_ms = raw.get("timeout_ms", 0)
     if type(timeout_ms) is not int or timeout_ms < 0:
         raise Refused(BAD_REQUEST, "timeout_ms must be a non-negative integer")
-    return Call(method.upper() if method.isascii() else method, target, headers, body, redirects,
+    return Call(method.upper(), target, headers, body, redirects,
                 timeout_ms / 1000 if timeout_ms else None)
 
 
@@ -156,10 +159,10 @@ class Outbound:
         resolve here)."""
         self.pool = Pool()
         self._resolve_name = resolve or _system_resolve
-        self._resolver = concurrent.futures.ThreadPoolExecutor(_RESOLVE_THREADS, thread_name_prefix="isolate-dns")
+        self._lookups: dict[str, int] = {}  # module -> name lookups still running (abandoned ones too)
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        self._resolver.shutdown(wait=False, cancel_futures=True)
         self.pool.close()
 
     def send(self, call: Call, context: Context) -> bytes:
@@ -197,7 +200,7 @@ class Outbound:
         if not allowed(context.allowed_hosts, target):
             raise Refused(DENIED, f"{target.scheme}://{target.authority} is not in the module's allowed_hosts",
                           note=True)
-        addresses = self._resolve(target, deadlines)
+        addresses = self._resolve(target, deadlines, context.module)
         if not names_exactly(context.allowed_hosts, target):
             internal = [a for a in addresses if is_internal(ipaddress.ip_address(a))]
             if internal:
@@ -223,27 +226,49 @@ class Outbound:
                 last = exc
         raise Refused(UNREACHABLE, f"{target.url}: {last}")
 
-    def _resolve(self, target: Target, deadlines: Deadlines) -> list[str]:
-        """The addresses to connect to, resolved once: the guard checks exactly these."""
+    def _resolve(self, target: Target, deadlines: Deadlines, module: str) -> list[str]:
+        """The addresses to connect to, resolved once: the guard checks exactly these.
+
+        getaddrinfo cannot be cancelled, so each lookup runs on a thread of its own that outlives a
+        caller who gave up; a module may have `LOOKUPS_PER_MODULE` running, so one tenant's slow
+        names never hold up another's.
+        """
         try:
             return [str(ipaddress.ip_address(target.host))]
         except ValueError:
             pass
-        future = self._resolver.submit(self._resolve_name, target.host, target.port)
+        with self._lock:
+            if self._lookups.get(module, 0) >= LOOKUPS_PER_MODULE:
+                raise Refused(UNREACHABLE, f"cannot resolve {target.host}: {LOOKUPS_PER_MODULE} name lookups of "
+                              "this module are still running")
+            self._lookups[module] = self._lookups.get(module, 0) + 1
+        done = threading.Event()
+        outcome: list[object] = []
+
+        def lookup() -> None:
+            try:
+                outcome.append(self._resolve_name(target.host, target.port))
+            except Exception as exc:  # reported to the caller below, if it still waits
+                outcome.append(exc)
+            finally:
+                with self._lock:
+                    self._lookups[module] -= 1
+                    if not self._lookups[module]:
+                        del self._lookups[module]
+                done.set()
+
+        threading.Thread(target=lookup, name="isolate-dns", daemon=True).start()
         while True:
             try:
                 wait = min(0.25, deadlines.remaining())  # raises past a deadline (TimeoutError: the request's)
             except OriginError as exc:
-                future.cancel()
                 raise Refused(_BY_KIND[exc.kind], f"resolving {target.host}: {exc}") from None
-            done, _ = concurrent.futures.wait([future], timeout=wait)
-            if not done:
-                continue
-            try:
-                infos = future.result()
+            if done.wait(wait):
                 break
-            except OSError as exc:
-                raise Refused(UNREACHABLE, f"cannot resolve {target.host}: {exc}") from None
+        infos = outcome[0]
+        if isinstance(infos, BaseException):
+            raise Refused(UNREACHABLE, f"cannot resolve {target.host}: {infos}")
+        assert isinstance(infos, list)
         addresses = list(dict.fromkeys(str(ipaddress.ip_address(a)) for a in infos))
         if not addresses:
             raise Refused(UNREACHABLE, f"{target.host} has no address")

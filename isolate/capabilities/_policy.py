@@ -6,7 +6,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 from ..errors import InvalidConfig
 
@@ -36,6 +36,8 @@ class AllowedHost:
         if scheme != self.scheme or (self.port is not None and port != self.port):
             return False
         if self.wildcard:
+            if _address(host) is not None:  # `*.0.0.1` names no subdomain of anything
+                return False
             return host.endswith(self.host[1:]) and len(host) > len(self.host) - 1
         return host == self.host
 
@@ -144,6 +146,8 @@ def parse_url(url: str) -> Target:
     shown = f"[{host}]" if literal is not None and literal.version == 6 else host
     authority = shown if port == DEFAULT_PORTS[scheme] else f"{shown}:{port}"
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # Non-ASCII in the path or query is sent percent-encoded as UTF-8, as browsers do.
+    target = "".join(c if c.isascii() else quote(c, safe="") for c in target)
     clean = f"{scheme}://{authority}{target}"
     return Target(clean, scheme, host, port, target, authority)
 
@@ -162,8 +166,10 @@ def is_internal(address: Address) -> bool:
     """Loopback, private, link-local, unique-local, shared, unspecified, multicast, reserved or
     metadata: anything not globally routable, including IPv4 addresses wrapped in IPv6 forms."""
     if isinstance(address, ipaddress.IPv6Address):
+        if any(address in network for network in _INTERNAL_V6):
+            return True
         embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
-        if embedded is None and address in _NAT64:
+        if embedded is None and any(address in network for network in _EMBEDS_V4):
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is None and int(address) >> 32 == 0 and int(address) > 1:  # IPv4-compatible ::a.b.c.d
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
@@ -172,4 +178,8 @@ def is_internal(address: Address) -> bool:
     return not address.is_global or address.is_multicast
 
 
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# IPv6 ranges whose last 32 bits are an IPv4 address: NAT64 (RFC 6052) and IPv4-translated (RFC 2765).
+_EMBEDS_V4 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::ffff:0:0:0/96"))
+# Not globally routable, though Python's is_global says otherwise: local-use NAT64 (RFC 8215) and the
+# deprecated site-local range.
+_INTERNAL_V6 = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv6Network("fec0::/10"))

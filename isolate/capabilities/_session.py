@@ -12,8 +12,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-import msgpack
-
 from ..errors import InvalidRequest, StorageError, StoreFull
 from . import _kv, _outbound
 from ._kv import KeyValue
@@ -25,16 +23,16 @@ T = TypeVar("T")
 
 class GuestIO:
     __slots__ = ("_outbound", "_context", "_requests", "_max_requests", "_held", "_kv", "_stores", "_granted",
-                 "_ops", "_max_ops", "_kept", "note", "deadline", "calls")
+                 "_ops", "_max_ops", "_kept", "note", "deadline", "results")
 
     def __init__(self, *, outbound: _outbound.Outbound, kv: KeyValue, allowed_hosts: Sequence[AllowedHost],
                  stores: Sequence[str], outbound_requests: int, outbound_timeout: float,
                  outbound_response_size: int, kv_operations: int, deadline: float, request_id: str,
                  traceparent: str | None, tracestate: str | None, stopping: Callable[[], bool],
-                 note: Callable[[str, str], None]) -> None:
+                 note: Callable[[str, str], None], module: str = "") -> None:
         self._outbound = outbound
         self._context = _outbound.Context(allowed_hosts, outbound_timeout, outbound_response_size, deadline,
-                                          request_id, traceparent, tracestate, stopping)
+                                          request_id, traceparent, tracestate, stopping, module)
         self._requests = 0
         self._max_requests = outbound_requests
         self._held: bytes | None = None
@@ -46,7 +44,7 @@ class GuestIO:
         self._kept: tuple[tuple[object, ...], bytes] | None = None  # a value too big for the guest's buffer
         self.note = note  # (level, message): a host log record of this request
         self.deadline = deadline
-        self.calls = 0  # outbound calls made, for metrics
+        self.results: dict[str, int] = {}  # outbound calls by result ("ok" or an error name), for metrics
 
     # -- outbound HTTP ------------------------------------------------------------------------
 
@@ -56,16 +54,26 @@ class GuestIO:
             call = _outbound.decode_call(envelope)
             if self._requests >= self._max_requests:
                 raise _outbound.Refused(_outbound.TOO_MANY_REQUESTS,
-                                        f"outbound call to {call.target.url} refused: this request already made "
+                                        f"outbound call to {call.target.scheme}://{call.target.authority} refused: "
+                                        f"this request already made "
                                         f"{self._max_requests} (limit outbound_requests)", note=True)
             self._requests += 1
-            self.calls += 1
             self._held = self._outbound.send(call, self._context)
         except _outbound.Refused as exc:
             if exc.note:
                 self.note("warn", f"http_send: {exc}")
+            self._count_result(_outbound.ERRORS[exc.code])
             return exc.code
+        self._count_result("ok")
         return len(self._held)
+
+    def _count_result(self, result: str) -> None:
+        self.results[result] = self.results.get(result, 0) + 1
+
+    @property
+    def kv_operations(self) -> int:
+        """Key-value calls this request made (refused ones included)."""
+        return self._ops
 
     def http_take(self, cap: int) -> bytes | int:
         """The held answer if it fits `cap` (and it is released), its length if not, −1 with none."""
@@ -176,8 +184,7 @@ class GuestIO:
         page = self._storage(lambda: self._kv.list(store, prefix, cursor, _kv.PAGE_KEYS, self.deadline))
         if isinstance(page, int):
             return page
-        data = msgpack.packb({"keys": page.keys, "cursor": page.cursor}, use_bin_type=True)
-        return self._keep_if_large(what, data, cap)
+        return self._keep_if_large(what, _kv.encode_page(page), cap)
 
     def _storage(self, work: Callable[[], T]) -> T | int:
         """Run a backend call; storage failures become codes (and a server log line), a full store too."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -75,15 +76,20 @@ class Call:
     __slots__ = ("base", "size", "name")
 
     def __init__(self, caller: int, name: str) -> None:
-        scratch: _raw.CallerMemory | None = getattr(_local, "memory", None)
-        if scratch is None:
-            scratch = _local.memory = _raw.CallerMemory()
         self.name = name
-        if not _raw.caller_export_get(caller, b"memory", 6, scratch.p_item):
-            raise _GuestFault(f"{HOST_NAMESPACE}.{name}: the module exports no memory")
+        # The request's `memory` export, once `run` has looked it up (it belongs to the caller's
+        # store); before that (start function, _initialize) it is looked up by name.
+        memory = getattr(_output.current, "memory", None)
+        if memory is None:
+            scratch: _raw.CallerMemory | None = getattr(_local, "memory", None)
+            if scratch is None:
+                scratch = _local.memory = _raw.CallerMemory()
+            if not _raw.caller_export_get(caller, b"memory", 6, scratch.p_item):
+                raise _GuestFault(f"{HOST_NAMESPACE}.{name}: the module exports no memory")
+            memory = scratch.p_memory
         ctx = _raw.caller_context(caller)
-        self.base = _raw.memory_data(ctx, scratch.p_memory) or 0
-        self.size = _raw.memory_data_size(ctx, scratch.p_memory)
+        self.base = _raw.memory_data(ctx, memory) or 0
+        self.size = _raw.memory_data_size(ctx, memory)
 
     def check(self, what: str, ptr: int, length: int) -> int:
         ptr &= _U32
@@ -234,7 +240,8 @@ def _kv_list(caller: int, store: int, prefix_ptr: int, prefix_len: int, cursor_p
     page = io.kv_list(store, prefix, cursor, out_cap & _U32)
     if isinstance(page, int):
         return page
-    call.write("output buffer", out_ptr, page, out_cap)
+    if len(page) <= out_cap & _U32:  # a page is copied whole or not at all (ABI.md)
+        call.write("output buffer", out_ptr, page, out_cap)
     return len(page)
 
 
@@ -254,11 +261,14 @@ def _callback(name: str, impl: Callable[..., int | None], params: int, results: 
     """The raw callback for one host function: unpack i32 arguments, store the i32 result, and turn
     every exception into a trap (an exception must never cross back into wasmtime)."""
 
-    def callback(_env: int, caller: int, values: Any, _count: int) -> int:
+    unpack = struct.Struct("<" + f"i{_raw.VAL_RAW_SIZE - 4}x" * params).unpack
+    size = params * _raw.VAL_RAW_SIZE
+
+    def callback(_env: int, caller: int, values: int, _count: int) -> int:
         try:
-            result = impl(caller, *[values[i].i32 for i in range(params)])
+            result = impl(caller, *unpack(ctypes.string_at(values, size)))
             if results:
-                values[0].i32 = result
+                ctypes.c_int32.from_address(values).value = result or 0
             return 0
         except _GuestFault as exc:
             capture = getattr(_output.current, "capture", None)

@@ -121,6 +121,7 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
             and get(ctx, s.p_instance, b"isolate_handle", 14, s.p_handle)
         ):
             raise AbiViolation("module lost a required export after instantiation")
+        _output.current.memory = s.p_memory_item  # host calls from here on skip the lookup by name
         call = _raw.call_unchecked
         args = s.args
         if shape.has_initialize:
@@ -172,7 +173,7 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
         exc.logs = capture.finish()
         raise
     finally:
-        _output.current.capture = _output.current.cache = _output.current.io = None
+        _output.current.capture = _output.current.cache = _output.current.io = _output.current.memory = None
         _raw.store_delete(store)
         budget.release(reserved)
         if shape.uses_wasi:

@@ -160,8 +160,11 @@ def configure_pooling(
 
 # -- host functions without wasmtime-py's per-call type checks and value boxing ----------------
 
-HOST_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(ffi.wasmtime_val_raw_t), c_size_t)
-"""wasmtime_func_unchecked_callback_t: (env, caller, args_and_results, count) -> trap pointer or 0."""
+HOST_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, c_void_p, c_size_t)
+"""wasmtime_func_unchecked_callback_t: (env, caller, args_and_results, count) -> trap pointer or 0.
+The values are 16-byte `wasmtime_val_raw_t` slots, passed as an address: reading them with one
+`string_at` and `struct` costs less than indexing a ctypes array, which makes an object per slot."""
+VAL_RAW_SIZE = ctypes.sizeof(ffi.wasmtime_val_raw_t)
 _define_unchecked = _proto("wasmtime_linker_define_func_unchecked", c_void_p, c_void_p, ctypes.c_char_p, c_size_t,
                            ctypes.c_char_p, c_size_t, c_void_p, HOST_CALLBACK, c_void_p, c_void_p)
 caller_export_get = _proto("wasmtime_caller_export_get", c_bool, c_void_p, ctypes.c_char_p, c_size_t, c_void_p)

@@ -91,6 +91,16 @@ class Metrics:
         for (module, status), count in list(self.requests.items()):
             requests.add_metric([module, str(status)], count)
         yield requests
+        stats = self._host.statistics()
+        outbound = CounterMetricFamily("isolate_outbound_requests", "Outbound HTTP calls of guests by result "
+                                       "(ok or the error name)", labels=["module", "result"])
+        for (module, result), count in stats.outbound.items():
+            outbound.add_metric([module, result], count)
+        yield outbound
+        kv = CounterMetricFamily("isolate_kv_operations", "Key-value calls of guests", labels=["module"])
+        for module, count in stats.kv_operations.items():
+            kv.add_metric([module], count)
+        yield kv
         failures = CounterMetricFamily("isolate_failures", "Failed requests by error kind", labels=["module", "kind"])
         for (module, kind), count in list(self.failures.items()):
             failures.add_metric([module, kind], count)

@@ -240,7 +240,47 @@ static isolate_response *json(const isolate_request *req) {
     return isolate_response_json(201, body);
 }
 
+/* bench/run.py: N guest-cache reads of one key (the cost of a host call, from a real SDK guest). */
+static isolate_response *cache_bench(const isolate_request *req) {
+    long n = number(req, "n", 0);
+    for (long i = 0; i < n; i++) {
+        void *value;
+        size_t len;
+        int found = isolate_cache_get("bench", 5, &value, &len);
+        if (found < 0) return io_error(500, found, isolate_cache_strerror(found), i);
+        free(value);
+    }
+    char text[32];
+    snprintf(text, sizeof text, "ok %ld", n);
+    return answer(200, text);
+}
+
+/* bench/run.py: one outbound call and one key-value read per request. */
+static isolate_response *io_bench(const isolate_request *req) {
+    char *url = isolate_query_param(req, "url");
+    char *name = isolate_query_param(req, "store");
+    char *key = isolate_query_param(req, "key");
+    if (!url || !name || !key) return answer(400, "url, store and key are required");
+    isolate_fetch_request r;
+    isolate_fetch_request_init(&r, "GET", url);
+    isolate_fetch_response got;
+    int err = isolate_fetch(&r, &got);
+    if (err < 0) return io_error(502, err, isolate_fetch_error_name(err), 0);
+    int store = isolate_kv_open(name);
+    if (store < 0) return io_error(500, store, isolate_kv_error_name(store), 0);
+    void *value;
+    size_t len;
+    int found = isolate_kv_get(store, key, strlen(key), &value, &len);
+    if (found < 0) return io_error(500, found, isolate_kv_error_name(found), 0);
+    isolate_response *res = isolate_response_new(200);
+    isolate_response_body(res, got.body.ptr, got.body.len);
+    if (found) isolate_response_append(res, value, len);
+    return res;
+}
+
 isolate_response *isolate_on_request(const isolate_request *req) {
+    if (is(req, "/cache/bench")) return cache_bench(req);
+    if (is(req, "/bench/io")) return io_bench(req);
     if (is(req, "/fetch")) return fetch_one(req);
     if (is(req, "/fetch-many")) return fetch_many(req);
     if (starts(req, "/kv/")) {
