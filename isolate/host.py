@@ -103,6 +103,9 @@ class Host:
         # Whether a module's active code can wait in the host (e.g. WASI poll_oneoff): such code must
         # never run on an event loop. Unknown names count as blocking until they have run once.
         self._blocking: dict[str, bool] = {}
+        # Whether it is known to wait (it imports such a function): it then runs on the I/O pool.
+        # Unknown names (not run since start-up) are taken not to, so unknown code never floods that pool.
+        self._waits: dict[str, bool] = {}
         self._lock = threading.Lock()  # counters and lazily created engines: held for nanoseconds
         self._control = threading.RLock()  # deploy, configure, rollback, delete: held across fsyncs
         self._invocations = 0
@@ -189,6 +192,7 @@ class Host:
             self._store.put_artifact(digest, runtime.fingerprint, artifact)
             self._cache.put(_cache_key(digest, runtime.stack), prepared)
             self._blocking[name] = True  # until the new version has run once, it may wait in the host
+            self._waits[name] = shape.may_block
             record = self._store.add_version(name, digest, len(wasm), compile_s * 1000, overrides, variables,
                                              allowed_hosts=hosts, kv_stores=stores)
             self._limits[name] = effective
@@ -245,6 +249,7 @@ class Host:
                 version = max(older)
             record.version(version)  # raises NotFound for an unknown version
             self._blocking[name] = True  # the older code may wait in the host: learn again
+            self._waits.pop(name, None)
             record = self._store.update(name, active=version)
         return self._info(record)
 
@@ -254,6 +259,7 @@ class Host:
             self._limits.pop(name, None)
             self._grants.pop(name, None)
             self._blocking.pop(name, None)
+            self._waits.pop(name, None)
             self.secrets.delete(name)
         self.guest_cache.clear(name)
 
@@ -269,6 +275,11 @@ class Host:
     def may_block(self, name: str) -> bool:
         """Whether `name`'s active code can wait in the host (unknown until it has run: True)."""
         return self._blocking.get(name, True)
+
+    def waits(self, name: str) -> bool:
+        """Whether `name`'s active code is known to wait in the host (False until known): such code
+        runs where waiting holds up nobody (the I/O pool)."""
+        return self._waits.get(name, False)
 
     def timeout_of(self, name: str) -> float | None:
         """`name`'s effective timeout once it has run (None before)."""
@@ -287,7 +298,7 @@ class Host:
             limits = self._limits.get(name) or self._limits_for(record)
             prepared = self._cache.get(_cache_key(version.digest, engine_stack(limits.stack)), self._load)
             shape = prepared.shape
-            self._blocking[name] = shape.may_block
+            self._blocking[name] = self._waits[name] = shape.may_block
             secrets = self.secrets.values(name)
             variables = {**record.variables, **secrets} if secrets else record.variables
             io = self._guest_io(record, limits, request) if shape.uses_io else None

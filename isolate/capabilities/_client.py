@@ -25,7 +25,7 @@ _SLICE = 0.25  # seconds: the longest a blocked socket call goes without checkin
 _READ = 64 * 1024
 IDLE_TIMEOUT = 30.0  # seconds an idle pooled connection is kept
 MAX_IDLE = 256  # idle connections kept in all
-MAX_IDLE_PER_ORIGIN = 16
+MAX_IDLE_PER_ORIGIN = 64
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 
 
@@ -126,35 +126,40 @@ class Pool:
     # -- connections --------------------------------------------------------------------------
 
     def _take(self, key: Key) -> _Connection | None:
-        now = time.monotonic()
-        with self._lock:
-            conns = self._idle.get(key)
-            while conns:
+        # The lock guards the lists only: checks and closes are system calls, which release the GIL,
+        # and every other guest thread would queue behind a lock held across them.
+        while True:
+            with self._lock:
+                conns = self._idle.get(key)
+                if not conns:
+                    return None
                 conn = conns.pop()
                 self._count -= 1
-                if now - conn.idle_since < IDLE_TIMEOUT and _still_open(conn.sock):
-                    return conn
-                conn.close()
-        return None
+            if time.monotonic() - conn.idle_since < IDLE_TIMEOUT and _still_open(conn.sock):
+                return conn
+            conn.close()
 
     def _put(self, key: Key, conn: _Connection) -> None:
         conn.idle_since = time.monotonic()
+        dropped: list[_Connection] = []
         with self._lock:
             conns = self._idle.setdefault(key, [])
             self._idle.move_to_end(key)
             if len(conns) >= MAX_IDLE_PER_ORIGIN:
-                conn.close()
-                return
-            conns.append(conn)
-            self._count += 1
+                dropped.append(conn)
+            else:
+                conns.append(conn)
+                self._count += 1
             while self._count > MAX_IDLE:  # the least recently used origin gives one up
                 oldest_key = next(iter(self._idle))
                 oldest = self._idle[oldest_key]
                 if oldest:
-                    oldest.pop(0).close()
+                    dropped.append(oldest.pop(0))
                     self._count -= 1
                 if not oldest:
                     del self._idle[oldest_key]
+        for old in dropped:
+            old.close()
 
     def _connect(self, key: Key, deadlines: Deadlines) -> _Connection:
         scheme, address, port, server_name = key

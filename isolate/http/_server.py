@@ -81,7 +81,7 @@ def build(config: Config, server: ServerConfig, host: Host | None = None,
         return timeout is not None and timeout <= server.inline_max_timeout and not host.may_block(module)
 
     dispatcher = Dispatcher(server.workers, server.queue_limit, server.inline_threshold, may_inline,
-                            host.may_block, server.io_threads)
+                            host.waits, server.io_threads)
     token = server.admin_token or load_or_create_token(config.data_dir)
     health = NodeHealth(lambda: state.regions, server.region, server.health_interval, server.health_timeout)
     forwarder = Forwarder(server.node_name, health, server.max_body_size, config.max_timeout + 5)
