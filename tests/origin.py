@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,7 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 class Origin:
     """`with Origin() as origin:` serves on 127.0.0.1:origin.port; `origin.seen` lists requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        """With `tls`, it serves HTTPS (its url then starts with https://)."""
         self.seen: list[dict[str, Any]] = []
         self.connections = 0
         origin = self
@@ -105,8 +109,10 @@ class Origin:
                 self.close_connection = True
 
         self.server = _Server(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> Origin:
@@ -133,3 +139,22 @@ def closed_port() -> int:
     port = int(sock.getsockname()[1])
     sock.close()
     return port
+
+
+def certificates(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A throwaway CA and a certificate it signed for `localhost`: (the origin's server context, a
+    client context trusting only that CA). Made with the openssl command line."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=isolate test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "origin.key", "-out", "origin.csr",
+            "-subj", "/CN=localhost")
+    (directory / "ext.cnf").write_text("subjectAltName=DNS:localhost\n")
+    openssl("x509", "-req", "-in", "origin.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "origin.pem", "-days", "2", "-extfile", "ext.cnf")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(directory / "origin.pem", directory / "origin.key")
+    client = ssl.create_default_context(cafile=str(directory / "ca.pem"))
+    return server, client

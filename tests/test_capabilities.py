@@ -11,7 +11,7 @@ from pathlib import Path
 import guests as g
 import msgpack
 import pytest
-from origin import Origin
+from origin import Origin, certificates
 
 from isolate import Config, GuestError, Host, InvalidConfig
 from isolate.capabilities import GuestIO, Outbound, SqliteKeyValue, parse_allowed_host
@@ -366,3 +366,22 @@ def test_a_page_too_big_for_the_buffer_is_not_copied(host: Host) -> None:
     wat = g.io_call(f"(block (result i32) {sentinel} (drop {call}) (i32.load (i32.const 400)))", b"default")
     host.deploy("lister2", wat, kv_stores=["default"])
     assert result(host, "lister2") == 0x41414141
+
+
+def test_https_origins_are_verified_and_named(tmp_path: Path) -> None:
+    """TLS: the certificate must be valid for the name in the URL, sent as SNI though the connection
+    goes to the checked address. A CA of the test's own stands in for the public roots."""
+    server_tls, client_tls = certificates(tmp_path)
+    with Origin(server_tls) as origin:
+        url = f"https://localhost:{origin.port}"
+        trusting = Outbound(tls=client_tls)
+        io = io_for(trusting, SqliteKeyValue(tmp_path / "kv.sqlite3"), [url])
+        size = io.http_send(envelope(f"{url}/echo"))
+        assert size > 0
+        answer = msgpack.unpackb(io.http_take(size))
+        assert answer["status"] == 200 and json.loads(answer["body"])["headers"]["host"] == f"localhost:{origin.port}"
+        by_address = io_for(trusting, SqliteKeyValue(tmp_path / "kv.sqlite3"), [origin.url])
+        assert by_address.http_send(envelope(f"{origin.url}/ok")) == -5  # the certificate names localhost only
+        system = io_for(Outbound(), SqliteKeyValue(tmp_path / "kv.sqlite3"), [url])
+        assert system.http_send(envelope(f"{url}/ok")) == -5  # not a trusted root
+        trusting.close()

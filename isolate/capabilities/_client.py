@@ -85,11 +85,12 @@ Key = tuple[str, str, int, str]  # scheme, address, port, TLS server name
 class Pool:
     """Keep-alive connections per (scheme, address, port, server name), shared by every guest thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: how origins' certificates are checked (default: the system's trusted roots)."""
         self._idle: OrderedDict[Key, list[_Connection]] = OrderedDict()
         self._count = 0
         self._lock = threading.Lock()
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls
         self.opened = 0  # connections made, for tests and metrics: reuse shows as fewer
 
     def close(self) -> None:

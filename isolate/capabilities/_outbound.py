@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -154,10 +155,11 @@ def encode_answer(answer: Answer, url: str) -> bytes:
 class Outbound:
     """Sends guests' calls: one per host, shared by every module and thread."""
 
-    def __init__(self, resolve: Callable[[str, int], list[str]] | None = None) -> None:
-        """`resolve(name, port)` -> addresses replaces the system resolver (tests: names that cannot
-        resolve here)."""
-        self.pool = Pool()
+    def __init__(self, resolve: Callable[[str, int], list[str]] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """`resolve(name, port)` -> addresses replaces the system resolver, `tls` the system's trusted
+        roots (tests: names and certificates that cannot be had here)."""
+        self.pool = Pool(tls)
         self._resolve_name = resolve or _system_resolve
         self._lookups: dict[str, int] = {}  # module -> name lookups still running (abandoned ones too)
         self._lock = threading.Lock()
