@@ -50,30 +50,30 @@ def run(command: str, server: LiveServer) -> str:
     return result.stdout + result.stderr
 
 
+def run_block(heading: str, server: LiveServer) -> None:
+    """Every line of the section's sh block, each `# →` comment checked against what it printed."""
+    lines = commands(block(heading, "sh"))
+    assert len(lines) >= 10
+    for command, expected in lines:
+        output = run(command, server)
+        if expected is not None:
+            assert squeeze(expected) in squeeze(output), f"{command}: expected {expected!r} in {output!r}"
+
+
 def test_quick_start_and_deploy_your_own_module(tmp_path: Path) -> None:
     with LiveServer(tmp_path / "data", "--manifest", str(ROOT / "isolate.toml")) as server:
         quick = [c for c in commands(block("## Quick start", "sh")) if c[0].startswith("curl")]
         assert quick
         for command, _ in quick:
             assert "Hello, ada! (from C, region local, client in local)" in run(command, server)
-        lines = commands(block("## Deploy your own module", "sh"))
-        assert len(lines) >= 10
-        for command, expected in lines:
-            output = run(command, server)
-            if expected is not None:
-                assert squeeze(expected) in squeeze(output), f"{command}: expected {expected!r} in {output!r}"
+        run_block("## Deploy your own module", server)
 
 
 def test_guests_reach_the_world_example(tmp_path: Path) -> None:
     live = LiveServer(tmp_path / "data", "--manifest", str(tmp_path / "isolate.toml"))
     repository_manifest(live, tmp_path / "isolate.toml")
     with live as server:
-        lines = commands(block("## Guests reach the world", "sh"))
-        assert len(lines) >= 10
-        for command, expected in lines:
-            output = run(command, server)
-            if expected is not None:
-                assert squeeze(expected) in squeeze(output), f"{command}: expected {expected!r} in {output!r}"
+        run_block("## Guests reach the world", server)
         assert "hunter2" not in server.log()
 
 

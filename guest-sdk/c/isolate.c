@@ -348,21 +348,26 @@ isolate_response *isolate_response_new(int status) {
 
 void isolate_response_status(isolate_response *res, int status) { res->status = status; }
 
+/* Appends a copy of a header (so callers may pass stack buffers) to a growing array of pairs. */
+static void append_pair(isolate_pair **pairs, size_t *count, size_t *cap, const char *name, size_t name_len,
+                        const char *value, size_t value_len) {
+    if (*count == *cap) {
+        *cap = *cap ? *cap * 2 : 8;
+        *pairs = realloc(*pairs, *cap * sizeof **pairs);
+        if (!*pairs) abort();
+    }
+    char *copy = malloc(name_len + value_len + 1);
+    if (!copy) abort();
+    memcpy(copy, name, name_len);
+    memcpy(copy + name_len, value, value_len);
+    isolate_pair *pair = &(*pairs)[(*count)++];
+    pair->name = (isolate_str){copy, name_len};
+    pair->value = (isolate_str){copy + name_len, value_len};
+}
+
 void isolate_response_header_n(isolate_response *res, const char *name, size_t name_len, const char *value,
                                size_t value_len) {
-    if (res->header_count == res->header_cap) {
-        res->header_cap = res->header_cap ? res->header_cap * 2 : 8;
-        res->headers = realloc(res->headers, res->header_cap * sizeof *res->headers);
-        if (!res->headers) abort();
-    }
-    /* copied, so callers may pass stack buffers */
-    char *n = malloc(name_len + value_len + 1);
-    if (!n) abort();
-    memcpy(n, name, name_len);
-    memcpy(n + name_len, value, value_len);
-    isolate_pair *pair = &res->headers[res->header_count++];
-    pair->name = (isolate_str){n, name_len};
-    pair->value = (isolate_str){n + name_len, value_len};
+    append_pair(&res->headers, &res->header_count, &res->header_cap, name, name_len, value, value_len);
 }
 
 void isolate_response_header(isolate_response *res, const char *name, const char *value) {
@@ -551,18 +556,7 @@ void isolate_fetch_request_init(isolate_fetch_request *req, const char *method, 
 
 void isolate_fetch_request_header_n(isolate_fetch_request *req, const char *name, size_t name_len,
                                     const char *value, size_t value_len) {
-    if (req->header_count == req->header_cap) {
-        req->header_cap = req->header_cap ? req->header_cap * 2 : 8;
-        req->headers = realloc(req->headers, req->header_cap * sizeof *req->headers);
-        if (!req->headers) abort();
-    }
-    char *copy = malloc(name_len + value_len + 1);
-    if (!copy) abort();
-    memcpy(copy, name, name_len);
-    memcpy(copy + name_len, value, value_len);
-    isolate_pair *pair = &req->headers[req->header_count++];
-    pair->name = (isolate_str){copy, name_len};
-    pair->value = (isolate_str){copy + name_len, value_len};
+    append_pair(&req->headers, &req->header_count, &req->header_cap, name, name_len, value, value_len);
 }
 
 void isolate_fetch_request_header(isolate_fetch_request *req, const char *name, const char *value) {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
@@ -84,6 +85,17 @@ async def _table_response(table: RouteTable, **extra: Any) -> Response:
     return Response(body, media_type="application/json")
 
 
+async def _bounded_body(request: Request, limit: int, too_large: Callable[[], IsolateError]) -> bytes:
+    """The request body, refused (`too_large()`) as soon as more than `limit` bytes arrived."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw.strip():
@@ -133,13 +145,8 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_module:
             raise ModuleTooLarge(f"module of {declared} bytes exceeds the {max_module}-byte limit", limit=max_module)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_module:
-                raise ModuleTooLarge(f"module exceeds the {max_module}-byte limit", limit=max_module)
-            chunks.append(chunk)
-        wasm = b"".join(chunks)
+        wasm = await _bounded_body(request, max_module, lambda: ModuleTooLarge(
+            f"module exceeds the {max_module}-byte limit", limit=max_module))
         # Compiling takes milliseconds of CPU: keep it off the event loop.
         info = await run_in_threadpool(lambda: node.deploy(
             name, wasm, limits=limits, variables=variables, allowed_hosts=grants.get("allowed_hosts"),
@@ -204,14 +211,10 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
 
     async def put_key(request: Request) -> Response:
         key = _key_of(request)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_VALUE:
-                raise PayloadTooLarge(f"values are at most {MAX_VALUE} bytes", limit=MAX_VALUE)
-            chunks.append(chunk)
-        await run_in_threadpool(node.kv_set, request.path_params["store"], key, b"".join(chunks))
-        return JSONResponse({"store": request.path_params["store"], "key": show_key(key), "bytes": size})
+        value = await _bounded_body(request, MAX_VALUE, lambda: PayloadTooLarge(
+            f"values are at most {MAX_VALUE} bytes", limit=MAX_VALUE))
+        await run_in_threadpool(node.kv_set, request.path_params["store"], key, value)
+        return JSONResponse({"store": request.path_params["store"], "key": show_key(key), "bytes": len(value)})
 
     async def delete_key(request: Request) -> Response:
         key = _key_of(request)
