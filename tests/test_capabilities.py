@@ -385,3 +385,33 @@ def test_https_origins_are_verified_and_named(tmp_path: Path) -> None:
         system = io_for(Outbound(), SqliteKeyValue(tmp_path / "kv.sqlite3"), [url])
         assert system.http_send(envelope(f"{url}/ok")) == -5  # not a trusted root
         trusting.close()
+
+
+def test_many_guest_threads_write_one_store(host: Host) -> None:
+    """Guests on many threads at once: every acknowledged write is there and the size accounting holds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = g.response_bytes(body=b"\x00" * 4)
+    at = g.RESPONSE_AT + len(body) - 4
+
+    def writer(i: int) -> str:
+        """A guest writing key wNN = wNN (its own name, at 200) and answering kv_set's result."""
+        name = f"w{i:02d}"
+        call = (f"(i32.store (i32.const {at}) (call $kv_set (call $kv_open (i32.const 300) (i32.const 7))"
+                f" (i32.const 200) (i32.const 3) (i32.const 200) (i32.const 3)))")
+        wat = g.module(f"{call} {g.returns(body)}", response=body, imports=g.IO_IMPORTS,
+                       extra=f'(data (i32.const 200) "{name}") (data (i32.const 300) "default")')
+        return wat
+
+    for i in range(16):
+        host.deploy(f"w{i:02d}", writer(i), kv_stores=["default"], limits={"timeout": 5.0})
+
+    def run(i: int) -> list[int]:
+        return [int(struct.unpack("<i", host.invoke(f"w{i % 16:02d}").body)[0]) for _ in range(20)]
+
+    with ThreadPoolExecutor(12) as pool:  # the test host pools 16 isolates
+        results = [code for codes in pool.map(run, range(48)) for code in codes]
+    assert results == [0] * 960
+    for i in range(16):
+        assert host.kv.get("default", f"w{i:02d}".encode()) == f"w{i:02d}".encode()
+    assert host.kv.stores()["default"] == (16, 16 * 6)  # 16 keys of 3 bytes with 3-byte values
