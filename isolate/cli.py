@@ -599,11 +599,23 @@ def new_command(lang: str, name: str, parent: str) -> None:
 @click.option("--body-size", "body_sizes", multiple=True, default=["100", "64KiB"], show_default=True,
               help="Request body sizes to invoke with (repeatable).")
 @click.option("--path", default="/", show_default=True, help="Request path the guest sees.")
-def bench_command(file: str, iterations: int, body_sizes: tuple[str, ...], path: str) -> None:
-    """Measure FILE in-process: isolate creation and full invocations (medians and p99)."""
+@click.option("--http", "over_http", is_flag=True,
+              help="Over HTTP instead: a private server under bounded load, beside the reference hello guest.")
+@click.option("--duration", default=5.0, show_default=True, help="--http: seconds of load per module (≤ 60).")
+@click.option("--connections", default=32, show_default=True, help="--http: concurrent connections (≤ 256).")
+@click.option("--client", type=click.Choice(["auto", "wrk", "builtin"]), default="auto", show_default=True,
+              help="--http: the load generator (auto: wrk when installed).")
+@click.option("--limit", "limit_pairs", multiple=True, metavar="NAME=VALUE", help="--http: a limit for the module.")
+def bench_command(file: str, iterations: int, body_sizes: tuple[str, ...], path: str, over_http: bool,
+                  duration: float, connections: int, client: str, limit_pairs: tuple[str, ...]) -> None:
+    """Measure FILE in-process (isolate creation and full invocations, medians and p99), or with
+    --http on a private server: req/s, p50, p99 and the server-timing breakdown."""
     from .benchmark import micro
     from .manifest import read_module
 
+    if over_http:
+        _bench_http(file, path, duration, connections, client, limit_pairs)
+        return
     try:
         sizes = tuple(parse_size(size) for size in body_sizes)
         results = micro(read_module(Path(file)), iterations=iterations, body_sizes=sizes, path=path)
@@ -613,6 +625,30 @@ def bench_command(file: str, iterations: int, body_sizes: tuple[str, ...], path:
     for name, timing in results.items():
         click.echo(f"{name:<22}{timing.median_us:>12.2f}{timing.p99_us:>12.2f}{timing.min_us:>12.2f}"
                    f"{timing.iterations:>12}")
+
+
+def _bench_http(file: str, path: str, duration: float, connections: int, client: str,
+                limit_pairs: tuple[str, ...]) -> None:
+    from . import http_bench
+    from .manifest import read_module
+
+    try:
+        limits = dict(pair.split("=", 1) for pair in limit_pairs if "=" in pair)
+        report = http_bench.run(read_module(Path(file)), path=path, duration=duration, connections=connections,
+                                client=client, limits=limits)
+    except IsolateError as exc:
+        _fail(f"{exc.kind}: {exc.detail}")
+    except RuntimeError as exc:
+        _fail(str(exc))
+    click.echo(f"{report.client}, {report.connections} connections, {report.duration_s:g} s per module; "
+               "response cache off, a fresh isolate per request")
+    click.echo(f"{'module':<12}{'status':>7}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}  "
+               "server-timing medians (ms)")
+    for name, f in report.figures.items():
+        timing = ", ".join(f"{k} {v:g}" for k, v in f.timing_ms.items())
+        label = "reference" if name == "reference" else Path(file).name
+        click.echo(f"{label[:12]:<12}{f.status:>7}{f.requests_per_s:>10.0f}{f.p50_ms:>9.2f}{f.p99_ms:>9.2f}"
+                   f"{f.errors:>8}  {timing}")
 
 
 @main.command()

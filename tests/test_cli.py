@@ -145,3 +145,20 @@ def test_bench_command_prints_medians(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["measure", "median", "µs"]
     assert [line.split()[0] for line in lines[1:]] == ["instantiate", "invoke_100", "invoke_4096"]
+
+
+def test_bench_over_http_beside_the_reference_guest(tmp_path: Path) -> None:
+    """`isolate bench FILE --http`: a private server under bounded load (the built-in client here, so
+    the test needs no wrk); it reports figures, never judges them."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-m", "isolate.cli", "bench", "samples/hello-wat/hello.wat", "--http",
+                             "--duration", "0.5", "--connections", "2", "--client", "builtin", "--path", "/x"],
+                            capture_output=True, text=True, cwd=root, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("built-in, 2 connections, 0.5 s per module")
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert set(rows) == {"hello.wat", "reference"}
+    for row in rows.values():
+        assert row[1] == "200" and float(row[2]) > 0 and row[5] == "0"  # status, req/s, errors
+        assert "instantiate" in " ".join(row[6:]) and "guest" in " ".join(row[6:])
