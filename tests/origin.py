@@ -21,6 +21,7 @@ class Origin:
         """With `tls`, it serves HTTPS (its url then starts with https://)."""
         self.seen: list[dict[str, Any]] = []
         self.connections = 0
+        self.release = threading.Event()  # /hold answers once this is set (or after 30 s)
         origin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,6 +74,10 @@ class Origin:
             def route_slow(self, query: dict[str, str], body: bytes) -> None:
                 time.sleep(float(query.get("s", "1")))
                 self.answer(200, b"slow answer")
+
+            def route_hold(self, query: dict[str, str], body: bytes) -> None:
+                origin.release.wait(30)
+                self.answer(200, b"held answer")
 
             def route_status(self, query: dict[str, str], body: bytes) -> None:
                 self.answer(int(query.get("code", "500")), b"status")
