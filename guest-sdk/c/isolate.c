@@ -39,36 +39,39 @@ void isolate_log(int level, const char *message) { isolate_log_n(level, message,
 /* ---------- the guest cache ---------- */
 
 #define CACHE_MISS (-1) /* the host's result for a missing key; isolate_cache_get answers 0 */
-#define CACHE_FIRST_TRY 256 /* most values fit: one host call, no second allocation */
+#define FIRST_TRY 256   /* most values fit: one host call, no second allocation */
 
-static int cache_found(void **value, size_t *value_len, void *copy, size_t len) {
+static int found(void **value, size_t *value_len, void *copy, size_t len) {
     if (value) *value = copy;
     else free(copy);
     if (value_len) *value_len = len;
     return 1;
 }
 
-int isolate_cache_get(const void *key, size_t key_len, void **value, size_t *value_len) {
-    if (value) *value = NULL;
-    if (value_len) *value_len = 0;
-    uint8_t first[CACHE_FIRST_TRY];
-    int32_t n = __isolate_host_cache_get(key, key_len, first, value ? sizeof first : 0);
-    if (n == CACHE_MISS) return 0;
+/* A host call that copies at most `cap` bytes of a value to `out` and returns its whole length, or a
+ * negative code: the guest cache's and the key-value stores' get. */
+typedef int32_t (*value_reader)(const void *args, uint8_t *out, size_t cap);
+
+/* Reads a value of unknown length: into a small buffer first, then again with room for all of it,
+ * until it fits. Returns its length with *out a malloc'd copy followed by a NUL (not counted), or
+ * the reader's negative code (also when the value went away between the calls). */
+static int32_t read_whole(value_reader read, const void *args, uint8_t **out) {
+    uint8_t first[FIRST_TRY];
+    int32_t n = read(args, first, sizeof first);
     if (n < 0) return n;
-    if (!value) return cache_found(value, value_len, NULL, (size_t)n);
     size_t cap = (size_t)n;
     uint8_t *copy = malloc(cap + 1);
     if (!copy) abort();
     if ((size_t)n <= sizeof first) {
         memcpy(copy, first, (size_t)n);
     } else {
-        /* The value is larger than the first buffer: ask again with room for all of it. Another
-         * request may replace or drop it in between, so repeat until it fits (or is gone). */
+        /* Another request may replace the value in between (the guest cache), so repeat until it
+         * fits; the key-value host keeps the value it measured, so there one more call does. */
         for (;;) {
-            n = __isolate_host_cache_get(key, key_len, copy, cap);
+            n = read(args, copy, cap);
             if (n < 0) {
                 free(copy);
-                return n == CACHE_MISS ? 0 : n;
+                return n;
             }
             if ((size_t)n <= cap) break;
             cap = (size_t)n;
@@ -77,7 +80,27 @@ int isolate_cache_get(const void *key, size_t key_len, void **value, size_t *val
         }
     }
     copy[n] = 0;
-    return cache_found(value, value_len, copy, (size_t)n);
+    *out = copy;
+    return n;
+}
+
+struct cache_key { const void *key; size_t key_len; };
+
+static int32_t read_cache(const void *args, uint8_t *out, size_t cap) {
+    const struct cache_key *k = args;
+    return __isolate_host_cache_get(k->key, k->key_len, out, cap);
+}
+
+int isolate_cache_get(const void *key, size_t key_len, void **value, size_t *value_len) {
+    if (value) *value = NULL;
+    if (value_len) *value_len = 0;
+    uint8_t *copy = NULL;
+    struct cache_key args = {key, key_len};
+    /* Without `value`, only whether it is there (and its length): nothing is copied. */
+    int32_t n = value ? read_whole(read_cache, &args, &copy) : __isolate_host_cache_get(key, key_len, NULL, 0);
+    if (n == CACHE_MISS) return 0;
+    if (n < 0) return n;
+    return found(value, value_len, copy, (size_t)n);
 }
 
 int isolate_cache_put(const void *key, size_t key_len, const void *value, size_t value_len, uint32_t ttl_ms) {
@@ -654,42 +677,24 @@ const char *isolate_fetch_strerror(int code) {
 
 /* ---------- key-value stores ---------- */
 
-#define KV_FIRST_TRY 256
-
 int isolate_kv_open(const char *name) { return __isolate_host_kv_open(name, strlen(name)); }
+
+struct kv_key { int store; const void *key; size_t key_len; };
+
+static int32_t read_kv(const void *args, uint8_t *out, size_t cap) {
+    const struct kv_key *k = args;
+    return __isolate_host_kv_get(k->store, k->key, k->key_len, out, cap);
+}
 
 int isolate_kv_get(int store, const void *key, size_t key_len, void **value, size_t *value_len) {
     if (value) *value = NULL;
     if (value_len) *value_len = 0;
-    uint8_t first[KV_FIRST_TRY];
-    int32_t n = __isolate_host_kv_get(store, key, key_len, first, sizeof first);
+    uint8_t *copy = NULL;
+    struct kv_key args = {store, key, key_len};
+    int32_t n = read_whole(read_kv, &args, &copy);
     if (n == ISOLATE_KV_NOT_FOUND) return 0;
     if (n < 0) return n;
-    size_t cap = (size_t)n;
-    uint8_t *copy = malloc(cap + 1);
-    if (!copy) abort();
-    if ((size_t)n <= sizeof first) {
-        memcpy(copy, first, (size_t)n);
-    } else {
-        /* The host keeps the value it measured for this second call (one consistent read); the
-         * loop only guards against a host that does not. */
-        for (;;) {
-            n = __isolate_host_kv_get(store, key, key_len, copy, cap);
-            if (n < 0) {
-                free(copy);
-                return n == ISOLATE_KV_NOT_FOUND ? 0 : n;
-            }
-            if ((size_t)n <= cap) break;
-            cap = (size_t)n;
-            copy = realloc(copy, cap + 1);
-            if (!copy) abort();
-        }
-    }
-    copy[n] = 0;
-    if (value_len) *value_len = (size_t)n;
-    if (value) *value = copy;
-    else free(copy);
-    return 1;
+    return found(value, value_len, copy, (size_t)n);
 }
 
 int isolate_kv_set(int store, const void *key, size_t key_len, const void *value, size_t value_len) {
@@ -731,9 +736,9 @@ static int decode_page(const uint8_t *data, size_t len, isolate_kv_page *page) {
 int isolate_kv_list(int store, const void *prefix, size_t prefix_len, const void *cursor, size_t cursor_len,
                     isolate_kv_page *page) {
     memset(page, 0, sizeof *page);
-    uint8_t *data = malloc(KV_FIRST_TRY);
+    uint8_t *data = malloc(FIRST_TRY);
     if (!data) abort();
-    size_t cap = KV_FIRST_TRY;
+    size_t cap = FIRST_TRY;
     int32_t n;
     for (;;) {
         n = __isolate_host_kv_list(store, prefix, prefix_len, cursor, cursor_len, data, cap);
