@@ -77,20 +77,29 @@ class Admin:
         self.client = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {token}"}, timeout=120)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.raw(method, path, **kwargs)
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"error": "http_error", "detail": response.text[:200]}
-        if response.is_error:
-            _fail(f"{body.get('error', response.status_code)}: {body.get('detail', '')}")
-        return body
+        """The JSON answer of a request."""
+        return _json_of(self.raw(method, path, **kwargs))
 
     def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The answer of a request whose body is not JSON when it succeeds (a key-value value)."""
         try:
-            return self.client.request(method, path, **kwargs)
+            response = self.client.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             _fail(f"cannot reach the admin API at {self.url} ({exc}); is `isolate serve` running?")
+        if response.is_error:
+            _json_of(response)  # fails with the diagnostic
+        return response
+
+
+def _json_of(response: httpx.Response) -> Any:
+    """An admin API answer as JSON; an error answer is printed as one line and exits 1."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": "http_error", "detail": response.text[:200]}
+    if response.is_error:
+        _fail(f"{body.get('error', response.status_code)}: {body.get('detail', '')}")
+    return body
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -485,12 +494,6 @@ def _kv_path(store: str, key: str | None = None) -> str:
 def kv_get(data_dir: str | None, admin_url: str, admin_token: str | None, store: str, key: str) -> None:
     """Print the value of KEY in STORE (bytes as they are)."""
     response = Admin(admin_url, admin_token, data_dir).raw("GET", _kv_path(store, key))
-    if response.is_error:
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"error": response.status_code, "detail": response.text[:200]}
-        _fail(f"{body.get('error')}: {body.get('detail', '')}")
     sys.stdout.buffer.write(response.content)
     sys.stdout.buffer.flush()
 

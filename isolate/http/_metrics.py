@@ -91,7 +91,7 @@ class Metrics:
         for (module, status), count in list(self.requests.items()):
             requests.add_metric([module, str(status)], count)
         yield requests
-        stats = self._host.statistics()
+        stats = self._host.statistics()  # once per scrape: it takes the host's lock and walks its tables
         outbound = CounterMetricFamily("isolate_outbound_requests", "Outbound HTTP calls of guests by result "
                                        "(ok or the error name)", labels=["module", "result"])
         for (module, result), count in stats.outbound.items():
@@ -123,7 +123,6 @@ class Metrics:
         for module, value in list(self.memory.items()):
             memory.add_metric([module], value)
         yield memory
-        stats = self._host.statistics()
         cache = stats.module_cache
         yield CounterMetricFamily("isolate_module_cache_hits", "Pre-linked module cache hits", value=cache.hits)
         yield CounterMetricFamily("isolate_module_cache_misses", "Pre-linked module cache misses", value=cache.misses)
