@@ -8,9 +8,10 @@ is stopping: the engine turns both into the request's failure.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 from ..errors import InvalidRequest, StorageError, StoreFull
 from . import _kv, _outbound
@@ -19,6 +20,29 @@ from ._policy import AllowedHost
 
 log = logging.getLogger("isolate.capabilities")
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
+
+
+class _Code(Exception):
+    """A key-value call refused with an ABI code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _codes(method: Callable[P, R]) -> Callable[P, R | int]:
+    """A key-value call that answers the code of a `_Code` raised inside it."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R | int:
+        try:
+            return method(*args, **kwargs)
+        except _Code as refused:
+            return refused.code
+
+    return call
 
 
 class GuestIO:
@@ -85,42 +109,83 @@ class GuestIO:
         return held
 
     # -- key-value ----------------------------------------------------------------------------
+    # Each call returns its result or a negative code: the checks below raise `_Code`, which
+    # `_codes` turns into the code the guest gets.
 
+    @_codes
     def kv_open(self, name: bytes) -> int:
-        if (code := self._count()) < 0:
-            return code
+        self._count()
         try:
             store = name.decode()
         except UnicodeDecodeError:
-            return _kv.NO_SUCH_STORE
+            raise _Code(_kv.NO_SUCH_STORE) from None
         if store not in self._granted:
             self.note("warn", f"kv_open: store {store[:64]!r} is not granted to this module (key_value_stores)")
-            return _kv.NO_SUCH_STORE
+            raise _Code(_kv.NO_SUCH_STORE)
         self._stores.append(store)
         return len(self._stores) - 1
 
-    def _store(self, handle: int) -> str | None:
-        return self._stores[handle] if 0 <= handle < len(self._stores) else None
+    @_codes
+    def kv_get(self, handle: int, key: bytes, cap: int) -> bytes | int:
+        what = ("get", handle, key)
+        kept = self._kept_for(what, cap)
+        if kept is not None:
+            return kept
+        store = self._checked(handle, key)
+        value = self._storage(lambda: self._kv.get(store, key, self.deadline))
+        if value is None:
+            return _kv.NOT_FOUND
+        return self._keep_if_large(what, value, cap)
 
-    def _count(self) -> int:
-        if self._ops >= self._max_ops:
-            return _kv.TOO_MANY_OPERATIONS
-        self._ops += 1
+    @_codes
+    def kv_set(self, handle: int, key: bytes, value_len: int, read_value: Callable[[], bytes]) -> int:
+        store = self._checked(handle, key)
+        if value_len > _kv.MAX_VALUE:
+            return _kv.TOO_LARGE  # judged before the value is copied out of the guest
+        value = read_value()
+        self._storage(lambda: self._kv.set(store, key, value, self.deadline))
         return 0
 
-    def _checked(self, handle: int, key: bytes, *, prefix: bool = False) -> str | int:
-        if (code := self._count()) < 0:
-            return code
-        store = self._store(handle)
-        if store is None:
-            return _kv.NO_SUCH_STORE
+    @_codes
+    def kv_delete(self, handle: int, key: bytes) -> int:
+        store = self._checked(handle, key)
+        self._storage(lambda: self._kv.delete(store, key, self.deadline))
+        return 0  # whether or not the key was there
+
+    @_codes
+    def kv_exists(self, handle: int, key: bytes) -> int:
+        store = self._checked(handle, key)
+        return int(self._storage(lambda: self._kv.exists(store, key, self.deadline)))
+
+    @_codes
+    def kv_list(self, handle: int, prefix: bytes, cursor: bytes, cap: int) -> bytes | int:
+        what = ("list", handle, prefix, cursor)
+        kept = self._kept_for(what, cap)
+        if kept is not None:
+            return kept
+        store = self._checked(handle, prefix, prefix=True)
+        if len(cursor) > _kv.MAX_KEY:
+            return _kv.BAD_KEY
+        page = self._storage(lambda: self._kv.list(store, prefix, cursor, _kv.PAGE_KEYS, self.deadline))
+        return self._keep_if_large(what, _kv.encode_page(page), cap)
+
+    def _count(self) -> None:
+        if self._ops >= self._max_ops:
+            raise _Code(_kv.TOO_MANY_OPERATIONS)
+        self._ops += 1
+
+    def _checked(self, handle: int, key: bytes, *, prefix: bool = False) -> str:
+        """The store behind `handle`, once the call is counted and the key (or prefix) checked."""
+        self._count()
+        if not 0 <= handle < len(self._stores):
+            raise _Code(_kv.NO_SUCH_STORE)
         try:
             _kv.check_key(key, prefix=prefix)
         except InvalidRequest:
-            return _kv.BAD_KEY
-        return store
+            raise _Code(_kv.BAD_KEY) from None
+        return self._stores[handle]
 
-    def _kept_for(self, what: tuple[object, ...], cap: int) -> bytes | int | None:
+    def _kept_for(self, what: tuple[object, ...], cap: int) -> bytes | None:
         """A value kept from a call whose buffer was too small, for the same call (one consistent read)."""
         if self._kept is None or self._kept[0] != what:
             return None
@@ -133,67 +198,14 @@ class GuestIO:
         self._kept = (what, value) if len(value) > cap else None
         return value
 
-    def kv_get(self, handle: int, key: bytes, cap: int) -> bytes | int:
-        kept = self._kept_for(("get", handle, key), cap)
-        if kept is not None:
-            return kept
-        store = self._checked(handle, key)
-        if isinstance(store, int):
-            return store
-        value = self._storage(lambda: self._kv.get(store, key, self.deadline))
-        if isinstance(value, int):
-            return value
-        if value is None:
-            return _kv.NOT_FOUND
-        return self._keep_if_large(("get", handle, key), value, cap)
-
-    def kv_set(self, handle: int, key: bytes, value_len: int, read_value: Callable[[], bytes]) -> int:
-        store = self._checked(handle, key)
-        if isinstance(store, int):
-            return store
-        if value_len > _kv.MAX_VALUE:
-            return _kv.TOO_LARGE  # judged before the value is copied out of the guest
-        value = read_value()
-        result = self._storage(lambda: self._kv.set(store, key, value, self.deadline))
-        return result if isinstance(result, int) else 0
-
-    def kv_delete(self, handle: int, key: bytes) -> int:
-        store = self._checked(handle, key)
-        if isinstance(store, int):
-            return store
-        result = self._storage(lambda: self._kv.delete(store, key, self.deadline))
-        return result if type(result) is int else 0  # a bool is the backend's answer, an int an error code
-
-    def kv_exists(self, handle: int, key: bytes) -> int:
-        store = self._checked(handle, key)
-        if isinstance(store, int):
-            return store
-        result = self._storage(lambda: self._kv.exists(store, key, self.deadline))
-        return result if type(result) is int else int(bool(result))
-
-    def kv_list(self, handle: int, prefix: bytes, cursor: bytes, cap: int) -> bytes | int:
-        what = ("list", handle, prefix, cursor)
-        kept = self._kept_for(what, cap)
-        if kept is not None:
-            return kept
-        store = self._checked(handle, prefix, prefix=True)
-        if isinstance(store, int):
-            return store
-        if len(cursor) > _kv.MAX_KEY:
-            return _kv.BAD_KEY
-        page = self._storage(lambda: self._kv.list(store, prefix, cursor, _kv.PAGE_KEYS, self.deadline))
-        if isinstance(page, int):
-            return page
-        return self._keep_if_large(what, _kv.encode_page(page), cap)
-
-    def _storage(self, work: Callable[[], T]) -> T | int:
-        """Run a backend call; storage failures become codes (and a server log line), a full store too."""
+    def _storage(self, work: Callable[[], T]) -> T:
+        """Run a backend call; a full store and storage failures become codes (the latter logged)."""
         try:
             return work()
         except StoreFull as exc:
             self.note("warn", f"kv_set: {exc}")
-            return _kv.STORE_FULL
+            raise _Code(_kv.STORE_FULL) from None
         except StorageError as exc:
             log.error("key-value storage failed: %s", exc.detail)
             self.note("error", "key-value storage failed (see the server log)")
-            return _kv.STORAGE
+            raise _Code(_kv.STORAGE) from None
