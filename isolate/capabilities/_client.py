@@ -91,7 +91,6 @@ class Pool:
         self._count = 0
         self._lock = threading.Lock()
         self._tls = tls
-        self.opened = 0  # connections made, for tests and metrics: reuse shows as fewer
 
     def close(self) -> None:
         with self._lock:
@@ -183,8 +182,6 @@ class Pool:
             sock.setblocking(True)
             if scheme == "https":
                 sock = self._handshake(sock, server_name, deadlines)
-            with self._lock:
-                self.opened += 1
             return _Connection(sock)
         except BaseException:
             sock.close()

@@ -52,6 +52,36 @@ def _never(module: str) -> bool:
     return False
 
 
+class _Pool:
+    """Worker threads with an admission bound: at most `threads + queue_limit` guests running or queued."""
+
+    def __init__(self, threads: int, queue_limit: int, prefix: str, what: str) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=prefix, initializer=_lower_priority)
+        self.capacity = threads + queue_limit
+        self.inflight = 0
+        self._what = what
+
+    async def run(self, fn: Callable[[], T], after: Callable[[], None] | None = None) -> tuple[T, float]:
+        """`fn`'s result and the seconds it waited for a thread; `Overloaded` when the bound is reached.
+        Once admitted, `after()` runs however the call ends (a result, an error, a cancellation)."""
+        if self.inflight >= self.capacity:
+            raise Overloaded(f"server busy: {self.inflight} {self._what} running or queued", limit=self.capacity)
+        self.inflight += 1
+        queued = [0.0]
+        submitted = time.perf_counter()
+
+        def timed() -> T:
+            queued[0] = time.perf_counter() - submitted
+            return fn()
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, timed), queued[0]
+        finally:
+            self.inflight -= 1
+            if after is not None:
+                after()
+
+
 class Dispatcher:
     def __init__(self, workers: int, queue_limit: int, inline_threshold: float,
                  may_inline: Callable[[str], bool] = _always, may_wait: Callable[[str], bool] = _never,
@@ -61,17 +91,11 @@ class Dispatcher:
         `may_wait(module)` whether it can wait in the host (it then runs on the I/O pool)."""
         self._may_inline = may_inline
         self._may_wait = may_wait
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolate-guest",
-                                            initializer=_lower_priority)
-        self._io_executor = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="isolate-io",
-                                               initializer=_lower_priority)
-        self._capacity = workers + queue_limit
-        self._io_capacity = io_threads + queue_limit
-        self.io_inflight = 0
+        self._workers = _Pool(workers, queue_limit, "isolate-guest", "guests")
+        self._io = _Pool(io_threads, queue_limit, "isolate-io", "waiting guests")
         self._threshold = inline_threshold
         self._streak: dict[str, int] = {}  # module -> consecutive quick runs
         self._needed: dict[str, int] = {}  # module -> quick runs required before running inline
-        self.inflight = 0
 
     def is_inline(self, module: str) -> bool:
         return self._streak.get(module, 0) >= self._needed.get(module, PROMOTE_AFTER) and self._may_inline(module)
@@ -103,49 +127,21 @@ class Dispatcher:
                 # and code that could wait in the host never gets here.
                 self.record(module, time.thread_time() - started, inline=True)
         if self._may_wait(module):
-            return await self._run_io(fn)
-        if self.inflight >= self._capacity:
-            raise Overloaded(f"server busy: {self.inflight} guests running or queued", limit=self._capacity)
-        self.inflight += 1
+            return await self._io.run(fn)  # such modules never run inline: nothing to learn
         took = [0.0]
-        queued = [0.0]
-        submitted = time.perf_counter()
 
         def timed() -> T:
             # CPU time of this thread: what the call would cost the event loop if run inline. Wall
             # time would also count queueing and waits for the GIL, which under load would keep
             # every module off the inline path exactly when the thread hop hurts most.
-            queued[0] = time.perf_counter() - submitted
             started = time.thread_time()
             try:
                 return fn()
             finally:
                 took[0] = time.thread_time() - started
 
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, timed), queued[0]
-        finally:
-            self.inflight -= 1
-            self.record(module, took[0] if took[0] else self._threshold)
-
-    async def _run_io(self, fn: Callable[[], T]) -> tuple[T, float]:
-        """On the I/O pool: such modules never run inline, so there is nothing to learn."""
-        if self.io_inflight >= self._io_capacity:
-            raise Overloaded(f"server busy: {self.io_inflight} waiting guests running or queued",
-                             limit=self._io_capacity)
-        self.io_inflight += 1
-        queued = [0.0]
-        submitted = time.perf_counter()
-
-        def timed() -> T:
-            queued[0] = time.perf_counter() - submitted
-            return fn()
-
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._io_executor, timed), queued[0]
-        finally:
-            self.io_inflight -= 1
+        return await self._workers.run(timed, lambda: self.record(module, took[0] if took[0] else self._threshold))
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        self._io_executor.shutdown(wait=True, cancel_futures=True)
+        self._workers.executor.shutdown(wait=True, cancel_futures=True)
+        self._io.executor.shutdown(wait=True, cancel_futures=True)
