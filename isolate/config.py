@@ -143,6 +143,18 @@ def parse_count(value: int | str) -> int:
     return int(text)
 
 
+def parse_bool(value: bool | str) -> bool:
+    """A switch from a bool or its text: 1/true/yes/on or 0/false/no/off."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise InvalidConfig(f"not a switch: {value!r} (use true or false)")
+
+
 LIMIT_PARSERS: dict[str, Any] = {
     "memory": parse_size,
     "timeout": parse_duration,
@@ -291,12 +303,15 @@ class Config:
     guest_cache_bytes: int = DEFAULT_GUEST_CACHE_BYTES
     """Bounds of the guest cache behind `cache_get`/`cache_put`, shared by all modules."""
     guest_cache_module_share: float = DEFAULT_GUEST_CACHE_MODULE_SHARE
+    """The fraction of each guest cache bound one module may hold; beyond it, its own oldest go."""
     kv_store_size: int = DEFAULT_KV_STORE_SIZE
     """Bytes of keys and values each key-value store may hold (`kv_set` beyond: store_full)."""
-    """The fraction of each guest cache bound one module may hold; beyond it, its own oldest go."""
     memory_budget: int = field(default_factory=default_memory_budget)
     """Bytes of guest linear memory all concurrent isolates of this process may reserve together:
     each request reserves its memory limit before it is instantiated, or fails as overloaded."""
+    native: bool = True
+    """Run requests on the native path (isolate/engine/_fastpath.c) when it was built; False, or a
+    build without it, takes the ctypes path: the same semantics, about 2× the host overhead."""
 
     def __post_init__(self) -> None:
         try:
@@ -329,6 +344,8 @@ class Config:
         _check_number("guest_cache_module_share", self.guest_cache_module_share, 0.0, 1.0, open_low=True)
         _check_int("kv_store_size", self.kv_store_size, 0, 1 << 50)
         _check_int("memory_budget", self.memory_budget, limits.memory, 1 << 50)
+        if type(self.native) is not bool:
+            raise InvalidConfig(f"native must be true or false, got {self.native!r}")
         if self.keep_resident * self.pool_instances > self.memory_budget:
             # Each idle pooled slot keeps up to keep_resident bytes faulted in (memset, not madvise).
             raise InvalidConfig(
@@ -402,6 +419,7 @@ _ENV_FIELDS: dict[str, Any] = {
     "guest_cache_module_share": float,
     "kv_store_size": parse_size,
     "memory_budget": parse_size,
+    "native": parse_bool,
 }
 """Every `Config` field read from an `ISOLATE_<NAME>` variable, and how its text is parsed."""
 

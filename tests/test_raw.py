@@ -25,7 +25,7 @@ def test_store_instantiate_export_and_unchecked_calls(tmp_path) -> None:  # type
         _raw.store_limiter(store, 1 << 20, -1, 1, 1, 1)
         _raw.set_epoch_deadline(ctx, 100)
         assert not _raw.instantiate_pre(prepared.pre_ptr, ctx, s.p_instance, s.p_trap)
-        assert _raw.take_trap(s) is None
+        assert not s.trap.value and _raw.take_trap(0) is None
         assert _raw.export_get(ctx, s.p_instance, b"memory", 6, s.p_memory)
         assert s.memory.kind == ffi.WASMTIME_EXTERN_MEMORY.value
         assert not _raw.export_get(ctx, s.p_instance, b"nope", 4, s.p_alloc)
@@ -54,9 +54,8 @@ def test_traps_are_taken_with_their_code(tmp_path) -> None:  # type: ignore[no-u
         assert not _raw.instantiate_pre(prepared.pre_ptr, ctx, s.p_instance, s.p_trap)
         _raw.export_get(ctx, s.p_instance, b"isolate_handle", 14, s.p_handle)
         assert not _raw.call_unchecked(ctx, s.p_handle_func, s.args, 2, s.p_trap)
-        trap = _raw.take_trap(s)
+        trap = _raw.take_trap(s.trap.value)
         assert trap is not None and trap.trap_code is wasmtime.TrapCode.UNREACHABLE
-        assert s.trap.value is None
         _raw.store_delete(store)
     finally:
         runtime.close()
@@ -105,7 +104,7 @@ def test_increment_epoch_interrupts_a_running_guest(tmp_path) -> None:  # type: 
         timer = threading.Timer(0.05, lambda: [_raw.increment_epoch(runtime.engine_ptr) for _ in range(3)])
         timer.start()
         assert not _raw.call_unchecked(ctx, s.p_handle_func, s.args, 2, s.p_trap)
-        trap = _raw.take_trap(s)
+        trap = _raw.take_trap(s.trap.value)
         assert trap is not None and trap.trap_code is wasmtime.TrapCode.INTERRUPT
         _raw.store_delete(store)
     finally:

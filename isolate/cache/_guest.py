@@ -104,8 +104,9 @@ class GuestCache:
 
     def get(self, namespace: str, key: bytes) -> bytes | None:
         with self._lock:
-            value = self._entries.get((namespace, key))
-            if value is None:
+            try:  # not `.get()`: cachetools' get reads the clock twice (contains, then getitem)
+                value = self._entries[(namespace, key)]
+            except KeyError:  # absent or expired
                 self.misses += 1
                 return None
             self.hits += 1

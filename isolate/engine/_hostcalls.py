@@ -21,7 +21,7 @@ from wasmtime import FuncType, ValType
 
 from ..abi import HOST_NAMESPACE
 from ..cache._guest import MAX_KEY, MAX_TTL_MS, MAX_VALUE
-from . import _output, _raw
+from . import _output, _raw, _shutdown
 
 log = logging.getLogger("isolate.engine")
 _I32 = ValType.i32()
@@ -44,6 +44,9 @@ SIGNATURES: dict[str, tuple[int, int]] = {
 }
 IO_FUNCTIONS = frozenset(name for name in SIGNATURES if name.startswith(("http_", "kv_")))
 """Host functions that reach outside the isolate and may wait: modules importing one run on a thread."""
+NATIVE_FUNCTIONS = frozenset({"log", "cache_get", "cache_put"})
+"""Host functions the native path (`_fastpath.c`) implements in C, re-entering Python only for the
+capture or the guest cache; the I/O functions stay here, where a wait costs far more than a call."""
 
 # cache_get / cache_put results (ABI.md, "The guest cache")
 CACHE_MISS = -1
@@ -297,11 +300,36 @@ def _interrupt(why: str, name: str) -> int:
 _CALLBACKS = {name: _callback(name, _IMPLEMENTATIONS[name], *SIGNATURES[name]) for name in SIGNATURES}
 
 
-def define(linker: wasmtime.Linker) -> None:
-    """Define every `isolate` host function on `linker`."""
+def _report(name: str, exc: BaseException) -> None:
+    """A native host function failed in the host: logged like the ctypes ones' failures."""
+    log.error("host function %s.%s failed", HOST_NAMESPACE, name, exc_info=exc)
+
+
+def _load_fastpath() -> Any:
+    """The native request path, initialised with this process's C API, or None if it was not built."""
+    try:
+        from . import _fastpath  # type: ignore[attr-defined]
+    except ImportError:  # installed without a C compiler: the ctypes path serves
+        return None
+    _fastpath.init({name: _raw.address(name) for name in _fastpath.names()}, _shutdown, _output.LEVELS, _report)
+    return _fastpath
+
+
+FASTPATH: Any = _load_fastpath()
+"""The `_fastpath` extension, ready to use, or None."""
+
+
+def define(linker: wasmtime.Linker, native: bool = False) -> None:
+    """Define every `isolate` host function on `linker`: NATIVE_FUNCTIONS in C when `native` (for
+    stores run by `FASTPATH.invoke`, which tells them the request's capture and cache)."""
     for name, (params, results) in SIGNATURES.items():
-        _raw.define_unchecked(linker, HOST_NAMESPACE, name, FuncType([_I32] * params, [_I32] * results),
-                              _CALLBACKS[name])
+        ty = FuncType([_I32] * params, [_I32] * results)
+        if native and name in NATIVE_FUNCTIONS:
+            error = FASTPATH.define(_raw.linker_pointer(linker), name, _raw.functype_pointer(ty))
+            if error:
+                raise _raw.take_error(error)
+        else:
+            _raw.define_unchecked(linker, HOST_NAMESPACE, name, ty, _CALLBACKS[name])
 
 
 def signature(name: str) -> tuple[list[ValType], list[ValType]]:

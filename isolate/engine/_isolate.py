@@ -10,8 +10,7 @@ import ctypes
 import re
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import wasmtime
 
@@ -42,9 +41,8 @@ _MEMORY_ERRORS = ("memory minimum size", "exceeds memory limits", "memory index"
 _CAPACITY_ERRORS = ("maximum concurrent", "concurrent memory limit", "concurrent table limit")
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The raw response envelope a guest produced, and what running it cost."""
+class Outcome(NamedTuple):
+    """The raw response envelope a guest produced, and what running it cost (a tuple: made per request)."""
 
     payload: bytes
     logs: tuple[LogRecord, ...]
@@ -61,6 +59,15 @@ def _scratch() -> _raw.Scratch:
         if native is not None:
             scratch.stack_room = native - _native.HOST_HEADROOM
     return scratch
+
+
+# What a request's run reports, whichever path ran it (`_fastpath.invoke` or `_invoke_ctypes`):
+# (status, phase, output, memory size or -1, instantiate ns, run ns, a, b). Statuses and phases are
+# numbered as in _fastpath.c; `a` and `b` carry error and trap pointers or the offending range.
+_OK, _STOPPING, _WASI_FAILED, _FAILED, _LOST_EXPORT, _BAD_ALLOC, _TOO_LARGE, _BAD_RESPONSE = range(8)
+_PHASES = ("instantiate", "initialize", "alloc", "handle")
+_Report = tuple[int, int, "bytes | None", int, int, int, int, int]
+_NO_CACHE = (None, None)
 
 
 def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
@@ -85,113 +92,167 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
             limit="memory_budget",
             memory_budget=budget.total,
         )
-    started = time.perf_counter()
     capture = _output.Capture(log_limit, runtime.log_records)
+    fastpath = runtime.fastpath
     waits = shape.uses_wasi or shape.uses_io
-    if waits:  # poll_oneoff, stdout/stderr writes and I/O calls bound their time by the deadline
-        capture.wait_bounds(started, started + limits.timeout)
+    # The host functions written in Python (I/O, WASI output and poll_oneoff; every one on the
+    # ctypes path) find the request here; the native ones are handed it by `invoke`.
+    current = _output.current if fastpath is None or waits else None
+    try:
+        wasi = 0
+        if waits:  # poll_oneoff, stdout/stderr writes and I/O calls bound their time by the deadline
+            started = time.perf_counter()
+            capture.wait_bounds(started, started + limits.timeout)
+            if shape.uses_wasi:
+                wasi = _raw.wasi_config_with_output(_output.STDOUT, _output.STDERR, _output.register(capture))
+            if io is not None:
+                io.note = capture.note
+        if current is not None:
+            current.capture = capture
+            current.cache = cache
+            current.io = io
+        ticks = runtime.ticker.ticks_for(limits.timeout)
+        if fastpath is not None:
+            report: _Report = fastpath.invoke(
+                runtime.engine_ptr, prepared.pre_ptr, payload, limits.memory, ticks, wasi, shape.has_initialize,
+                limits.response_size, capture, *(cache or _NO_CACHE))
+        else:
+            report = _invoke_ctypes(prepared, s, payload, limits, ticks, wasi)
+        status, phase, out, memory, instantiate_ns, run_ns, a, b = report
+        memory_size = None if memory < 0 else memory
+        if status != _OK or (waits and capture.interrupted):
+            # A host call refused to run past the deadline and the guest finished before its epoch
+            # deadline caught up with it: still a timeout, its output was cut.
+            raise _refusal(report, capture, limits, memory_size, len(payload))
+    except GuestError as exc:
+        exc.logs = capture.finish()
+        raise
+    finally:
+        if current is not None:
+            current.capture = current.cache = current.io = current.memory = None
+        budget.release(reserved)
+        if shape.uses_wasi:
+            _output.unregister(capture)
+    assert out is not None
+    return Outcome(
+        payload=out,
+        logs=capture.finish(),
+        instantiate_us=instantiate_ns / 1000,
+        run_us=run_ns / 1000,
+        memory_bytes=memory_size or 0,
+    )
+
+
+def _refusal(report: _Report, capture: _output.Capture, limits: Limits, memory: int | None,
+             size: int) -> IsolateError:
+    """The error for a run that did not produce a response, from what the run reported."""
+    status, phase_no, _, _, _, _, a, b = report
+    phase = _PHASES[phase_no]
+    if status == _STOPPING:
+        return _stopped(phase)
+    if status == _WASI_FAILED:
+        return IsolateError(f"cannot set up WASI: {_raw.take_error(a)}")
+    if status == _LOST_EXPORT:
+        return AbiViolation("module lost a required export after instantiation")
+    if status == _BAD_ALLOC:
+        return AbiViolation(f"isolate_alloc({size}) returned {a}, outside guest memory "
+                            f"({memory} bytes)", phase=phase)
+    if status == _TOO_LARGE:
+        return ResponseTooLarge(f"response of {b} bytes exceeds the {limits.response_size}-byte limit",
+                                limit="response_size", size=b)
+    if status == _BAD_RESPONSE:
+        return AbiViolation(f"isolate_handle returned response {a}+{b}, outside guest memory ({memory} bytes)",
+                            phase=phase)
+    # _FAILED, or _OK with a host call interrupted
+    return _failure(b, a, capture, limits, phase, memory)
+
+
+def _invoke_ctypes(prepared: Prepared, s: _raw.Scratch, payload: bytes, limits: Limits, ticks: int,
+                   wasi: int) -> _Report:
+    """The ctypes path (no `_fastpath` built, or `Config.native` off): what `_fastpath.invoke` does,
+    one C API call at a time, reporting the same tuple."""
+    runtime = prepared.runtime
+    started = time.perf_counter_ns()
     store = _raw.store_new(runtime.engine_ptr, None, None)
     ctx = _raw.store_context(store)
-    phase = "instantiate"
-    memory_size: int | None = None
+    phase = 0
+    memory_size = -1
+    instantiated = started
+
+    def report(status: int, out: bytes | None = None, a: int = 0, b: int = 0) -> _Report:
+        now = time.perf_counter_ns()
+        if status == _FAILED:
+            a, b = int(a or 0), int(s.trap.value or 0)
+            s.trap.value = None
+        return (status, phase, out, memory_size, (instantiated if instantiated != started else now) - started,
+                now - instantiated if instantiated != started else 0, a, b)
+
     try:
         _raw.store_limiter(store, limits.memory, -1, 1, 1, 1)
-        _raw.set_epoch_deadline(ctx, runtime.ticker.ticks_for(limits.timeout))
+        _raw.set_epoch_deadline(ctx, ticks)
         if _shutdown.stopping:  # checked after the deadline is armed: a shutdown from now on interrupts it
-            raise _stopped(phase)
-        if shape.uses_wasi:
-            config = _raw.wasi_config_with_output(_output.STDOUT, _output.STDERR, _output.register(capture))
-            error = _raw.context_set_wasi(ctx, config)
+            if wasi:
+                _raw.wasi_config_delete(wasi)
+            return report(_STOPPING)
+        if wasi:
+            error = _raw.context_set_wasi(ctx, wasi)
             if error:
-                raise IsolateError(f"cannot set up WASI: {_raw.take_error(error)}")
-        _output.current.capture = capture
-        _output.current.cache = cache
-        _output.current.io = io
-        if io is not None:
-            io.note = capture.note
+                return report(_WASI_FAILED, a=error)
         error = _raw.instantiate_pre(prepared.pre_ptr, ctx, s.p_instance, s.p_trap)
         if error or s.trap.value:
-            raise _failure(s, error, capture, limits, phase, None)
-        instantiated = time.perf_counter()
-
+            return report(_FAILED, a=error)
+        instantiated = time.perf_counter_ns()
         get = _raw.export_get
         if not (
             get(ctx, s.p_instance, b"memory", 6, s.p_memory)
             and get(ctx, s.p_instance, b"isolate_alloc", 13, s.p_alloc)
             and get(ctx, s.p_instance, b"isolate_handle", 14, s.p_handle)
         ):
-            raise AbiViolation("module lost a required export after instantiation")
+            return report(_LOST_EXPORT)
         _output.current.memory = s.p_memory_item  # host calls from here on skip the lookup by name
         call = _raw.call_unchecked
         args = s.args
-        if shape.has_initialize:
-            phase = "initialize"
+        if prepared.shape.has_initialize:
+            phase = 1
             get(ctx, s.p_instance, b"_initialize", 11, s.p_init)
             error = call(ctx, s.p_init_func, args, 0, s.p_trap)
             if error or s.trap.value:
-                raise _failure(s, error, capture, limits, phase, _raw.memory_data_size(ctx, s.p_memory_item))
-
-        phase = "alloc"
+                memory_size = _raw.memory_data_size(ctx, s.p_memory_item)
+                return report(_FAILED, a=error)
+        phase = 2
         size = len(payload)
         args[0].i32 = size
         error = call(ctx, s.p_alloc_func, args, 1, s.p_trap)
-        if error or s.trap.value:
-            raise _failure(s, error, capture, limits, phase, _raw.memory_data_size(ctx, s.p_memory_item))
-        ptr = args[0].i32 & _U32
         memory_size = _raw.memory_data_size(ctx, s.p_memory_item)
+        if error or s.trap.value:
+            return report(_FAILED, a=error)
+        ptr = args[0].i32 & _U32
         if ptr + size > memory_size:
-            raise AbiViolation(
-                f"isolate_alloc({size}) returned {ptr}, outside guest memory ({memory_size} bytes)", phase=phase
-            )
+            return report(_BAD_ALLOC, a=ptr)
         ctypes.memmove(_raw.memory_data(ctx, s.p_memory_item) + ptr, payload, size)
-
-        phase = "handle"
+        phase = 3
         args[0].i32 = ptr
         args[1].i32 = size
         error = call(ctx, s.p_handle_func, args, 2, s.p_trap)
         memory_size = _raw.memory_data_size(ctx, s.p_memory_item)
-        if error or s.trap.value or (waits and capture.interrupted):
-            # A host call refused to run past the deadline and the guest finished before its epoch
-            # deadline caught up with it: still a timeout, its output was cut.
-            raise _failure(s, error, capture, limits, phase, memory_size)
+        if error or s.trap.value:
+            return report(_FAILED, a=error)
         packed = args[0].i64 & _U64
         out_ptr, out_len = packed >> 32, packed & _U32
         if out_len > limits.response_size:
-            raise ResponseTooLarge(
-                f"response of {out_len} bytes exceeds the {limits.response_size}-byte limit",
-                limit="response_size",
-                size=out_len,
-            )
+            return report(_TOO_LARGE, b=out_len)
         if out_len == 0 or out_ptr + out_len > memory_size:
-            raise AbiViolation(
-                f"isolate_handle returned response {out_ptr}+{out_len}, outside guest memory ({memory_size} bytes)",
-                phase=phase,
-            )
-        out = ctypes.string_at(_raw.memory_data(ctx, s.p_memory_item) + out_ptr, out_len)
-        finished = time.perf_counter()
-    except GuestError as exc:
-        exc.logs = capture.finish()
-        raise
+            return report(_BAD_RESPONSE, a=out_ptr, b=out_len)
+        return report(_OK, ctypes.string_at(_raw.memory_data(ctx, s.p_memory_item) + out_ptr, out_len))
     finally:
-        _output.current.capture = _output.current.cache = _output.current.io = _output.current.memory = None
         _raw.store_delete(store)
-        budget.release(reserved)
-        if shape.uses_wasi:
-            _output.unregister(capture)
-    return Outcome(
-        payload=out,
-        logs=capture.finish(),
-        instantiate_us=(instantiated - started) * 1e6,
-        run_us=(finished - instantiated) * 1e6,
-        memory_bytes=memory_size,
-    )
 
 
 def _failure(
-    s: _raw.Scratch, error: int | None, capture: _output.Capture, limits: Limits, phase: str, memory: int | None
+    trap_address: int, error: int | None, capture: _output.Capture, limits: Limits, phase: str, memory: int | None
 ) -> IsolateError:
     """Translate whatever stopped the guest into the error tree (the one place that does)."""
-    trap = _raw.take_trap(s)
+    trap = _raw.take_trap(trap_address)
     err = _raw.take_error(error) if error else None
     where = {"phase": phase}
     if memory is not None:
@@ -281,14 +342,19 @@ def _backtrace(text: str) -> list[str]:
 def instantiate_once(prepared: Prepared, limits: Limits) -> None:
     """Create a store, apply limits and deadline, instantiate, drop: the isolate cost alone (for bench/)."""
     runtime = prepared.runtime
-    s = _scratch()
-    store = _raw.store_new(runtime.engine_ptr, None, None)
-    try:
-        ctx = _raw.store_context(store)
-        _raw.store_limiter(store, limits.memory, -1, 1, 1, 1)
-        _raw.set_epoch_deadline(ctx, runtime.ticker.ticks_for(limits.timeout))
-        error = _raw.instantiate_pre(prepared.pre_ptr, ctx, s.p_instance, s.p_trap)
-        if error or s.trap.value:
-            raise _failure(s, error, _output.Capture(0), limits, "instantiate", None)
-    finally:
-        _raw.store_delete(store)
+    ticks = runtime.ticker.ticks_for(limits.timeout)
+    if runtime.fastpath is not None:
+        error, trap = runtime.fastpath.instantiate(runtime.engine_ptr, prepared.pre_ptr, limits.memory, ticks)
+    else:
+        s = _scratch()
+        store = _raw.store_new(runtime.engine_ptr, None, None)
+        try:
+            ctx = _raw.store_context(store)
+            _raw.store_limiter(store, limits.memory, -1, 1, 1, 1)
+            _raw.set_epoch_deadline(ctx, ticks)
+            error = _raw.instantiate_pre(prepared.pre_ptr, ctx, s.p_instance, s.p_trap)
+            trap, s.trap.value = s.trap.value or 0, None
+        finally:
+            _raw.store_delete(store)
+    if error or trap:
+        raise _failure(trap, error, _output.Capture(0), limits, "instantiate", None)

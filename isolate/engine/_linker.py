@@ -138,14 +138,14 @@ def _interrupt(capture: _output.Capture | None, why: str) -> None:
     raise wasmtime.WasmtimeError(f"{WASI_NAMESPACE}.poll_oneoff interrupted: {why}")
 
 
-def build_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
-    """One linker per engine: WASI preview 1 plus the `isolate` host functions."""
+def build_linker(engine: wasmtime.Engine, native: bool = False) -> wasmtime.Linker:
+    """One linker per engine: WASI preview 1 plus the `isolate` host functions (see `_hostcalls.define`)."""
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
     linker.allow_shadowing = True  # replace wasmtime's poll_oneoff, which sleeps as long as asked
     linker.define_func(WASI_NAMESPACE, "poll_oneoff", FuncType([_I32] * 4, [_I32]), _poll_oneoff, access_caller=True)
     linker.allow_shadowing = False
-    _hostcalls.define(linker)
+    _hostcalls.define(linker, native)
     return linker
 
 

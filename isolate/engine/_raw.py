@@ -18,11 +18,16 @@ from wasmtime import _ffi as ffi  # private: the ctypes bindings of the bundled 
 _dll = ffi.dll
 
 
+def address(name: str) -> int:
+    """The address of C API function `name` in the libwasmtime the wheel loaded."""
+    found = ctypes.cast(getattr(_dll, name), c_void_p).value
+    assert found, name
+    return found
+
+
 def _proto(name: str, restype: Any, *argtypes: Any) -> Any:
     """A fresh prototype for C function `name`, so wasmtime-py's own bindings stay untouched."""
-    address = ctypes.cast(getattr(_dll, name), c_void_p).value
-    assert address, name
-    return CFUNCTYPE(restype, *argtypes)(address)
+    return CFUNCTYPE(restype, *argtypes)(address(name))
 
 
 store_new = _proto("wasmtime_store_new", c_void_p, c_void_p, c_void_p, c_void_p)
@@ -32,6 +37,7 @@ store_delete = _proto("wasmtime_store_delete", None, c_void_p)
 set_epoch_deadline = _proto("wasmtime_context_set_epoch_deadline", None, c_void_p, c_uint64)
 context_set_wasi = _proto("wasmtime_context_set_wasi", c_void_p, c_void_p, c_void_p)
 wasi_config_new = _proto("wasi_config_new", c_void_p)
+wasi_config_delete = _proto("wasi_config_delete", None, c_void_p)
 instantiate_pre = _proto("wasmtime_instance_pre_instantiate", c_void_p, c_void_p, c_void_p, c_void_p, c_void_p)
 export_get = _proto("wasmtime_instance_export_get", c_bool, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p)
 call_unchecked = _proto("wasmtime_func_call_unchecked", c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p)
@@ -92,12 +98,10 @@ class Scratch:
         self.p_init_func = ctypes.c_void_p(ctypes.addressof(self.init) + offset)
 
 
-def take_trap(scratch: Scratch) -> wasmtime.Trap | None:
-    """Move a trap left in `scratch` into an owned `wasmtime.Trap` (which frees it)."""
-    address = scratch.trap.value
+def take_trap(address: int) -> wasmtime.Trap | None:
+    """An owned `wasmtime.Trap` (which frees it) from a trap pointer, or None for 0."""
     if not address:
         return None
-    scratch.trap.value = None
     return wasmtime.Trap._from_ptr(ctypes.cast(address, POINTER(ffi.wasm_trap_t)))
 
 
@@ -174,12 +178,18 @@ trap_new = _proto("wasmtime_trap_new", c_void_p, ctypes.c_char_p, c_size_t)
 
 def define_unchecked(linker: wasmtime.Linker, module: str, name: str, ty: wasmtime.FuncType, callback: Any) -> None:
     """Define `module.name` with a raw callback (a HOST_CALLBACK the caller keeps alive)."""
-    linker_ptr = ctypes.cast(linker.ptr(), c_void_p)
-    ty_ptr = ctypes.cast(ty.ptr(), c_void_p)
-    error = _define_unchecked(linker_ptr, module.encode(), len(module.encode()), name.encode(), len(name.encode()),
-                              ty_ptr, callback, None, None)
+    error = _define_unchecked(linker_pointer(linker), module.encode(), len(module.encode()), name.encode(),
+                              len(name.encode()), functype_pointer(ty), callback, None, None)
     if error:
         raise take_error(error)
+
+
+def linker_pointer(linker: wasmtime.Linker) -> int:
+    return int(ctypes.cast(linker.ptr(), c_void_p).value or 0)
+
+
+def functype_pointer(ty: wasmtime.FuncType) -> int:
+    return int(ctypes.cast(ty.ptr(), c_void_p).value or 0)
 
 
 class CallerMemory:

@@ -13,12 +13,13 @@ import weakref
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import wasmtime
 
 from ..config import MAX_STACK_CEILING, Config, GiB, KiB, MiB
 from ..errors import InvalidConfig, InvalidModule
-from . import _native, _raw, _shutdown
+from . import _hostcalls, _native, _raw, _shutdown
 from ._budget import MemoryBudget, budget_for
 from ._linker import ModuleShape, build_linker, inspect_module
 from ._ticker import EpochTicker
@@ -111,7 +112,9 @@ class Runtime:
         weakref.finalize(self.engine, _release_address_space, reserved)
         _native.ensure_thread_stacks(self.stack)
         self.engine_ptr = _raw.engine_pointer(self.engine)
-        self.linker = build_linker(self.engine)
+        self.fastpath: Any = _hostcalls.FASTPATH if config.native else None
+        """The native request path (`_fastpath`), or None: the ctypes path in _isolate.py."""
+        self.linker = build_linker(self.engine, native=self.fastpath is not None)
         self.ticker = EpochTicker(self.engine, config.epoch_tick)
         self.fingerprint = self._fingerprint(config, self.stack)
         self.budget: MemoryBudget = budget_for(config)

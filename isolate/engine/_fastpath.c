@@ -1,0 +1,712 @@
+/* isolate.engine._fastpath: one native call per request, and the `isolate` host functions that
+ * need no Python until they must (ABI.md, "Host functions": log, cache_get, cache_put).
+ *
+ * The per-request work (new store, limits, deadline, instantiate, alloc, copy in, handle, copy out,
+ * delete) is a dozen ctypes calls on the fallback path (engine/_isolate.py), each ~0.5-1 µs plus
+ * a GIL release and re-acquire. Here it is one call that releases the GIL once. The wasmtime C API
+ * is not linked: `init` receives the addresses of the functions of the libwasmtime that the
+ * `wasmtime` wheel already loaded (ctypes knows them), so this file needs only Python's headers
+ * and builds with any C compiler. The struct layouts below are wasmtime 50's (pyproject.toml pins
+ * one major); `tests/test_fastpath.py` checks them against wasmtime-py's own bindings.
+ *
+ * Nothing here decides anything: errors and traps are handed back as raw pointers for the one
+ * translator in _isolate.py, and the guest cache and log capture stay Python objects.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- wasmtime 50 C API: the layouts and signatures used (crates/c-api/include/wasmtime/) ---- */
+
+typedef union {
+    int32_t i32;
+    int64_t i64;
+    float f32;
+    double f64;
+    uint8_t v128[16];
+    void *funcref;
+} wt_val_raw;
+
+typedef struct {
+    uint64_t store_id;
+    void *private_;
+} wt_func; /* also the layout of wasmtime_instance_t */
+
+typedef struct {
+    uint8_t kind;
+    union {
+        wt_func func;
+        uint8_t bytes[24]; /* the largest member: global, table, memory */
+    } of;
+} wt_extern;
+
+_Static_assert(sizeof(wt_val_raw) == 16, "wasmtime_val_raw_t is 16 bytes");
+_Static_assert(sizeof(wt_extern) == 32 && offsetof(wt_extern, of) == 8, "wasmtime_extern_t layout");
+
+enum { EXTERN_FUNC = 0, EXTERN_MEMORY = 3 };
+
+typedef void *(*store_new_fn)(void *engine, void *data, void (*finalizer)(void *));
+typedef void *(*store_context_fn)(void *store);
+typedef void (*store_limiter_fn)(void *store, int64_t memory, int64_t table_elements, int64_t instances,
+                                 int64_t tables, int64_t memories);
+typedef void (*store_delete_fn)(void *store);
+typedef void (*set_epoch_deadline_fn)(void *ctx, uint64_t ticks);
+typedef void *(*context_set_wasi_fn)(void *ctx, void *wasi_config);
+typedef void (*wasi_config_delete_fn)(void *wasi_config);
+typedef void *(*instantiate_pre_fn)(void *pre, void *ctx, wt_func *instance, void **trap);
+typedef bool (*export_get_fn)(void *ctx, const wt_func *instance, const char *name, size_t len, wt_extern *out);
+typedef void *(*call_unchecked_fn)(void *ctx, const void *func, wt_val_raw *args, size_t count, void **trap);
+typedef uint8_t *(*memory_data_fn)(const void *ctx, const void *memory);
+typedef size_t (*memory_data_size_fn)(const void *ctx, const void *memory);
+typedef void *(*caller_context_fn)(void *caller);
+typedef bool (*caller_export_get_fn)(void *caller, const char *name, size_t len, wt_extern *out);
+typedef void *(*trap_new_fn)(const char *message, size_t len);
+typedef void *(*host_callback)(void *env, void *caller, wt_val_raw *args, size_t count);
+typedef void *(*define_unchecked_fn)(void *linker, const char *module, size_t module_len, const char *name,
+                                     size_t name_len, const void *functype, host_callback callback, void *env,
+                                     void (*finalizer)(void *));
+
+static struct {
+    store_new_fn store_new;
+    store_context_fn store_context;
+    store_limiter_fn store_limiter;
+    store_delete_fn store_delete;
+    set_epoch_deadline_fn set_epoch_deadline;
+    context_set_wasi_fn context_set_wasi;
+    wasi_config_delete_fn wasi_config_delete;
+    instantiate_pre_fn instantiate_pre;
+    export_get_fn export_get;
+    call_unchecked_fn call_unchecked;
+    memory_data_fn memory_data;
+    memory_data_size_fn memory_data_size;
+    caller_context_fn caller_context;
+    caller_export_get_fn caller_export_get;
+    trap_new_fn trap_new;
+    define_unchecked_fn define_unchecked;
+} api;
+
+static const char *const API_NAMES[] = {
+    "wasmtime_store_new", "wasmtime_store_context", "wasmtime_store_limiter", "wasmtime_store_delete",
+    "wasmtime_context_set_epoch_deadline", "wasmtime_context_set_wasi", "wasi_config_delete",
+    "wasmtime_instance_pre_instantiate", "wasmtime_instance_export_get", "wasmtime_func_call_unchecked",
+    "wasmtime_memory_data", "wasmtime_memory_data_size", "wasmtime_caller_context",
+    "wasmtime_caller_export_get", "wasmtime_trap_new", "wasmtime_linker_define_func_unchecked",
+};
+#define API_COUNT (sizeof(API_NAMES) / sizeof(API_NAMES[0]))
+_Static_assert(sizeof(api) == API_COUNT * sizeof(void *), "one address per API name");
+
+/* Python objects kept from `init`: the shutdown module (its `stopping`), the log levels, and the
+ * function that logs a host function's failure (one logger, Python's). */
+static PyObject *shutdown_module, *log_levels, *report_failure;
+static PyObject *s_stopping, *s_fits, *s_drop, *s_add, *s_get, *s_put, *s_log_stream, *s_info, *s_abi_error;
+
+/* ---- per-request state, for the host functions of the request running on this thread ---- */
+
+typedef struct {
+    wt_extern memory; /* the instance's `memory` export, once looked up */
+    bool has_memory;
+    PyObject *capture; /* borrowed: the caller of `invoke` holds them for the whole call */
+    PyObject *cache;
+    PyObject *namespace_;
+} request_state;
+
+static __thread request_state *current;
+
+/* Statuses `invoke` returns; _isolate.py turns every one but OK into an error, in one place. */
+enum {
+    OK = 0,
+    STOPPING = 1,       /* shutdown() was called before the guest started */
+    WASI_FAILED = 2,    /* a = error */
+    FAILED = 3,         /* a = error, b = trap; phase in the tuple */
+    LOST_EXPORT = 4,    /* an ABI export vanished after instantiation */
+    BAD_ALLOC = 5,      /* a = pointer isolate_alloc returned */
+    TOO_LARGE = 6,      /* b = response length */
+    BAD_RESPONSE = 7,   /* a = pointer, b = length */
+};
+enum { PHASE_INSTANTIATE = 0, PHASE_INITIALIZE = 1, PHASE_ALLOC = 2, PHASE_HANDLE = 3 };
+
+static inline int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* the clock of time.perf_counter() on Linux */
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int read_u64(PyObject *arg, uint64_t *out) {
+    *out = PyLong_AsUnsignedLongLong(arg);
+    return (*out == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int read_i64(PyObject *arg, int64_t *out) {
+    *out = PyLong_AsLongLong(arg);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+PyDoc_STRVAR(invoke_doc,
+"invoke(engine, pre, payload, memory_limit, ticks, wasi_config, has_initialize, response_size,\n"
+"       capture, cache, namespace) -> (status, phase, output, memory_size, instantiate_ns, run_ns, a, b)\n\n"
+"Run one request in a fresh store. `wasi_config` (0 for none) is consumed. `output` is the\n"
+"response envelope when status is 0; `memory_size` is -1 when unknown; `a` and `b` carry the\n"
+"error and trap pointers (owned by the caller) or the offending pointer and length.");
+
+static PyObject *invoke(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "invoke takes 11 arguments");
+        return NULL;
+    }
+    uint64_t engine, pre, ticks, wasi_config, response_size;
+    int64_t memory_limit;
+    if (read_u64(args[0], &engine) || read_u64(args[1], &pre) || read_i64(args[3], &memory_limit) ||
+        read_u64(args[4], &ticks) || read_u64(args[5], &wasi_config) || read_u64(args[7], &response_size))
+        return NULL;
+    int has_initialize = PyObject_IsTrue(args[6]);
+    if (has_initialize < 0)
+        return NULL;
+    Py_buffer payload;
+    if (PyObject_GetBuffer(args[2], &payload, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if ((uint64_t)payload.len > UINT32_MAX) {
+        PyBuffer_Release(&payload);
+        PyErr_SetString(PyExc_ValueError, "payload larger than 4 GiB");
+        return NULL;
+    }
+
+    request_state state = {.has_memory = false, .capture = args[8], .cache = args[9], .namespace_ = args[10]};
+    int status = OK, phase = PHASE_INSTANTIATE;
+    int64_t memory_size = -1, started = now_ns(), instantiated = started, finished = started;
+    uint64_t a = 0, b = 0;
+    uint8_t *copy = NULL;
+    size_t copy_len = 0;
+
+    void *store = api.store_new((void *)(uintptr_t)engine, NULL, NULL);
+    void *ctx = api.store_context(store);
+    api.store_limiter(store, memory_limit, -1, 1, 1, 1);
+    api.set_epoch_deadline(ctx, ticks);
+    /* Read after the deadline is armed: a shutdown from now on interrupts the guest by epoch. */
+    PyObject *stopping = PyObject_GetAttr(shutdown_module, s_stopping);
+    if (stopping == NULL) {
+        if (wasi_config)
+            api.wasi_config_delete((void *)(uintptr_t)wasi_config);
+        api.store_delete(store);
+        PyBuffer_Release(&payload);
+        return NULL;
+    }
+    int stop = PyObject_IsTrue(stopping);
+    Py_DECREF(stopping);
+    if (stop) {
+        if (wasi_config)
+            api.wasi_config_delete((void *)(uintptr_t)wasi_config);
+        status = STOPPING;
+        goto done_with_gil;
+    }
+    if (wasi_config) {
+        void *error = api.context_set_wasi(ctx, (void *)(uintptr_t)wasi_config);
+        if (error) {
+            status = WASI_FAILED;
+            a = (uint64_t)(uintptr_t)error;
+            goto done_with_gil;
+        }
+    }
+
+    request_state *outer = current;
+    current = &state;
+    Py_BEGIN_ALLOW_THREADS
+    void *trap = NULL, *error;
+    wt_func instance;
+    wt_extern memory, alloc, handle, init;
+    wt_val_raw values[2];
+    error = api.instantiate_pre((void *)(uintptr_t)pre, ctx, &instance, &trap);
+    if (error || trap) {
+        status = FAILED;
+        goto out;
+    }
+    instantiated = now_ns();
+    if (!(api.export_get(ctx, &instance, "memory", 6, &memory) && memory.kind == EXTERN_MEMORY &&
+          api.export_get(ctx, &instance, "isolate_alloc", 13, &alloc) && alloc.kind == EXTERN_FUNC &&
+          api.export_get(ctx, &instance, "isolate_handle", 14, &handle) && handle.kind == EXTERN_FUNC)) {
+        status = LOST_EXPORT;
+        goto out;
+    }
+    state.memory = memory;
+    state.has_memory = true; /* host calls from here on skip the lookup by name */
+    if (has_initialize) {
+        phase = PHASE_INITIALIZE;
+        if (!(api.export_get(ctx, &instance, "_initialize", 11, &init) && init.kind == EXTERN_FUNC)) {
+            status = LOST_EXPORT;
+            goto out;
+        }
+        error = api.call_unchecked(ctx, &init.of.func, values, 0, &trap);
+        if (error || trap) {
+            status = FAILED;
+            memory_size = (int64_t)api.memory_data_size(ctx, &memory.of);
+            goto out;
+        }
+    }
+    phase = PHASE_ALLOC;
+    uint32_t size = (uint32_t)payload.len;
+    values[0].i64 = 0;
+    values[0].i32 = (int32_t)size;
+    error = api.call_unchecked(ctx, &alloc.of.func, values, 1, &trap);
+    memory_size = (int64_t)api.memory_data_size(ctx, &memory.of);
+    if (error || trap) {
+        status = FAILED;
+        goto out;
+    }
+    uint64_t ptr = (uint32_t)values[0].i32;
+    if (ptr + size > (uint64_t)memory_size) {
+        status = BAD_ALLOC;
+        a = ptr;
+        goto out;
+    }
+    if (size)
+        memcpy(api.memory_data(ctx, &memory.of) + ptr, payload.buf, size);
+
+    phase = PHASE_HANDLE;
+    values[0].i64 = 0;
+    values[0].i32 = (int32_t)ptr;
+    values[1].i64 = 0;
+    values[1].i32 = (int32_t)size;
+    error = api.call_unchecked(ctx, &handle.of.func, values, 2, &trap);
+    memory_size = (int64_t)api.memory_data_size(ctx, &memory.of);
+    if (error || trap) {
+        status = FAILED;
+        goto out;
+    }
+    uint64_t packed = (uint64_t)values[0].i64;
+    uint64_t out_ptr = packed >> 32, out_len = packed & UINT32_MAX;
+    if (out_len > response_size) {
+        status = TOO_LARGE;
+        b = out_len;
+        goto out;
+    }
+    if (out_len == 0 || out_ptr + out_len > (uint64_t)memory_size) {
+        status = BAD_RESPONSE;
+        a = out_ptr;
+        b = out_len;
+        goto out;
+    }
+    /* Copied out before the store goes, so the store is deleted without the GIL too. */
+    copy = PyMem_RawMalloc(out_len);
+    if (copy != NULL) {
+        memcpy(copy, api.memory_data(ctx, &memory.of) + out_ptr, out_len);
+        copy_len = out_len;
+    }
+    finished = now_ns();
+out:
+    if (status == FAILED) {
+        a = (uint64_t)(uintptr_t)error;
+        b = (uint64_t)(uintptr_t)trap;
+    }
+    if (instantiated == started)
+        instantiated = now_ns();
+    if (finished == started)
+        finished = now_ns();
+    api.store_delete(store);
+    store = NULL;
+    Py_END_ALLOW_THREADS
+    current = outer;
+
+done_with_gil:
+    if (store != NULL)
+        api.store_delete(store);
+    PyBuffer_Release(&payload);
+    PyObject *output;
+    if (status == OK) {
+        if (copy == NULL)
+            return PyErr_NoMemory();
+        output = PyBytes_FromStringAndSize((const char *)copy, (Py_ssize_t)copy_len);
+        PyMem_RawFree(copy);
+        if (output == NULL)
+            return NULL;
+    } else {
+        output = Py_NewRef(Py_None);
+    }
+    return Py_BuildValue("(iiNLLLKK)", status, phase, output, (long long)memory_size,
+                         (long long)(instantiated - started), (long long)(finished - instantiated),
+                         (unsigned long long)a, (unsigned long long)b);
+}
+
+PyDoc_STRVAR(instantiate_doc, "instantiate(engine, pre, memory_limit, ticks) -> (error, trap)\n\n"
+"Create a store, apply the limits and deadline, instantiate, drop: the isolate cost alone (bench/).\n"
+"Returns the error and trap pointers (0 when none), which the caller owns.");
+
+static PyObject *instantiate(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    uint64_t engine, pre, ticks;
+    int64_t memory_limit;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "instantiate takes 4 arguments");
+        return NULL;
+    }
+    if (read_u64(args[0], &engine) || read_u64(args[1], &pre) || read_i64(args[2], &memory_limit) ||
+        read_u64(args[3], &ticks))
+        return NULL;
+    void *error, *trap = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    void *store = api.store_new((void *)(uintptr_t)engine, NULL, NULL);
+    void *ctx = api.store_context(store);
+    api.store_limiter(store, memory_limit, -1, 1, 1, 1);
+    api.set_epoch_deadline(ctx, ticks);
+    wt_func instance;
+    error = api.instantiate_pre((void *)(uintptr_t)pre, ctx, &instance, &trap);
+    api.store_delete(store);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)error, (unsigned long long)(uintptr_t)trap);
+}
+
+/* ---- host functions ---------------------------------------------------------------------- */
+
+#define MAX_LOG_MESSAGE (16 * 1024)
+#define MAX_KEY 1024
+#define MAX_VALUE (1024 * 1024)
+#define MAX_TTL_MS (24 * 3600 * 1000)
+enum { CACHE_MISS = -1, CACHE_BAD_KEY = -2, CACHE_VALUE_TOO_LARGE = -3, CACHE_BAD_TTL = -4, CACHE_REFUSED = -5 };
+
+typedef struct {
+    const char *name;
+    uint8_t *base;
+    uint64_t size;
+} guest_memory;
+
+/* The calling instance's memory: the request's `memory` export, or (during _initialize, or for a
+ * run that is not ours) looked up by name. False when the module exports no memory. */
+static bool memory_of(void *caller, const char *name, guest_memory *m) {
+    void *ctx = api.caller_context(caller);
+    m->name = name;
+    request_state *state = current;
+    wt_extern found;
+    const void *item;
+    if (state != NULL && state->has_memory) {
+        item = &state->memory.of;
+    } else {
+        if (!api.caller_export_get(caller, "memory", 6, &found) || found.kind != EXTERN_MEMORY)
+            return false;
+        item = &found.of;
+    }
+    m->base = api.memory_data(ctx, item);
+    m->size = api.memory_data_size(ctx, item);
+    return true;
+}
+
+static inline bool inside(const guest_memory *m, uint32_t ptr, uint32_t len) {
+    return (uint64_t)ptr + len <= m->size;
+}
+
+static void *trap_text(const char *text) {
+    return api.trap_new(text, strlen(text));
+}
+
+/* Fail the guest as an `abi` failure: the capture says why, the trap stops the guest. GIL held. */
+static void *abi_trap(const char *text) {
+    request_state *state = current;
+    if (state != NULL && state->capture != Py_None) {
+        PyObject *message = PyUnicode_FromString(text);
+        if (message == NULL || PyObject_SetAttr(state->capture, s_abi_error, message) < 0)
+            PyErr_Clear();
+        Py_XDECREF(message);
+    }
+    return trap_text(text);
+}
+
+/* The guest passed a range outside its memory. GIL held. */
+static void *fault(const guest_memory *m, const char *what, uint32_t ptr, uint32_t len) {
+    char text[256];
+    snprintf(text, sizeof text, "isolate.%s: %s %u+%u is outside guest memory (%llu bytes)", m->name, what, ptr,
+             len, (unsigned long long)m->size);
+    return abi_trap(text);
+}
+
+/* The module exports no memory (a host call from a module without one). GIL held. */
+static void *no_memory(const char *name) {
+    char text[128];
+    snprintf(text, sizeof text, "isolate.%s: the module exports no memory", name);
+    return abi_trap(text);
+}
+
+/* A Python error inside a host function is a host bug: it fails this request, never the process. */
+static void *host_failed(const char *name) {
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    const char *type_name = type != NULL ? ((PyTypeObject *)type)->tp_name : "error";
+    char text[256];
+    snprintf(text, sizeof text, "isolate.%s failed in the host: %s", name, type_name);
+    PyObject *who = PyUnicode_FromString(name);
+    if (who != NULL && value != NULL) {
+        PyObject *result = PyObject_CallFunctionObjArgs(report_failure, who, value, NULL);
+        Py_XDECREF(result);
+    }
+    Py_XDECREF(who);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    PyErr_Clear();
+    return trap_text(text);
+}
+
+/* log(level, ptr, len) */
+static void *host_log(void *env, void *caller, wt_val_raw *values, size_t count) {
+    (void)env;
+    (void)count;
+    request_state *state = current;
+    if (state == NULL || state->capture == Py_None)
+        return NULL;
+    int32_t level = values[0].i32;
+    uint32_t ptr = (uint32_t)values[1].i32, len = (uint32_t)values[2].i32;
+    uint32_t size = len < MAX_LOG_MESSAGE ? len : MAX_LOG_MESSAGE;
+    guest_memory m;
+    bool has_memory = memory_of(caller, "log", &m);
+    void *trap = NULL;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *n = PyLong_FromUnsignedLong(size);
+    PyObject *fits = n ? PyObject_CallMethodOneArg(state->capture, s_fits, n) : NULL;
+    int keep = fits ? PyObject_IsTrue(fits) : -1;
+    Py_XDECREF(fits);
+    if (keep == 0) { /* not even read: logging is over for this request */
+        PyObject *r = PyObject_CallMethodOneArg(state->capture, s_drop, n);
+        if (r == NULL)
+            trap = host_failed("log");
+        Py_XDECREF(r);
+    } else if (keep < 0) {
+        trap = host_failed("log");
+    } else if (!has_memory) {
+        trap = no_memory("log");
+    } else if (!inside(&m, ptr, len)) {
+        trap = fault(&m, "message", ptr, len);
+    } else {
+        PyObject *data = PyBytes_FromStringAndSize((const char *)m.base + ptr, size);
+        PyObject *name = (level >= 0 && level < PyTuple_GET_SIZE(log_levels)) ? PyTuple_GET_ITEM(log_levels, level)
+                                                                               : s_info;
+        PyObject *r = data ? PyObject_CallMethodObjArgs(state->capture, s_add, s_log_stream, name, data, NULL) : NULL;
+        if (r == NULL)
+            trap = host_failed("log");
+        Py_XDECREF(r);
+        Py_XDECREF(data);
+    }
+    Py_XDECREF(n);
+    PyGILState_Release(gil);
+    return trap;
+}
+
+/* cache_get(key, key_len, out, out_cap) -> length | error */
+static void *host_cache_get(void *env, void *caller, wt_val_raw *values, size_t count) {
+    (void)env;
+    (void)count;
+    uint32_t key_ptr = (uint32_t)values[0].i32, key_len = (uint32_t)values[1].i32;
+    uint32_t out_ptr = (uint32_t)values[2].i32, out_cap = (uint32_t)values[3].i32;
+    if (key_len == 0 || key_len > MAX_KEY) {
+        values[0].i32 = CACHE_BAD_KEY;
+        return NULL;
+    }
+    guest_memory m;
+    bool has_memory = memory_of(caller, "cache_get", &m);
+    request_state *state = current;
+    void *trap = NULL;
+    int32_t result = CACHE_MISS;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    if (!has_memory) {
+        trap = no_memory("cache_get");
+    } else if (!inside(&m, key_ptr, key_len)) {
+        trap = fault(&m, "key", key_ptr, key_len);
+    } else if (state != NULL && state->cache != Py_None) {
+        PyObject *key = PyBytes_FromStringAndSize((const char *)m.base + key_ptr, key_len);
+        PyObject *call[] = {state->cache, state->namespace_, key};
+        PyObject *value = key ? PyObject_VectorcallMethod(s_get, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+                              : NULL;
+        Py_XDECREF(key);
+        if (value == NULL) {
+            trap = host_failed("cache_get");
+        } else if (value != Py_None) {
+            if (!PyBytes_Check(value)) {
+                PyErr_SetString(PyExc_TypeError, "the guest cache returned a non-bytes value");
+                trap = host_failed("cache_get");
+            } else if (!inside(&m, out_ptr, out_cap)) {
+                trap = fault(&m, "output buffer", out_ptr, out_cap);
+            } else {
+                Py_ssize_t length = PyBytes_GET_SIZE(value);
+                memcpy(m.base + out_ptr, PyBytes_AS_STRING(value), (size_t)length < out_cap ? (size_t)length : out_cap);
+                result = (int32_t)length;
+            }
+        }
+        Py_XDECREF(value);
+    }
+    PyGILState_Release(gil);
+    values[0].i32 = result;
+    return trap;
+}
+
+/* cache_put(key, key_len, value, value_len, ttl_ms) -> 0 | error */
+static void *host_cache_put(void *env, void *caller, wt_val_raw *values, size_t count) {
+    (void)env;
+    (void)count;
+    uint32_t key_ptr = (uint32_t)values[0].i32, key_len = (uint32_t)values[1].i32;
+    uint32_t value_ptr = (uint32_t)values[2].i32, value_len = (uint32_t)values[3].i32;
+    int32_t ttl_ms = values[4].i32;
+    /* Sizes are judged before memory is read: an oversized value is refused without copying it. */
+    if (key_len == 0 || key_len > MAX_KEY) {
+        values[0].i32 = CACHE_BAD_KEY;
+        return NULL;
+    }
+    if (value_len > MAX_VALUE) {
+        values[0].i32 = CACHE_VALUE_TOO_LARGE;
+        return NULL;
+    }
+    if (ttl_ms <= 0 || ttl_ms > MAX_TTL_MS) {
+        values[0].i32 = CACHE_BAD_TTL;
+        return NULL;
+    }
+    guest_memory m;
+    bool has_memory = memory_of(caller, "cache_put", &m);
+    request_state *state = current;
+    void *trap = NULL;
+    int32_t result = CACHE_REFUSED;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    if (!has_memory) {
+        trap = no_memory("cache_put");
+    } else if (!inside(&m, key_ptr, key_len)) {
+        trap = fault(&m, "key", key_ptr, key_len);
+    } else if (!inside(&m, value_ptr, value_len)) {
+        trap = fault(&m, "value", value_ptr, value_len);
+    } else if (state != NULL && state->cache != Py_None) {
+        PyObject *key = PyBytes_FromStringAndSize((const char *)m.base + key_ptr, key_len);
+        PyObject *data = key ? PyBytes_FromStringAndSize((const char *)m.base + value_ptr, value_len) : NULL;
+        PyObject *ttl = data ? PyLong_FromLong(ttl_ms) : NULL;
+        PyObject *call[] = {state->cache, state->namespace_, key, data, ttl};
+        PyObject *stored = ttl ? PyObject_VectorcallMethod(s_put, call, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+                               : NULL;
+        if (stored == NULL) {
+            trap = host_failed("cache_put");
+        } else {
+            int ok = PyObject_IsTrue(stored);
+            if (ok < 0)
+                trap = host_failed("cache_put");
+            else if (ok)
+                result = 0;
+        }
+        Py_XDECREF(stored);
+        Py_XDECREF(ttl);
+        Py_XDECREF(data);
+        Py_XDECREF(key);
+    }
+    PyGILState_Release(gil);
+    values[0].i32 = result;
+    return trap;
+}
+
+static const struct {
+    const char *name;
+    host_callback callback;
+} HOST_FUNCTIONS[] = {
+    {"log", host_log},
+    {"cache_get", host_cache_get},
+    {"cache_put", host_cache_put},
+};
+
+PyDoc_STRVAR(define_doc, "define(linker, name, functype) -> error\n\n"
+"Define `isolate.<name>` on the linker (addresses) with its native host function; returns the\n"
+"wasmtime_error_t pointer (0 on success), which the caller owns.");
+
+static PyObject *define(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long linker, functype;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "KsK", &linker, &name, &functype))
+        return NULL;
+    for (size_t i = 0; i < sizeof HOST_FUNCTIONS / sizeof HOST_FUNCTIONS[0]; i++) {
+        if (strcmp(HOST_FUNCTIONS[i].name, name) == 0) {
+            void *error = api.define_unchecked((void *)(uintptr_t)linker, "isolate", 7, name, strlen(name),
+                                               (void *)(uintptr_t)functype, HOST_FUNCTIONS[i].callback, NULL, NULL);
+            return PyLong_FromUnsignedLongLong((uint64_t)(uintptr_t)error);
+        }
+    }
+    PyErr_Format(PyExc_KeyError, "no native host function %s", name);
+    return NULL;
+}
+
+PyDoc_STRVAR(init_doc, "init(addresses, shutdown, levels, report_failure)\n\n"
+"Take the addresses of the C API functions (a mapping of name to address; see `names()`), the\n"
+"module whose `stopping` is read before each guest starts, the log level names by number, and\n"
+"report_failure(name, exception), called when a host function fails in the host.");
+
+static PyObject *init(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *addresses, *shutdown, *levels, *report;
+    if (!PyArg_ParseTuple(args, "OOO!O", &addresses, &shutdown, &PyTuple_Type, &levels, &report))
+        return NULL;
+    void *table[API_COUNT];
+    for (size_t i = 0; i < API_COUNT; i++) {
+        PyObject *address = PyMapping_GetItemString(addresses, API_NAMES[i]);
+        if (address == NULL)
+            return NULL;
+        table[i] = PyLong_AsVoidPtr(address);
+        Py_DECREF(address);
+        if (table[i] == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "null address for %s", API_NAMES[i]);
+            return NULL;
+        }
+    }
+    memcpy(&api, table, sizeof api);
+    Py_XSETREF(shutdown_module, Py_NewRef(shutdown));
+    Py_XSETREF(log_levels, Py_NewRef(levels));
+    Py_XSETREF(report_failure, Py_NewRef(report));
+    Py_RETURN_NONE;
+}
+
+static PyObject *names(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    PyObject *result = PyTuple_New(API_COUNT);
+    for (size_t i = 0; result != NULL && i < API_COUNT; i++) {
+        PyObject *name = PyUnicode_FromString(API_NAMES[i]);
+        if (name == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyTuple_SET_ITEM(result, i, name);
+    }
+    return result;
+}
+
+static PyObject *layout(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return Py_BuildValue("{s:n,s:n,s:n,s:n}", "val_raw", (Py_ssize_t)sizeof(wt_val_raw), "extern",
+                         (Py_ssize_t)sizeof(wt_extern), "extern_of", (Py_ssize_t)offsetof(wt_extern, of), "func",
+                         (Py_ssize_t)sizeof(wt_func));
+}
+
+static PyMethodDef methods[] = {
+    {"invoke", (PyCFunction)(void (*)(void))invoke, METH_FASTCALL, invoke_doc},
+    {"instantiate", (PyCFunction)(void (*)(void))instantiate, METH_FASTCALL, instantiate_doc},
+    {"define", define, METH_VARARGS, define_doc},
+    {"init", init, METH_VARARGS, init_doc},
+    {"names", names, METH_NOARGS, "The C API functions `init` needs, by name."},
+    {"layout", layout, METH_NOARGS, "Sizes and offsets of the wasmtime structs this file declares."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fastpath", "One native call per request on wasmtime's C API.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    struct {
+        PyObject **slot;
+        const char *text;
+    } strings[] = {
+        {&s_stopping, "stopping"}, {&s_fits, "fits"}, {&s_drop, "drop"}, {&s_add, "add"},
+        {&s_get, "get"}, {&s_put, "put"}, {&s_log_stream, "log"}, {&s_info, "info"}, {&s_abi_error, "abi_error"},
+    };
+    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
+        *strings[i].slot = PyUnicode_InternFromString(strings[i].text);
+        if (*strings[i].slot == NULL)
+            return NULL;
+    }
+    return PyModule_Create(&module);
+}

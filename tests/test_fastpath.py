@@ -1,0 +1,207 @@
+"""The native request path (engine/_fastpath.c) against its ctypes fallback: the same answers,
+the same failures, the same logs, on every path a request can take."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Any
+
+import guests as g
+import pytest
+from conftest import HostFactory
+from wasmtime import _ffi as ffi
+
+from isolate import Config, Host, Limits, Request
+from isolate.engine import _hostcalls, resume, shutdown
+from isolate.errors import AbiViolation, InvalidConfig, Overloaded, ResponseTooLarge, Timeout, Trap
+
+LOG_IMPORT = '(import "isolate" "log" (func $log (param i32 i32 i32)))'
+
+
+def test_the_native_path_is_built_and_its_layouts_match_wasmtime() -> None:
+    # `make test` builds it (a compiler is guaranteed): a failed build must fail here, not fall back quietly.
+    fastpath = _hostcalls.FASTPATH
+    assert fastpath is not None
+    assert fastpath.layout() == {
+        "val_raw": ctypes.sizeof(ffi.wasmtime_val_raw_t),
+        "extern": ctypes.sizeof(ffi.wasmtime_extern_t),
+        "extern_of": ffi.wasmtime_extern_t.of.offset,
+        "func": ctypes.sizeof(ffi.wasmtime_func_t),
+    }
+    assert ctypes.sizeof(ffi.wasmtime_instance_t) == fastpath.layout()["func"]
+    assert all(getattr(ffi.dll, name) for name in fastpath.names())
+
+
+def test_native_is_a_switch() -> None:
+    assert Config.from_env({"ISOLATE_NATIVE": "off"}).native is False
+    assert Config.from_env({"ISOLATE_NATIVE": "1"}).native is True
+    with pytest.raises(InvalidConfig, match="ISOLATE_NATIVE"):
+        Config.from_env({"ISOLATE_NATIVE": "maybe"})
+    with pytest.raises(InvalidConfig, match="native"):
+        Config(native="yes")  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=[True, False], ids=["native", "ctypes"])
+def both(request: pytest.FixtureRequest, make_host: HostFactory) -> Host:
+    host = make_host(native=request.param)
+    assert (host._runtime.fastpath is not None) is request.param
+    return host
+
+
+def _body_int(host: Host, name: str) -> int:
+    return int.from_bytes(host.invoke(name).body, "little", signed=True)
+
+
+@pytest.mark.parametrize("size", [0, 100, 65536])
+def test_answers_and_copies(both: Host, size: int) -> None:
+    both.deploy("hello", g.wasm(g.HELLO))
+    both.deploy("echo", g.wasm(g.ECHO))
+    response = both.invoke("hello")
+    assert (response.status, response.body) == (200, b"hello")
+    assert response.info["memory_bytes"] == 65536
+    assert response.info["instantiate_us"] > 0 and response.info["run_us"] > 0
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    echoed = both.invoke("echo", Request(method="POST", body=payload)).body
+    assert payload in echoed  # the echo guest answers its whole request envelope
+
+
+def test_logs_stdout_and_the_guest_cache(both: Host) -> None:
+    both.deploy("logger", g.wasm(g.LOGGER))
+    logs = both.invoke("logger").logs
+    assert [(r.stream, r.level, r.message) for r in logs] == [
+        ("log", "warn", "structured hello"), ("stdout", "info", "printed to stdout\n")]
+    both.deploy("visits", g.wasm(g.VISITS))
+    assert [both.invoke("visits").body for _ in range(3)] == [b"\x01", b"\x02", b"\x03"]
+    both.deploy("put", g.wasm(g.cache_call(
+        "(call $cache_put (i32.const 0) (i32.const 5) (i32.const 100) (i32.const 1000) (i32.const 60000))")))
+    assert _body_int(both, "put") == 0
+    both.deploy("put", g.wasm(g.cache_call("(call $cache_get (i32.const 0) (i32.const 5) (i32.const 100) "
+                                           "(i32.const 10))")))
+    assert _body_int(both, "put") == 1000  # the whole length, 10 bytes copied
+    both.deploy("bad-key", g.wasm(g.cache_call("(call $cache_get (i32.const 0) (i32.const 0) (i32.const 0) "
+                                               "(i32.const 0))")))
+    assert _body_int(both, "bad-key") == -2
+
+
+def test_log_levels_and_bounds(both: Host) -> None:
+    calls = " ".join(f"(call $log (i32.const {level}) (i32.const 200) (i32.const 2))" for level in (0, 1, 2, 3, 9))
+    both.deploy("levels", g.wasm(g.module(f"{calls} {g.returns(g.response_bytes())}", imports=LOG_IMPORT,
+                                          extra='(data (i32.const 200) "hi")')))
+    assert [r.level for r in both.invoke("levels").logs] == ["debug", "info", "warn", "error", "info"]
+
+
+def test_log_during_initialize_finds_memory_by_name(both: Host) -> None:
+    # Before the handler runs, the request's memory is not looked up yet: host calls find it by name.
+    both.deploy("init", g.wasm(g.module(
+        imports=LOG_IMPORT,
+        extra='(data (i32.const 200) "from init") '
+              '(func (export "_initialize") (call $log (i32.const 1) (i32.const 200) (i32.const 9)))')))
+    assert [r.message for r in both.invoke("init").logs] == ["from init"]
+
+
+@pytest.mark.parametrize(("handler", "imports", "match"), [
+    ("(call $log (i32.const 1) (i32.const 65530) (i32.const 100)) (i64.const 0)", LOG_IMPORT,
+     r"isolate\.log: message 65530\+100 is outside guest memory \(65536 bytes\)"),
+    ("(drop (call $cache_get (i32.const 65530) (i32.const 100) (i32.const 0) (i32.const 0))) (i64.const 0)",
+     g.CACHE_IMPORTS, r"isolate\.cache_get: key 65530\+100"),
+    ("(drop (call $cache_put (i32.const 0) (i32.const 5) (i32.const -1) (i32.const 2) (i32.const 10)))"
+     " (i64.const 0)", g.CACHE_IMPORTS, r"isolate\.cache_put: value 4294967295\+2"),
+    (g.returns(b"x" * 10, at=65530), "", r"isolate_handle returned response 65530\+10, outside guest memory"),
+])
+def test_guest_faults_are_abi_violations(both: Host, handler: str, imports: str, match: str) -> None:
+    both.deploy("bad", g.wasm(g.module(handler, imports=imports)))
+    with pytest.raises(AbiViolation, match=match):
+        both.invoke("bad")
+    both.deploy("good", g.wasm(g.HELLO))
+    assert both.invoke("good").body == b"hello"
+
+
+def test_an_alloc_outside_memory_is_an_abi_violation(both: Host) -> None:
+    both.deploy("alloc", g.wasm(g.module(alloc="(i32.const 70000)")))
+    with pytest.raises(AbiViolation, match=r"isolate_alloc\(\d+\) returned 70000, outside guest memory") as info:
+        both.invoke("alloc")
+    assert info.value.extra["phase"] == "alloc"
+
+
+def test_traps_timeouts_and_oversized_responses(both: Host) -> None:
+    both.deploy("trap", g.wasm(g.module("unreachable")))
+    with pytest.raises(Trap) as trap:
+        both.invoke("trap")
+    assert (trap.value.extra["trap_code"], trap.value.extra["phase"]) == ("unreachable", "handle")
+    both.deploy("loop", g.wasm(g.module(g.LOOP)), limits=Limits(timeout=0.05))
+    with pytest.raises(Timeout):
+        both.invoke("loop")
+    both.deploy("big", g.wasm(g.HELLO), limits=Limits(response_size=16))
+    with pytest.raises(ResponseTooLarge):
+        both.invoke("big")
+    both.deploy("init-trap", g.wasm(g.module(extra='(func (export "_initialize") unreachable)')))
+    with pytest.raises(Trap) as trap:
+        both.invoke("init-trap")
+    assert trap.value.extra["phase"] == "initialize"
+
+
+def test_a_shutdown_before_the_guest_starts_refuses_it(both: Host) -> None:
+    both.deploy("hello", g.wasm(g.HELLO))
+    shutdown()
+    try:
+        with pytest.raises(Overloaded) as info:
+            both.invoke("hello")
+        assert info.value.extra["limit"] == "shutdown"
+    finally:
+        resume()
+    assert both.invoke("hello").body == b"hello"
+
+
+def test_a_host_bug_in_a_host_function_fails_only_that_request(
+        both: Host, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    both.deploy("visits", g.wasm(g.VISITS))
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("cache on fire")
+
+    monkeypatch.setattr(both.guest_cache, "get", broken)
+    with pytest.raises(Trap, match=r"isolate\.cache_get failed in the host: RuntimeError"):
+        both.invoke("visits")
+    assert "host function isolate.cache_get failed" in caplog.text and "cache on fire" in caplog.text
+    monkeypatch.undo()
+    assert both.invoke("visits").body == b"\x01"
+
+
+def test_threads_run_guests_and_host_calls_at_once(both: Host) -> None:
+    # The native path releases the GIL around the guest and takes it back in host calls: many
+    # threads at once must each see their own request's capture and cache binding.
+    both.deploy("visits", g.wasm(g.VISITS))
+    both.deploy("logger", g.wasm(g.LOGGER))
+    errors: list[BaseException] = []
+    counts: list[int] = []
+
+    def work() -> None:
+        try:
+            for _ in range(100):
+                counts.append(both.invoke("visits").body[0])
+                assert [r.message for r in both.invoke("logger").logs] == ["structured hello", "printed to stdout\n"]
+        except BaseException as exc:  # collected: a failure in a thread must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(counts) == 600  # the counter races (get, then put) but every request answered
+
+
+def test_instantiate_once_on_both_paths(both: Host) -> None:
+    from isolate.engine import instantiate_once
+
+    for name, wat in (("hello", g.HELLO), ("start-trap", g.module(start="unreachable"))):
+        info = both.deploy(name, g.wasm(wat))
+        limits = both.module(name).limits
+        prepared = both._cache.get(f"{info.digest}/{limits.stack}", both._load)
+        if name == "hello":
+            instantiate_once(prepared, limits)
+        else:
+            with pytest.raises(Trap, match="unreachable"):
+                instantiate_once(prepared, limits)
