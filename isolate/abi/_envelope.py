@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,26 +69,45 @@ class Response:
         return None
 
 
+_packers = threading.local()
+
+
 def encode_request(request: Request, variables: Mapping[str, str]) -> bytes:
     """The msgpack request envelope written into guest memory."""
+    packer = getattr(_packers, "packer", None)
+    if packer is None:  # one per thread: a Packer keeps its buffer between calls, and is not thread-safe
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    headers = request.headers
+    if type(headers) is not list and type(headers) is not tuple:
+        headers = list(headers)
+    for pair in headers:
+        if type(pair) is not tuple and type(pair) is not list or len(pair) != 2:
+            raise InvalidRequest(f"request cannot be encoded for the guest: header {pair!r} is not a "
+                                 "(name, value) pair")
+    envelope = {
+        "method": request.method,
+        "path": request.path,
+        "query": request.query,
+        "headers": headers,
+        "body": request.body,
+        "params": request.params,
+        "vars": variables,
+        "region": request.region,
+        "client_region": request.client_region or request.region,
+        "request_id": request.request_id,
+    }
     try:
-        packed: bytes = msgpack.packb(
-            {
-                "method": request.method,
-                "path": request.path,
-                "query": request.query,
-                "headers": [[k, v] for k, v in request.headers],
-                "body": bytes(request.body),
-                "params": dict(request.params),
-                "vars": dict(variables),
-                "region": request.region,
-                "client_region": request.client_region or request.region,
-                "request_id": request.request_id,
-            },
-            use_bin_type=True,
-        )
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"request cannot be encoded for the guest: {exc}") from None
+        packed: bytes = packer.pack(envelope)
+    except (TypeError, ValueError):
+        # Lists, tuples, dicts and bytes pack as they are; other mappings and buffers are converted
+        # first (the slow path, and the one that names what cannot be encoded).
+        packer.reset()
+        try:
+            envelope.update(body=bytes(request.body), params=dict(request.params), vars=dict(variables))
+            packed = packer.pack(envelope)
+        except (TypeError, ValueError) as exc:
+            packer.reset()
+            raise InvalidRequest(f"request cannot be encoded for the guest: {exc}") from None
     return packed
 
 

@@ -42,11 +42,13 @@ class ModuleCache(Generic[V]):
 
     def get(self, key: str, load: Callable[[str], V]) -> V:
         with self._lock:
-            value = self._lru.get(key)
-            if value is not None:
+            try:  # not `.get()`, which looks the key up twice (contains, then getitem)
+                value = self._lru[key]
+            except KeyError:
+                self.misses += 1
+            else:
                 self.hits += 1
                 return value
-            self.misses += 1
         value = load(key)
         with self._lock:
             self._lru[key] = value
