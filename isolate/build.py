@@ -2,11 +2,17 @@
 
     C               *.c files          zig cc (PyPI `ziglang`) --target=wasm32-wasi, reactor model
     Rust            src/lib.rs         the newest rustc with the wasm32-unknown-unknown target, the SDK
-                                       as an rlib; `cargo build --offline` when Cargo.toml declares
+                                       as an rlib; `cargo rustc --offline` when Cargo.toml declares
                                        other dependencies (path, vendored or cached ones)
     AssemblyScript  assembly/index.ts  asc (npm `assemblyscript`) with the stub runtime
 
-Outputs go to PROJECT/build/NAME.wasm; a build whose inputs are older than its output is skipped.
+C and Rust guests get a 64 KiB stack in linear memory (`build(stack=)`, or ISOLATE_STACK_SIZE), like
+AssemblyScript's small one: every byte of a guest's memory is reset after each request, so the
+pages a module declares cost every request (1 MiB cost ~15 µs). Their SDKs bring a heap that uses
+those pages before it grows memory.
+
+Outputs go to PROJECT/build/NAME.wasm; a build whose inputs are older than its output, and whose
+recipe (flags, stack size) is the one it was built with, is skipped.
 A result names the compiler that ran (path and version) and carries the warnings it printed.
 The SDK sources come from ISOLATE_SDK_DIR, else the installed package (`isolate/_guest_sdk`, put
 there by the wheel), else the source checkout's guest-sdk/. Toolchains installed on first use (the
@@ -32,11 +38,30 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from .errors import BuildError
+from .config import parse_size
+from .errors import BuildError, InvalidConfig
 
 LANGUAGES = ("c", "rust", "assemblyscript")
 WASM_TARGET = "wasm32-unknown-unknown"
 SDK_CRATE = "isolate_sdk"
+SDK_ALLOCATOR = "allocator"
+"""The Rust SDK's default feature that makes its heap the global allocator."""
+DEFAULT_STACK_SIZE = 64 * 1024
+"""C and Rust: bytes of stack in linear memory (clang's and rustc's shadow stack), before the data."""
+RECIPE = 2
+"""Bump when a toolchain's flags change: outputs built by another recipe are rebuilt."""
+
+
+def stack_size(value: int | str | None = None) -> int:
+    """The stack size a build uses: `value`, else ISOLATE_STACK_SIZE, else 64 KiB; a multiple of 16."""
+    value = value if value is not None else os.environ.get("ISOLATE_STACK_SIZE") or DEFAULT_STACK_SIZE
+    try:
+        size = parse_size(value)
+    except InvalidConfig as exc:
+        raise BuildError(f"stack size: {exc}") from exc
+    if size < 4096 or size % 16 or size > 1 << 30:
+        raise BuildError(f"stack size {size} must be a multiple of 16 bytes from 4 KiB to 1 GiB")
+    return size
 
 
 def sdk_root() -> Path:
@@ -98,7 +123,8 @@ class Toolchain(Protocol):
 
     def detect(self, project: Path) -> bool: ...
     def sources(self, project: Path) -> list[Path]: ...
-    def compile(self, project: Path, output: Path) -> Compiled: ...
+    def recipe(self, project: Path, stack: int) -> dict[str, Any]: ...
+    def compile(self, project: Path, output: Path, stack: int) -> Compiled: ...
 
 
 def _run(tool: str, command: Sequence[str | Path], cwd: Path | None = None, env: Mapping[str, str] | None = None,
@@ -184,14 +210,18 @@ class C:
         sdk = sdk_root() / "c"
         return _files(project, ["*.c", "*.h"]) + [sdk / "isolate.c", sdk / "isolate.h"]
 
-    def compile(self, project: Path, output: Path) -> Compiled:
+    def recipe(self, project: Path, stack: int) -> dict[str, Any]:
+        return {"stack_size": stack}
+
+    def compile(self, project: Path, output: Path, stack: int) -> Compiled:
         zig = find_zig()
         sdk = sdk_root() / "c"
-        # A reactor (exports _initialize); -s strips debug info; 1 MiB of shadow stack, not zig's 16.
+        # A reactor (exports _initialize); -s strips debug info; `stack` bytes of shadow stack (zig's
+        # default is 16 MiB), first in memory (zig links --stack-first), so an overflow traps.
         # A fresh local cache: on a hit zig cc prints no warnings. libc stays in zig's global cache.
         with tempfile.TemporaryDirectory(prefix="isolate-zig-") as local:
             result = _run("zig cc", [zig.path, "cc", "--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-s",
-                                     "-Wl,-z,stack-size=1048576", "-Wall", "-Wextra", f"-I{sdk}", "-o", output,
+                                     f"-Wl,-z,stack-size={stack}", "-Wall", "-Wextra", f"-I{sdk}", "-o", output,
                                      sdk / "isolate.c", *sorted(project.glob("*.c"))], cwd=project,
                           env={**os.environ, "ZIG_LOCAL_CACHE_DIR": local})
         return zig, _split(result.stderr + result.stdout, self._header)
@@ -323,6 +353,18 @@ def cargo_dependencies(manifest: Mapping[str, Any], *, sdk: bool = False) -> dic
     return {name: spec for name, spec in found.items() if sdk or name.replace("-", "_") != SDK_CRATE}
 
 
+def sdk_features(manifest: Mapping[str, Any]) -> tuple[str, ...]:
+    """The Rust SDK's features a project asks for, as cargo would enable them: its `default`
+    (the heap as global allocator) unless the dependency says `default-features = false`."""
+    spec = next((spec for name, spec in cargo_dependencies(manifest, sdk=True).items()
+                 if name.replace("-", "_") == SDK_CRATE), None)
+    if not isinstance(spec, dict):
+        return (SDK_ALLOCATOR,)
+    default = spec.get("default-features", spec.get("default_features", True))
+    features = {str(f) for f in spec.get("features") or []} & {SDK_ALLOCATOR}
+    return tuple(sorted(features | ({SDK_ALLOCATOR} if default is not False else set())))
+
+
 def _dependency_kind(spec: Any) -> str:
     if isinstance(spec, dict):
         for kind in ("path", "git", "workspace"):
@@ -378,38 +420,45 @@ class Rust:
                 *_files(sdk_root() / "rust", ["src/**/*.rs"]),
                 *(f for crate in crates for f in _files(crate, ["src/**/*.rs", "Cargo.toml", "build.rs"]))]
 
-    def compile(self, project: Path, output: Path) -> Compiled:
+    def recipe(self, project: Path, stack: int) -> dict[str, Any]:
+        return {"stack_size": stack, "sdk_features": sdk_features(_manifest(project))}
+
+    def compile(self, project: Path, output: Path, stack: int) -> Compiled:
         rustc = find_rustc()
         manifest = _manifest(project)
         dependencies = cargo_dependencies(manifest)
         if dependencies or (project / "build.rs").is_file():
-            return self._cargo(project, output, rustc, manifest, dependencies)
-        return self._rustc(project, output, rustc, manifest)
+            return self._cargo(project, output, rustc, manifest, dependencies, stack)
+        return self._rustc(project, output, rustc, manifest, stack)
 
-    def _rustc(self, project: Path, output: Path, rustc: Rustc, manifest: Mapping[str, Any]) -> Compiled:
+    def _rustc(self, project: Path, output: Path, rustc: Rustc, manifest: Mapping[str, Any], stack: int) -> Compiled:
         """The fast path: two rustc calls, the SDK's rlib kept between builds; no cargo, no Cargo.lock."""
         edition = str((manifest.get("package") or {}).get("edition", "2021"))
         flags = ["--target", WASM_TARGET, "-C", "opt-level=s", "--error-format=json"]
         sdk = sdk_root() / "rust"
-        # One rlib per compiler: a rustc refuses rlibs another version wrote.
-        deps = output.parent / ".sdk" / re.sub(r"[^\w.-]", "_", rustc.release)
+        features = sdk_features(manifest)
+        # One rlib per compiler (a rustc refuses rlibs another version wrote) and per feature set.
+        deps = output.parent / ".sdk" / re.sub(r"[^\w.-]", "_", "-".join([rustc.release, *features]))
         deps.mkdir(parents=True, exist_ok=True)
         rlib = deps / f"lib{SDK_CRATE}.rlib"
         sdk_sources = _files(sdk, ["src/**/*.rs"])
         warnings: list[str] = []
         if not rlib.exists() or max(p.stat().st_mtime for p in sdk_sources) > rlib.stat().st_mtime:
-            result = _run("rustc", [rustc.path, *flags, "--edition", "2021", "--crate-type", "rlib", "--crate-name",
-                                    SDK_CRATE, "-o", rlib, sdk / "src" / "lib.rs"], render=_render_rustc)
+            cfgs = [arg for feature in features for arg in ("--cfg", f'feature="{feature}"')]
+            result = _run("rustc", [rustc.path, *flags, *cfgs, "--edition", "2021", "--crate-type", "rlib",
+                                    "--crate-name", SDK_CRATE, "-o", rlib, sdk / "src" / "lib.rs"],
+                          render=_render_rustc)
             warnings += _rustc_json(result.stderr)[0]
         crate = _crate_name(project, manifest)
         result = _run("rustc", [rustc.path, *flags, "--edition", edition, "--crate-type", "cdylib", "--crate-name",
-                                crate, "-C", "strip=symbols", "-L", deps, "--extern", f"{SDK_CRATE}={rlib}", "-o",
-                                output, project / "src" / "lib.rs"], cwd=project, render=_render_rustc)
+                                crate, "-C", "strip=symbols", "-C", f"link-arg=-zstack-size={stack}", "-L", deps,
+                                "--extern", f"{SDK_CRATE}={rlib}", "-o", output, project / "src" / "lib.rs"],
+                          cwd=project, render=_render_rustc)
         found, other = _rustc_json(result.stderr)
         return rustc.compiler, (*warnings, *found, *other)
 
     def _cargo(self, project: Path, output: Path, rustc: Rustc, manifest: Mapping[str, Any],
-               dependencies: Mapping[str, Any]) -> Compiled:
+               dependencies: Mapping[str, Any], stack: int) -> Compiled:
         """Dependencies need cargo: offline, since no build may reach a registry; path, vendored
         (`.cargo/config.toml` source replacement) and already-cached crates resolve."""
         names = ", ".join(dependencies) or "a build script"
@@ -431,8 +480,10 @@ class Rust:
         env = {**os.environ, "RUSTC": rustc.path}
         if "profile" not in manifest:  # the fast path's settings, unless the project chose its own
             env.update(CARGO_PROFILE_RELEASE_OPT_LEVEL="s", CARGO_PROFILE_RELEASE_STRIP="symbols")
-        command = [cargo, "build", "--offline", "--release", "--target", WASM_TARGET, "--message-format", "json",
-                   "--target-dir", str(project / "build" / "cargo"), "--manifest-path", str(project / "Cargo.toml")]
+        # `cargo rustc --lib`: the stack size goes to the handler's link alone, not to every crate.
+        command = [cargo, "rustc", "--lib", "--offline", "--release", "--target", WASM_TARGET, "--message-format",
+                   "json", "--target-dir", str(project / "build" / "cargo"), "--manifest-path",
+                   str(project / "Cargo.toml"), "--", "-C", f"link-arg=-zstack-size={stack}"]
         try:
             result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
         except OSError as exc:
@@ -543,7 +594,10 @@ class AssemblyScript:
         return _files(project, ["assembly/**/*.ts", "package.json"]) + _files(
             sdk_root() / "assemblyscript", ["assembly/**/*.ts"])
 
-    def compile(self, project: Path, output: Path) -> Compiled:
+    def recipe(self, project: Path, stack: int) -> dict[str, Any]:
+        return {}  # AssemblyScript's stack is its own (the stub runtime keeps one page of memory)
+
+    def compile(self, project: Path, output: Path, stack: int) -> Compiled:
         sdk = sdk_root() / "assemblyscript"
         node = shutil.which("node")
         if node is None:
@@ -577,8 +631,13 @@ def detect(project: Path) -> str:
                      "(or pass --lang)")
 
 
-def build(project: Path, language: str | None = None, *, force: bool = False) -> BuildResult:
-    """Build `project` into `project/build/<name>.wasm`, unless it is up to date."""
+def build(project: Path, language: str | None = None, *, force: bool = False,
+          stack: int | str | None = None) -> BuildResult:
+    """Build `project` into `project/build/<name>.wasm`, unless it is up to date.
+
+    `stack`: bytes of stack in linear memory for C and Rust (an int or "256KiB"); else
+    ISOLATE_STACK_SIZE, else 64 KiB.
+    """
     project = Path(project).resolve()
     if not project.is_dir():
         raise BuildError(f"{project} is not a directory")
@@ -586,15 +645,22 @@ def build(project: Path, language: str | None = None, *, force: bool = False) ->
     if language not in TOOLCHAINS:
         raise BuildError(f"unknown language {language!r}: choose one of {', '.join(LANGUAGES)}")
     toolchain = TOOLCHAINS[language]
+    stack_bytes = stack_size(stack)
     output = project / "build" / f"{project.name}.wasm"
     output.parent.mkdir(exist_ok=True)
     started = time.perf_counter()
     sources = toolchain.sources(project)
-    fresh = output.exists() and all(p.stat().st_mtime <= output.stat().st_mtime for p in sources)
+    # The recipe the output was built with sits beside it: other flags or another stack size rebuild.
+    stamp = output.with_name(f".{output.name}.recipe")
+    recipe = json.dumps({"recipe": RECIPE, "language": language, **toolchain.recipe(project, stack_bytes)},
+                        sort_keys=True)
+    fresh = (output.exists() and stamp.is_file() and stamp.read_text() == recipe
+             and all(p.stat().st_mtime <= output.stat().st_mtime for p in sources))
     if fresh and not force:
         return BuildResult(project, language, output, output.stat().st_size, time.perf_counter() - started, True)
     tmp = output.with_name(output.name + ".tmp")
-    compiler, warnings = toolchain.compile(project, tmp)
+    compiler, warnings = toolchain.compile(project, tmp, stack_bytes)
     os.replace(tmp, output)
+    stamp.write_text(recipe)
     return BuildResult(project, language, output, output.stat().st_size, time.perf_counter() - started, False,
                        compiler, warnings)

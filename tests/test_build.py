@@ -180,7 +180,7 @@ def test_unresolvable_registry_dependency_is_named(tmp_path: Path, monkeypatch: 
     real_run = subprocess.run
 
     def recording_run(command: list[str], *args: Any, **kwargs: Any) -> Any:
-        if "build" in command[1:2]:
+        if command[1:2] in (["build"], ["rustc"]):  # cargo build / cargo rustc
             cargo_calls.append(list(command))
         return real_run(command, *args, **kwargs)
 

@@ -1,6 +1,7 @@
 /* isolate C SDK: ABI v1 exports, the msgpack codec, and the request/response helpers. */
 #include "isolate.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,6 +25,176 @@ IMPORT("isolate", "kv_exists") int32_t __isolate_host_kv_exists(int32_t store, c
 IMPORT("isolate", "kv_list") int32_t __isolate_host_kv_list(int32_t store, const void *prefix, size_t prefix_len,
                                                           const void *cursor, size_t cursor_len, void *out,
                                                           size_t out_cap);
+
+/* ---------- the heap: malloc, free and the rest ----------
+ *
+ * zig's libc allocator takes a fresh 64 KiB page from memory.grow for every size of block it serves,
+ * so a plain request grew memory several times, and every grow costs the host a system call and a
+ * larger memory to reset after the request. This heap starts at __heap_base, in the pages the module
+ * declares after its stack and data, and grows memory only when they are full.
+ *
+ * Blocks carry an 8-byte header (their size) and 16-byte aligned payloads, like max_align_t. Small
+ * blocks are powers of two from 32 bytes to 64 KiB, header included, with a free list per size;
+ * larger ones are multiples of 4 KiB on one first-fit list (split when much larger than asked). A
+ * block freed at the top of the heap returns to it, and realloc grows the top block in place, so a
+ * growing buffer does not copy. Every request runs in a fresh isolate: the heap never outlives one.
+ * These strong definitions replace libc's weak ones, all of them, so no block crosses allocators. */
+
+#define HEAP_ALIGN 16
+#define HEAP_HEADER 8
+#define HEAP_SMALL_MIN 5  /* 32-byte blocks */
+#define HEAP_SMALL_MAX 16 /* 64 KiB blocks */
+#define HEAP_LARGE_UNIT 4096
+#define HEAP_MAX_REQUEST ((size_t)0x7fff0000) /* larger requests fail at once (a 4 GiB memory) */
+#define WASM_PAGE 65536
+
+typedef struct heap_free { struct heap_free *next; } heap_free; /* kept in a free block's payload */
+
+extern unsigned char __heap_base; /* from the linker: the end of the stack and data */
+static uintptr_t heap_top;        /* where the next block starts; a payload 16-aligned after the header */
+static heap_free *heap_small[HEAP_SMALL_MAX + 1];
+static heap_free *heap_large;
+
+static uint32_t *heap_header(void *payload) { return (uint32_t *)((uint8_t *)payload - HEAP_HEADER); }
+
+/* The size of the block that holds n bytes, header included; 0 when n is too large. */
+static size_t heap_block_size(size_t n) {
+    if (n > HEAP_MAX_REQUEST) return 0;
+    size_t need = n + HEAP_HEADER;
+    if (need <= (size_t)1 << HEAP_SMALL_MIN) return (size_t)1 << HEAP_SMALL_MIN;
+    if (need <= (size_t)1 << HEAP_SMALL_MAX) return (size_t)1 << (32 - __builtin_clz((uint32_t)need - 1));
+    return (need + HEAP_LARGE_UNIT - 1) & ~(size_t)(HEAP_LARGE_UNIT - 1);
+}
+
+/* Memory up to `end` exists, grown if need be; 0 when the module's memory limit refuses. */
+static int heap_reserve(uint64_t end) {
+    if (end >= (uint64_t)1 << 32) return 0; /* the top must stay a 32-bit address */
+    uint64_t have = (uint64_t)__builtin_wasm_memory_size(0) * WASM_PAGE;
+    if (end <= have) return 1;
+    return __builtin_wasm_memory_grow(0, (size_t)((end - have + WASM_PAGE - 1) / WASM_PAGE)) != (size_t)-1;
+}
+
+/* A new block of `size` bytes at the top of the heap, its payload aligned to `align` (≥ 16). */
+static void *heap_bump(size_t size, size_t align) {
+    if (!heap_top) heap_top = (uintptr_t)&__heap_base;
+    uint64_t payload = ((uint64_t)heap_top + HEAP_HEADER + align - 1) & ~(uint64_t)(align - 1);
+    uint64_t start = payload - HEAP_HEADER;
+    if (!heap_reserve(start + size)) return NULL;
+    heap_top = (uintptr_t)(start + size);
+    *(uint32_t *)(uintptr_t)start = (uint32_t)size;
+    return (void *)(uintptr_t)payload;
+}
+
+void *malloc(size_t n) {
+    size_t size = heap_block_size(n);
+    void *p = NULL;
+    if (size && size <= (size_t)1 << HEAP_SMALL_MAX) {
+        heap_free **list = &heap_small[__builtin_ctz((uint32_t)size)];
+        if (*list) {
+            p = *list;
+            *list = (*list)->next;
+            return p;
+        }
+    } else if (size) {
+        for (heap_free **at = &heap_large; *at; at = &(*at)->next) {
+            uint32_t *header = heap_header(*at);
+            if (*header < size) continue;
+            p = *at;
+            *at = (*at)->next;
+            if (*header - size > (size_t)1 << HEAP_SMALL_MAX) { /* the rest stays free, a block of its own */
+                heap_free *rest = (heap_free *)((uint8_t *)p + size);
+                *heap_header(rest) = *header - (uint32_t)size;
+                rest->next = heap_large;
+                heap_large = rest;
+                *header = (uint32_t)size;
+            }
+            return p;
+        }
+    }
+    if (size) p = heap_bump(size, HEAP_ALIGN);
+    if (!p) errno = ENOMEM;
+    return p;
+}
+
+void free(void *p) {
+    if (!p) return;
+    uint32_t *header = heap_header(p);
+    if ((uintptr_t)header + *header == heap_top) { /* the top block: give it back to the heap */
+        heap_top = (uintptr_t)header;
+        return;
+    }
+    heap_free *block = p;
+    heap_free **list = *header <= (uint32_t)1 << HEAP_SMALL_MAX ? &heap_small[__builtin_ctz(*header)] : &heap_large;
+    block->next = *list;
+    *list = block;
+}
+
+void *calloc(size_t count, size_t n) {
+    size_t total;
+    if (__builtin_mul_overflow(count, n, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    void *p = malloc(total);
+    if (p) memset(p, 0, total);
+    return p;
+}
+
+void *realloc(void *p, size_t n) {
+    if (!p) return malloc(n);
+    uint32_t *header = heap_header(p);
+    size_t have = *header - HEAP_HEADER;
+    if (n <= have) return p;
+    size_t size = heap_block_size(n);
+    if (!size) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if ((uintptr_t)header + *header == heap_top) { /* the top block grows where it is */
+        if (!heap_reserve((uint64_t)(uintptr_t)header + size)) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        heap_top = (uintptr_t)header + size;
+        *header = (uint32_t)size;
+        return p;
+    }
+    void *moved = malloc(n);
+    if (!moved) return NULL;
+    memcpy(moved, p, have);
+    free(p);
+    return moved;
+}
+
+void *reallocarray(void *p, size_t count, size_t n) {
+    size_t total;
+    if (__builtin_mul_overflow(count, n, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return realloc(p, total);
+}
+
+void *aligned_alloc(size_t align, size_t n) {
+    if (align <= HEAP_ALIGN) return malloc(n);
+    size_t size = heap_block_size(n);
+    void *p = size && (align & (align - 1)) == 0 && align <= WASM_PAGE ? heap_bump(size, align) : NULL;
+    if (!p) errno = align & (align - 1) ? EINVAL : ENOMEM;
+    return p;
+}
+
+void *memalign(size_t align, size_t n) { return aligned_alloc(align, n); }
+void *valloc(size_t n) { return aligned_alloc(WASM_PAGE, n); }
+
+int posix_memalign(void **out, size_t align, size_t n) {
+    if (align < sizeof(void *) || (align & (align - 1))) return EINVAL;
+    void *p = aligned_alloc(align, n);
+    if (!p) return ENOMEM;
+    *out = p;
+    return 0;
+}
+
+size_t malloc_usable_size(void *p) { return p ? *heap_header(p) - HEAP_HEADER : 0; }
 
 EXPORT("isolate_abi_v1") void isolate_abi_v1(void) {}
 

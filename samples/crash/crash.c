@@ -4,7 +4,7 @@
  *   /crash/oom        malloc until it fails         → 500 memory_limit
  *   /crash/stack      unbounded recursion           → 500 stack_overflow
  *   /crash/shadow     unbounded recursion with large locals in linear memory (clang's shadow stack,
- *                     1 MiB from the build)         → 500 trap (memory_out_of_bounds)
+ *                     64 KiB from the build)        → 500 trap (memory_out_of_bounds)
  *   /crash/null       write through a wild pointer  → 500 trap (memory_out_of_bounds)
  *   /crash/header     a header value with CR LF     → 502 abi
  *   /crash/exit       exit(3)                       → 500 trap (exit)

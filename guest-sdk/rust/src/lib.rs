@@ -24,6 +24,13 @@ pub mod json;
 pub mod kv;
 mod msgpack;
 
+// The default allocator (dlmalloc) grows memory on every request's first allocation: see heap.rs.
+#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
+mod heap;
+#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
+#[global_allocator]
+static HEAP: heap::Heap = heap::Heap;
+
 /// An HTTP request as the guest sees it.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Request {
