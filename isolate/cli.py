@@ -565,12 +565,14 @@ def token(data_dir: str | None) -> None:
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--lang", type=click.Choice(["c", "rust", "assemblyscript"]), help="Skip language detection.")
 @click.option("--force", is_flag=True, help="Rebuild even if the output is up to date.")
-def build_command(path: str, lang: str | None, force: bool) -> None:
+@click.option("--stack-size", metavar="SIZE",
+              help="Stack in linear memory for C and Rust (default 64KiB, or ISOLATE_STACK_SIZE).")
+def build_command(path: str, lang: str | None, force: bool, stack_size: str | None) -> None:
     """Build the guest in PATH into PATH/build/NAME.wasm (C, Rust or AssemblyScript)."""
     from .build import build
 
     try:
-        result = build(Path(path), lang, force=force)
+        result = build(Path(path), lang, force=force, stack=stack_size)
     except IsolateError as exc:
         _fail(f"{exc.kind}: {exc.detail}")
     state = "up to date" if result.cached else f"built in {result.seconds:.2f} s"

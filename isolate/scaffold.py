@@ -40,7 +40,7 @@ edition = "2021"
 [lib]
 crate-type = ["cdylib"]
 
-# Other dependencies make `isolate build` run `cargo build --offline`: path crates, and registry
+# Other dependencies make `isolate build` run `cargo rustc --offline`: path crates, and registry
 # crates that are vendored (`cargo vendor`) or already in cargo's cache, resolve.
 [dependencies]
 isolate_sdk = {{ path = "{sdk}" }}
