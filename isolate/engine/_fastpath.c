@@ -102,7 +102,7 @@ _Static_assert(sizeof(api) == API_COUNT * sizeof(void *), "one address per API n
 /* Python objects kept from `init`: the shutdown module (its `stopping`), the log levels, and the
  * function that logs a host function's failure (one logger, Python's). */
 static PyObject *shutdown_module, *log_levels, *report_failure;
-static PyObject *s_stopping, *s_fits, *s_drop, *s_add, *s_get, *s_put, *s_log_stream, *s_info, *s_abi_error;
+static PyObject *s_stopping, *s_full, *s_drop, *s_add, *s_get, *s_put, *s_log_stream, *s_info, *s_abi_error;
 
 /* ---- per-request state, for the host functions of the request running on this thread ---- */
 
@@ -462,16 +462,19 @@ static void *host_log(void *env, void *caller, wt_val_raw *values, size_t count)
     bool has_memory = memory_of(caller, "log", &m);
     void *trap = NULL;
     PyGILState_STATE gil = PyGILState_Ensure();
-    PyObject *n = PyLong_FromUnsignedLong(size);
-    PyObject *fits = n ? PyObject_CallMethodOneArg(state->capture, s_fits, n) : NULL;
-    int keep = fits ? PyObject_IsTrue(fits) : -1;
-    Py_XDECREF(fits);
-    if (keep == 0) { /* not even read: logging is over for this request */
-        PyObject *r = PyObject_CallMethodOneArg(state->capture, s_drop, n);
+    /* A full capture takes nothing more: the record is counted, not even read. Otherwise `add`
+     * keeps or counts it (a message is at most 16 KiB, so copying it first costs little). */
+    PyObject *full = PyObject_GetAttr(state->capture, s_full);
+    int over = full ? PyObject_IsTrue(full) : -1;
+    Py_XDECREF(full);
+    if (over > 0) {
+        PyObject *n = PyLong_FromUnsignedLong(size);
+        PyObject *r = n ? PyObject_CallMethodOneArg(state->capture, s_drop, n) : NULL;
         if (r == NULL)
             trap = host_failed("log");
         Py_XDECREF(r);
-    } else if (keep < 0) {
+        Py_XDECREF(n);
+    } else if (over < 0) {
         trap = host_failed("log");
     } else if (!has_memory) {
         trap = no_memory("log");
@@ -481,13 +484,13 @@ static void *host_log(void *env, void *caller, wt_val_raw *values, size_t count)
         PyObject *data = PyBytes_FromStringAndSize((const char *)m.base + ptr, size);
         PyObject *name = (level >= 0 && level < PyTuple_GET_SIZE(log_levels)) ? PyTuple_GET_ITEM(log_levels, level)
                                                                                : s_info;
-        PyObject *r = data ? PyObject_CallMethodObjArgs(state->capture, s_add, s_log_stream, name, data, NULL) : NULL;
+        PyObject *call[] = {state->capture, s_log_stream, name, data};
+        PyObject *r = data ? PyObject_VectorcallMethod(s_add, call, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL) : NULL;
         if (r == NULL)
             trap = host_failed("log");
         Py_XDECREF(r);
         Py_XDECREF(data);
     }
-    Py_XDECREF(n);
     PyGILState_Release(gil);
     return trap;
 }
@@ -700,7 +703,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         PyObject **slot;
         const char *text;
     } strings[] = {
-        {&s_stopping, "stopping"}, {&s_fits, "fits"}, {&s_drop, "drop"}, {&s_add, "add"},
+        {&s_stopping, "stopping"}, {&s_full, "full"}, {&s_drop, "drop"}, {&s_add, "add"},
         {&s_get, "get"}, {&s_put, "put"}, {&s_log_stream, "log"}, {&s_info, "info"}, {&s_abi_error, "abi_error"},
     };
     for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {

@@ -120,12 +120,12 @@ def _log(caller: int, level: int, ptr: int, length: int) -> None:
     if capture is None:
         return
     size = min(length & _U32, _MAX_LOG_MESSAGE)
-    if not capture.fits(size):
+    if capture.full:
         capture.drop(size)  # not even read: logging is over
         return
     call = Call(caller, "log")
     call.check("message", ptr, length)
-    data = call.read("message", ptr, size)
+    data = call.read("message", ptr, size)  # at most 16 KiB: `add` keeps it or counts it
     capture.add("log", _output.LEVELS[level] if 0 <= level < len(_output.LEVELS) else "info", data)
 
 
