@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -114,6 +115,12 @@ class Host:
         self._kv_operations: Counter[str] = Counter()
         self._recompiles = 0
         self._closed = False
+        # Every engine the stored modules need, made now: made on a module's first request instead,
+        # its epoch ticker thread would inherit the lowered priority of the guest worker thread
+        # that happened to make it (see isolate.http._dispatch), and timeouts would fire late.
+        for record in self._store.records():
+            with contextlib.suppress(IsolateError):
+                self._runtime_for(self._effective(record.limits).stack)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

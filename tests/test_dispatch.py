@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Callable
+from typing import Any
 
+import pytest
+
+from isolate.http import _dispatch as dispatch
 from isolate.http._dispatch import PROMOTE_AFTER, WORKER_NICE, Dispatcher
 
 
@@ -56,3 +61,77 @@ def test_modules_that_may_not_run_inline_never_do() -> None:
         assert d.is_inline("quick") and not d.is_inline("sleeper")
     finally:
         d.close()
+
+
+def test_inline_runs_are_judged_by_cpu_time_read_only_when_wall_time_says_slow(monkeypatch: Any) -> None:
+    """Quick in wall time: quick, without a syscall for the CPU clock. Slow in wall time: the CPU
+    time is bounded below by the wall time less the time off the CPU since the last CPU reading."""
+    clock = {"wall": 100.0, "cpu": 5.0, "cpu_reads": 0}
+
+    def cpu() -> float:
+        clock["cpu_reads"] += 1
+        return clock["cpu"]
+
+    monkeypatch.setattr(dispatch, "_wall", lambda: clock["wall"])
+    monkeypatch.setattr(dispatch, "_cpu", cpu)
+    d = Dispatcher(workers=1, queue_limit=0, inline_threshold=0.001)
+    seen: list[float] = []
+    monkeypatch.setattr(d, "record", lambda module, seconds, inline=False: seen.append(seconds))
+    d._streak["m"] = PROMOTE_AFTER  # promoted to the inline path
+
+    def guest(wall: float, cpu: float) -> Callable[[], None]:
+        def run() -> None:
+            clock["wall"] += wall
+            clock["cpu"] += cpu
+        return run
+
+    try:
+        asyncio.run(d.run("m", guest(0.0002, 0.0002)))  # the first run reads the CPU clock once (the mark)
+        reads = clock["cpu_reads"]
+        asyncio.run(d.run("m", guest(0.0002, 0.0002)))  # quick by the wall clock: no CPU reading
+        assert clock["cpu_reads"] == reads and seen[-1] == pytest.approx(0.0002)
+        asyncio.run(d.run("m", guest(0.020, 0.0001)))  # 20 ms waiting (the GIL, a CPU): not the guest's
+        assert seen[-1] < 0.001
+        clock["wall"] += 0.010  # the loop idles, then the mark is refreshed and a guest burns 20 ms
+        asyncio.run(d.run("m", guest(0.020, 0.020)))
+        assert seen[-1] == pytest.approx(0.020)
+    finally:
+        d.close()
+
+
+def test_guest_workers_leave_the_loop_a_cpu_while_it_is_busy(monkeypatch: Any) -> None:
+    placed: list[tuple[int, frozenset[int]]] = []
+    monkeypatch.setattr(dispatch.os, "sched_setaffinity", lambda tid, cpus: placed.append((tid, frozenset(cpus))))
+    clock = {"wall": 0.0, "cpu": 0.0}
+    monkeypatch.setattr(dispatch, "_wall", lambda: clock["wall"])
+    monkeypatch.setattr(dispatch, "_cpu", lambda: clock["cpu"])
+    placement = dispatch._Placement(frozenset({1}))
+    placement.every = frozenset({0, 1})
+    placement.threads = [101, 102]
+
+    async def main() -> None:
+        placement.watch(lambda: True)
+
+        def look(busy: float, late: float = 0.0) -> None:
+            clock["wall"] += dispatch.BUSY_EVERY + late
+            clock["cpu"] += dispatch.BUSY_EVERY * busy
+            placement._look()
+
+        look(0.05)
+        assert placed == [] and not placement.confined
+        look(0.9)  # the loop got busy: the workers keep off one CPU
+        assert placement.confined and placed == [(101, frozenset({1})), (102, frozenset({1}))]
+        look(0.2)  # between the two thresholds: as it was
+        assert placement.confined and len(placed) == 2
+        look(0.01)  # idle again: every CPU
+        assert not placement.confined and placed[2:] == [(101, frozenset({0, 1})), (102, frozenset({0, 1}))]
+        look(0.05, late=0.020)  # little CPU, but kept waiting (for the GIL, for a CPU): busy all the same
+        assert placement.confined and len(placed) == 6
+        look(0.05, late=dispatch.LATE)  # on time again only when freed
+        assert placement.confined
+        look(0.05)
+        assert not placement.confined
+        placement.close()
+
+    asyncio.run(main())
+    assert dispatch._Placement(None).every is None  # one CPU: nothing to place

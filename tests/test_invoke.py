@@ -212,6 +212,13 @@ def test_stack_limit_per_module(host: Host) -> None:
     assert host.statistics().engines == 3  # one engine per distinct stack size in use
 
 
+def test_a_restarted_host_makes_the_engines_its_modules_need_up_front(make_host: HostFactory) -> None:
+    """Not on a module's first request: that may run on a guest worker thread, whose lowered priority
+    the engine's epoch ticker thread would inherit."""
+    make_host().deploy("small", g.wasm(g.BOUNDED_RECURSION), limits={"stack": 64 << 10})
+    assert make_host().statistics().engines == 2
+
+
 def test_module_cache_evicts_and_reloads(make_host: HostFactory) -> None:
     host = make_host(module_cache_size=2)
     for name in ("a", "b", "c"):

@@ -16,6 +16,7 @@ import pytest
 from live import LiveServer
 
 from isolate import LogRecord as GuestRecord
+from isolate.http import _logs
 from isolate.http._logs import defer_log, dropped_records, guest_lines, logging_off_loop
 
 WRITER = "isolate-log-writer"
@@ -175,6 +176,21 @@ def test_guest_lines_follow_the_guest_loggers_level() -> None:
         with logging_off_loop():
             guest_lines(guest_log, "r", "m", logs)
     assert handler.lines == ["ERROR isolate.guest request_id=r module=m stream=log broken"]
+
+
+def test_guest_lines_the_logger_would_not_write_are_not_queued(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queued item wakes the writer thread, which then takes the GIL from the loop: for nothing."""
+    queued: list[object] = []
+    with only(Lines()):
+        guest_log.setLevel(logging.WARNING)
+        with logging_off_loop():
+            pipe = _logs._pipe
+            assert pipe is not None
+            monkeypatch.setattr(pipe, "put", lambda item, lines: queued.append(item))
+            guest_lines(guest_log, "r", "m", records(("log", "info", "a"), ("log", "debug", "b")))
+            assert queued == []
+            guest_lines(guest_log, "r", "m", records(("log", "info", "a"), ("stderr", "error", "b")))
+            assert len(queued) == 1
 
 
 def test_without_logging_off_the_loop_lines_are_logged_at_once(caplog: pytest.LogCaptureFixture) -> None:

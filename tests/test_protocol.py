@@ -21,16 +21,18 @@ App = Callable[[Any, Any, Any], Awaitable[None]]
 
 
 class Transport(asyncio.Transport):
-    """Collects what the protocol writes; `close()` only records."""
+    """Collects what the protocol writes (and how many writes it took); `close()` only records."""
 
     def __init__(self) -> None:
         super().__init__()
         self.written = bytearray()
+        self.writes = 0
         self.closed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self.closed:
             self.written += data
+            self.writes += 1
 
     def close(self) -> None:
         self.closed = True
@@ -67,11 +69,13 @@ def listener(**bounds: Any) -> Listener:
 
 
 class Connection:
-    def __init__(self, app: App, bounds: Listener, config: uvicorn.Config | None = None) -> None:
+    def __init__(self, app: App, bounds: Listener, config: uvicorn.Config | None = None,
+                 state: ServerState | None = None) -> None:
         self.config = config or _uvicorn_config(app, "127.0.0.1", 0, bounds)
         self.config.load()
         self.transport = Transport()
-        self.protocol: HttpProtocol = bounds.protocol(self.config, ServerState(), {}, asyncio.get_running_loop())
+        self.protocol: HttpProtocol = bounds.protocol(self.config, state or ServerState(), {},
+                                                      asyncio.get_running_loop())
         self.protocol.connection_made(self.transport)
 
     def send(self, data: bytes) -> None:
@@ -162,6 +166,55 @@ def test_an_error_in_a_pipelined_request_waits_for_the_answers_before_it() -> No
         assert await conn.settle() == b""
         release.set()
         assert [status for status, _, _ in responses(await conn.settle())] == [200, 400]
+
+    run(main)
+
+
+def test_an_answer_is_one_write() -> None:
+    async def main() -> None:
+        conn = Connection(hello, listener())
+        conn.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+        [(status, headers, body)] = responses(await conn.settle())
+        assert (status, body, headers["content-length"]) == (200, b"hi", "2") and conn.transport.writes == 1
+        conn.send(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")  # a head alone is one write too
+        await conn.settle()
+        assert conn.transport.writes == 2
+
+    run(main)
+
+
+def test_answers_of_concurrent_requests_leave_together_and_in_order() -> None:
+    """While other requests of the listener are in progress, answers wait for the end of the loop
+    iteration: none is lost, a connection's answers keep their order, and a close comes after them."""
+    release = asyncio.Event()
+    written_when_answered: list[int] = []
+    conns: list[Connection] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/slow":
+            await release.wait()
+        elif scope["path"] == "/fail":
+            await hello(scope, receive, send)
+            raise RuntimeError("after answering")  # uvicorn then closes the connection itself
+        await hello(scope, receive, send)
+        if scope["path"] == "/1":
+            written_when_answered.append(len(conns[1].transport.written))
+
+    async def main() -> None:
+        bounds, state = listener(), ServerState()
+        conns.extend(Connection(app, bounds, state=state) for _ in range(3))
+        slow, quick, failing = conns
+        slow.send(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        quick.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+                   b"GET /3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        failing.send(b"GET /fail HTTP/1.1\r\nHost: a\r\n\r\n")
+        await quick.settle()
+        assert written_when_answered == [0]  # held back: another request was in progress
+        assert [s for s, _, _ in responses(bytes(quick.transport.written))] == [200, 200, 200]
+        assert quick.transport.closed and [s for s, _, _ in responses(bytes(failing.transport.written))] == [200]
+        assert failing.transport.closed and slow.transport.written == b""
+        release.set()
+        assert [s for s, _, _ in responses(await slow.settle())] == [200]
 
     run(main)
 

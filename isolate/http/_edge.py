@@ -52,6 +52,7 @@ _NO_BODY = frozenset({204, 304})
 _JSON = (b"content-type", b"application/json")
 _REGION = re.compile(REGION_PATTERN)
 _HIT, _MISS, _BYPASS = b"HIT", b"MISS", b"BYPASS"
+_now = time.perf_counter
 
 
 def _guest_headers(headers: Any) -> list[tuple[bytes, bytes]]:
@@ -101,13 +102,14 @@ class EdgeApp:
             if scope["type"] == "lifespan":
                 await _lifespan(receive, send)
             return
-        started = time.perf_counter()
+        started = _now()
+        headers = scope["headers"]
         request_id = ""
         host = ""
         declared: int | None = None
         asked_region = forwarded_by = client_region = ""
         private = False
-        for key, value in scope["headers"]:
+        for key, value in headers:
             if key == b"host":
                 host = value.decode("latin-1")
             elif key == b"x-request-id":
@@ -173,53 +175,56 @@ class EdgeApp:
                     client_region = (regions.region_of(client[0]) if client else None) or self.region
                 if await self._route_elsewhere(scope, receive, send, module, client_region, request_id, started):
                     return
-            routed = time.perf_counter()
-            queued = [0.0]
+            routed = _now()
             # Read before the cache: a request that leads a coalesced miss must not wait on its client.
             body = await _read_body(receive, self.config.max_body_size)
-            query = scope["query_string"].decode("latin-1")
+            raw_query = scope["query_string"]
+            query = raw_query.decode("latin-1") if raw_query else ""
 
-            async def invoke() -> Response:
-                request = Request(
-                    method=method,
-                    path=path,
-                    query=query,
-                    headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
-                    body=body,
-                    params=match.params,
-                    region=self.region,
-                    client_region=client_region,
-                    request_id=request_id,
-                )
-                response, queued[0] = await self.dispatcher.run(module, lambda: self.host.invoke(module, request))
-                return response
+            def request() -> Request:  # made when the guest runs, not for a cache hit
+                return Request(method=method, path=path, query=query,
+                               headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers], body=body,
+                               params=match.params, region=self.region, client_region=client_region,
+                               request_id=request_id)
 
             cache = self.cache
-            if cache is not None and (method == "GET" or method == "HEAD") and not private \
-                    and match.route.options.get("cache", True):
+            if cache is None or private or (method != "GET" and method != "HEAD") \
+                    or not match.route.options.get("cache", True):
+                if cache is not None:
+                    cache.bypass()
+                response, queued = await self.dispatcher.run(module, self.host.invoke, module, request())
+                x_cache = _BYPASS
+            else:
+                waited = [0.0]
+
+                async def invoke() -> Response:
+                    response, waited[0] = await self.dispatcher.run(module, self.host.invoke, module, request())
+                    return response
+
                 url = f"{path}?{query}" if query else path
                 key = cache.key(host, path, query, client_region)
-                entry, fresh = await cache.fetch(key, method, scope["headers"], invoke, module, match.route.path, url)
+                entry, fresh = await cache.fetch(key, method, headers, invoke, module, match.route.path, url)
                 if entry is not None:
                     await self._reply_cached(send, entry, request_id, method, routed - started)
                     self._done(module, entry.status, started, None, request_id, method, path, _HIT)
                     return
                 assert fresh is not None
-                response, x_cache = fresh, _MISS
-            else:
-                if cache is not None:
-                    cache.bypass()
-                response, x_cache = await invoke(), _BYPASS
+                response, queued, x_cache = fresh, waited[0], _MISS
         except (_Disconnected, RelayBroken):
             return
         except Exception as exc:  # an IsolateError, or a bug: either way the client gets the diagnostic
             await self._fail(send, as_isolate_error(exc), request_id, module, method, path, started)
             return
         info = response.info
-        timing = (f"routing;dur={(routed - started) * 1000:.3f}, queue;dur={queued[0] * 1000:.3f}, "
-                  f"instantiate;dur={info.get('instantiate_us', 0) / 1000:.3f}, "
-                  f"guest;dur={info.get('run_us', 0) / 1000:.3f}")
-        await self._reply(send, response, request_id, method, x_cache, timing)
+        # The guest's headers without those the server owns, the length (_framed), then the server's own.
+        out = _guest_headers(response.headers)
+        reply = _framed(response.status, method, response.body, out)
+        out += ((b"x-request-id", request_id.encode()), self._region_header, (b"x-cache", x_cache),
+                (b"server-timing", f"routing;dur={(routed - started) * 1000:.3f}, queue;dur={queued * 1000:.3f}, "
+                                   f"instantiate;dur={info.get('instantiate_us', 0) / 1000:.3f}, "
+                                   f"guest;dur={info.get('run_us', 0) / 1000:.3f}".encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": out})
+        await send({"type": "http.response.body", "body": reply})
         self._done(module, response.status, started, response, request_id, method, path, x_cache)
 
     async def _route_elsewhere(self, scope: Any, receive: Any, send: Any, module: str, client_region: str,
@@ -273,15 +278,6 @@ class EdgeApp:
                    (b"x-request-id", request_id.encode()), self._region_header]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": self._health_body})
-
-    async def _reply(self, send: Any, response: Response, request_id: str, method: str, x_cache: bytes,
-                     timing: str) -> None:
-        headers = _guest_headers(response.headers)
-        body = _framed(response.status, method, response.body, headers)
-        headers += [(b"x-request-id", request_id.encode()), self._region_header, (b"x-cache", x_cache),
-                    (b"server-timing", timing.encode())]
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
     async def _reply_cached(self, send: Any, entry: Entry, request_id: str, method: str, routing: float) -> None:
         assert self.cache is not None

@@ -32,6 +32,7 @@ STOP_TIMEOUT = 1.5
 GUEST_FORMAT = "request_id=%s module=%s stream=%s %s"
 GUEST_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 _TOP_GUEST_LEVEL = max(GUEST_LEVELS.values())
+_BOTTOM_GUEST_LEVEL = min(GUEST_LEVELS.values())
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
 _REPORT_EVERY = 1.0  # seconds between drop reports while the writer is still behind
 # A thread waiting for the GIL forces a switch only after sys.getswitchinterval() (5 ms), and a
@@ -39,6 +40,10 @@ _REPORT_EVERY = 1.0  # seconds between drop reports while the writer is still be
 # guest logging 232 lines, another route's p99 was 7-11 ms, 3-4 ms with these pauses.
 _SLICE = 0.0005  # seconds the writer works before pausing
 _PAUSE = 0.0001  # seconds it then leaves the GIL to the loop
+# Woken by each record put into an empty queue, the writer would take the GIL from the loop once per
+# request (an access line each); once caught up it sleeps this long first, so a steady stream of
+# records wakes it about once per _LINGER, and a line reaches the output at most that much later.
+_LINGER = 0.002
 
 _pipe: _Pipe | None = None  # the active route off the loop, if any
 _dropped = 0  # by every pipe this process ran, for `dropped_records()`
@@ -93,6 +98,12 @@ def guest_lines(logger: logging.Logger, request_id: str, module: str, records: S
     directly otherwise (in-process apps, `Host` users, tests capturing logs)."""
     if not records or not logger.isEnabledFor(_TOP_GUEST_LEVEL):
         return
+    if not logger.isEnabledFor(_BOTTOM_GUEST_LEVEL):
+        # None of them may be written (a guest's info lines beside a WARNING logger): nothing is
+        # queued, where each item would wake the writer thread, which then takes the GIL.
+        level = logger.getEffectiveLevel()
+        if not any(GUEST_LEVELS.get(record.level, logging.INFO) >= level for record in records):
+            return
     batch = _GuestLines(logger, time.time(), request_id, module, records)
     pipe = _pipe
     if pipe is None:
@@ -198,12 +209,18 @@ class _Pipe:
 
     def _run(self) -> None:
         last_report = time.monotonic()
+        lingered = False
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
+                if not lingered:  # caught up: let the next records gather before waiting for one
+                    lingered = True
+                    time.sleep(_LINGER)
+                    continue
                 item = self._queue.get()
                 self._slice_start = time.perf_counter()
+            lingered = False
             if item is _STOP:
                 return
             lines = len(item.records) if isinstance(item, _GuestLines) else 1

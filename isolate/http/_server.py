@@ -28,7 +28,7 @@ from ..node import Node
 from ..state import ServerState
 from ._admin import build_admin_app
 from ._auth import load_or_create_token
-from ._dispatch import Dispatcher
+from ._dispatch import Dispatcher, guest_cpus
 from ._edge import EdgeApp
 from ._forward import Forwarder
 from ._health import NodeHealth
@@ -81,7 +81,7 @@ def build(config: Config, server: ServerConfig, host: Host | None = None,
         return timeout is not None and timeout <= server.inline_max_timeout and not host.may_block(module)
 
     dispatcher = Dispatcher(server.workers, server.queue_limit, server.inline_threshold, may_inline,
-                            host.waits, server.io_threads)
+                            host.waits, server.io_threads, guest_cpus())
     token = server.admin_token or load_or_create_token(config.data_dir)
     health = NodeHealth(lambda: state.regions, server.region, server.health_interval, server.health_timeout)
     forwarder = Forwarder(server.node_name, health, server.max_body_size, config.max_timeout + 5)
