@@ -600,7 +600,7 @@ def render(results: dict[str, Any], out: Path, stem: str) -> None:
     plot(results, out / f"{stem}.png")
 
 
-GUEST_FILES = {"wat": "bench/guests/hello.wat", "c": "samples/hello (C, WASI reactor)",
+GUEST_FILES = {"wat": "bench/guests/hello.wat", "c": "samples/hello (C)",
                "rust": "samples/echo (Rust)", "assemblyscript": "samples/router (AssemblyScript)"}
 
 
