@@ -205,3 +205,34 @@ def test_instantiate_once_on_both_paths(both: Host) -> None:
         else:
             with pytest.raises(Trap, match="unreachable"):
                 instantiate_once(prepared, limits)
+
+
+def test_the_native_ticker_advances_the_epoch_and_stops() -> None:
+    import os
+
+    import wasmtime
+
+    from isolate.engine import _raw
+    from isolate.engine._ticker import EpochTicker
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    engine = wasmtime.Engine(config)
+    before = threads()
+    ticker = EpochTicker(engine, 0.001, _hostcalls.FASTPATH, _raw.engine_pointer(engine))
+    assert threads() == before + 1
+    # A guest with a 2-tick deadline spinning forever is stopped by the ticker alone.
+    store = wasmtime.Store(engine)
+    store.set_epoch_deadline(2)
+    spin = wasmtime.Instance(store, wasmtime.Module(engine, "(module (func (export \"spin\") (loop $l (br $l))))"),
+                             []).exports(store)["spin"]
+    with pytest.raises(wasmtime.Trap) as trap:
+        spin(store)  # type: ignore[operator]
+    assert trap.value.trap_code is wasmtime.TrapCode.INTERRUPT
+    running = threads()  # wasmtime may have started threads of its own by now
+    ticker.close()
+    ticker.close()  # idempotent
+    assert threads() == running - 1

@@ -14,6 +14,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -69,6 +71,7 @@ typedef void *(*host_callback)(void *env, void *caller, wt_val_raw *args, size_t
 typedef void *(*define_unchecked_fn)(void *linker, const char *module, size_t module_len, const char *name,
                                      size_t name_len, const void *functype, host_callback callback, void *env,
                                      void (*finalizer)(void *));
+typedef void (*increment_epoch_fn)(void *engine);
 
 static struct {
     store_new_fn store_new;
@@ -87,6 +90,7 @@ static struct {
     caller_export_get_fn caller_export_get;
     trap_new_fn trap_new;
     define_unchecked_fn define_unchecked;
+    increment_epoch_fn increment_epoch;
 } api;
 
 static const char *const API_NAMES[] = {
@@ -95,6 +99,7 @@ static const char *const API_NAMES[] = {
     "wasmtime_instance_pre_instantiate", "wasmtime_instance_export_get", "wasmtime_func_call_unchecked",
     "wasmtime_memory_data", "wasmtime_memory_data_size", "wasmtime_caller_context",
     "wasmtime_caller_export_get", "wasmtime_trap_new", "wasmtime_linker_define_func_unchecked",
+    "wasmtime_engine_increment_epoch",
 };
 #define API_COUNT (sizeof(API_NAMES) / sizeof(API_NAMES[0]))
 _Static_assert(sizeof(api) == API_COUNT * sizeof(void *), "one address per API name");
@@ -356,6 +361,110 @@ static PyObject *instantiate(PyObject *self, PyObject *const *args, Py_ssize_t n
     api.store_delete(store);
     Py_END_ALLOW_THREADS
     return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)error, (unsigned long long)(uintptr_t)trap);
+}
+
+/* ---- the epoch ticker ---------------------------------------------------------------------
+ * A native thread, not a Python one: a Python ticker takes the GIL on every tick (200 times a second
+ * at 5 ms) and competes with the event loop for it; this one never touches Python. */
+
+typedef struct {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    bool stop, joined;
+    void *engine;
+    int64_t tick_ns;
+} ticker;
+
+static void *tick_loop(void *arg) {
+    ticker *t = arg;
+    pthread_mutex_lock(&t->lock);
+    while (!t->stop) {
+        struct timespec at;
+        clock_gettime(CLOCK_MONOTONIC, &at);
+        int64_t ns = at.tv_nsec + t->tick_ns;
+        at.tv_sec += ns / 1000000000;
+        at.tv_nsec = ns % 1000000000;
+        int rc = 0;
+        while (!t->stop && rc != ETIMEDOUT)
+            rc = pthread_cond_timedwait(&t->wake, &t->lock, &at);
+        if (!t->stop)
+            api.increment_epoch(t->engine);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+static void ticker_halt(ticker *t) {
+    pthread_mutex_lock(&t->lock);
+    t->stop = true;
+    pthread_cond_signal(&t->wake);
+    pthread_mutex_unlock(&t->lock);
+    if (!t->joined) {
+        pthread_join(t->thread, NULL);
+        t->joined = true;
+    }
+}
+
+static void ticker_free(PyObject *capsule) {
+    ticker *t = PyCapsule_GetPointer(capsule, "isolate.ticker");
+    if (t == NULL)
+        return;
+    ticker_halt(t); /* a ticker dropped without ticker_stop must not outlive its capsule */
+    pthread_cond_destroy(&t->wake);
+    pthread_mutex_destroy(&t->lock);
+    PyMem_RawFree(t);
+}
+
+PyDoc_STRVAR(ticker_start_doc, "ticker_start(engine, tick_seconds) -> ticker\n\n"
+"Start a thread that advances `engine`'s epoch every `tick_seconds` until ticker_stop(ticker).");
+
+static PyObject *ticker_start(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long engine;
+    double tick;
+    if (!PyArg_ParseTuple(args, "Kd", &engine, &tick))
+        return NULL;
+    if (!(tick >= 1e-4 && tick <= 3600)) {
+        PyErr_SetString(PyExc_ValueError, "tick must be within 0.1 ms..1 h");
+        return NULL;
+    }
+    ticker *t = PyMem_RawCalloc(1, sizeof *t);
+    if (t == NULL)
+        return PyErr_NoMemory();
+    t->engine = (void *)(uintptr_t)engine;
+    t->tick_ns = (int64_t)(tick * 1e9);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&t->wake, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&t->lock, NULL);
+    int rc = pthread_create(&t->thread, NULL, tick_loop, t);
+    if (rc != 0) {
+        pthread_cond_destroy(&t->wake);
+        pthread_mutex_destroy(&t->lock);
+        PyMem_RawFree(t);
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *capsule = PyCapsule_New(t, "isolate.ticker", ticker_free);
+    if (capsule == NULL) {
+        ticker_halt(t);
+        PyMem_RawFree(t);
+    }
+    return capsule;
+}
+
+static PyObject *ticker_stop(PyObject *self, PyObject *capsule) {
+    (void)self;
+    ticker *t = PyCapsule_GetPointer(capsule, "isolate.ticker");
+    if (t == NULL)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ticker_halt(t);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
 }
 
 /* ---- host functions ---------------------------------------------------------------------- */
@@ -687,6 +796,8 @@ static PyMethodDef methods[] = {
     {"invoke", (PyCFunction)(void (*)(void))invoke, METH_FASTCALL, invoke_doc},
     {"instantiate", (PyCFunction)(void (*)(void))instantiate, METH_FASTCALL, instantiate_doc},
     {"define", define, METH_VARARGS, define_doc},
+    {"ticker_start", ticker_start, METH_VARARGS, ticker_start_doc},
+    {"ticker_stop", ticker_stop, METH_O, "Stop a ticker and wait for its thread (idempotent)."},
     {"init", init, METH_VARARGS, init_doc},
     {"names", names, METH_NOARGS, "The C API functions `init` needs, by name."},
     {"layout", layout, METH_NOARGS, "Sizes and offsets of the wasmtime structs this file declares."},

@@ -115,7 +115,7 @@ class Runtime:
         self.fastpath: Any = _hostcalls.FASTPATH if config.native else None
         """The native request path (`_fastpath`), or None: the ctypes path in _isolate.py."""
         self.linker = build_linker(self.engine, native=self.fastpath is not None)
-        self.ticker = EpochTicker(self.engine, config.epoch_tick)
+        self.ticker = EpochTicker(self.engine, config.epoch_tick, self.fastpath, self.engine_ptr)
         self.fingerprint = self._fingerprint(config, self.stack)
         self.budget: MemoryBudget = budget_for(config)
         """Shared by every engine of one Config: guest memory reserved by the isolates running now."""
