@@ -216,15 +216,11 @@ class EdgeApp:
             await self._fail(send, as_isolate_error(exc), request_id, module, method, path, started)
             return
         info = response.info
-        # The guest's headers without those the server owns, the length (_framed), then the server's own.
-        out = _guest_headers(response.headers)
-        reply = _framed(response.status, method, response.body, out)
-        out += ((b"x-request-id", request_id.encode()), self._region_header, (b"x-cache", x_cache),
-                (b"server-timing", f"routing;dur={(routed - started) * 1000:.3f}, queue;dur={queued * 1000:.3f}, "
-                                   f"instantiate;dur={info.get('instantiate_us', 0) / 1000:.3f}, "
-                                   f"guest;dur={info.get('run_us', 0) / 1000:.3f}".encode()))
-        await send({"type": "http.response.start", "status": response.status, "headers": out})
-        await send({"type": "http.response.body", "body": reply})
+        await self._reply(send, response.status, response.headers, response.body, method, request_id, x_cache,
+                          (b"server-timing", f"routing;dur={(routed - started) * 1000:.3f}, "
+                                             f"queue;dur={queued * 1000:.3f}, "
+                                             f"instantiate;dur={info.get('instantiate_us', 0) / 1000:.3f}, "
+                                             f"guest;dur={info.get('run_us', 0) / 1000:.3f}".encode()))
         self._done(module, response.status, started, response, request_id, method, path, x_cache)
 
     async def _route_elsewhere(self, scope: Any, receive: Any, send: Any, module: str, client_region: str,
@@ -279,15 +275,21 @@ class EdgeApp:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": self._health_body})
 
+    async def _reply(self, send: Any, status: int, guest_headers: Any, body: bytes, method: str, request_id: str,
+                     x_cache: bytes, *extra: tuple[bytes, bytes]) -> None:
+        """An answer from a guest or the cache: the guest's headers without those the server owns, the
+        length (_framed), then the server's own."""
+        headers = _guest_headers(guest_headers)
+        payload = _framed(status, method, body, headers)
+        headers += ((b"x-request-id", request_id.encode()), self._region_header, (b"x-cache", x_cache), *extra)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
     async def _reply_cached(self, send: Any, entry: Entry, request_id: str, method: str, routing: float) -> None:
         assert self.cache is not None
-        headers = _guest_headers(entry.headers)
-        body = _framed(entry.status, method, entry.body, headers)
-        headers += [(b"x-request-id", request_id.encode()), self._region_header, (b"x-cache", _HIT),
-                    (b"age", str(self.cache.age(entry)).encode()),
-                    (b"server-timing", f'routing;dur={routing * 1000:.3f}, cache;desc="hit"'.encode())]
-        await send({"type": "http.response.start", "status": entry.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await self._reply(send, entry.status, entry.headers, entry.body, method, request_id, _HIT,
+                          (b"age", str(self.cache.age(entry)).encode()),
+                          (b"server-timing", f'routing;dur={routing * 1000:.3f}, cache;desc="hit"'.encode()))
 
     async def _fail(self, send: Any, exc: IsolateError, request_id: str, module: str, method: str, path: str,
                     started: float) -> None:
