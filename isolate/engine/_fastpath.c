@@ -406,14 +406,17 @@ static void ticker_halt(ticker *t) {
     }
 }
 
-static void ticker_free(PyObject *capsule) {
-    ticker *t = PyCapsule_GetPointer(capsule, "isolate.ticker");
-    if (t == NULL)
-        return;
+static void ticker_destroy(ticker *t) {
     ticker_halt(t); /* a ticker dropped without ticker_stop must not outlive its capsule */
     pthread_cond_destroy(&t->wake);
     pthread_mutex_destroy(&t->lock);
     PyMem_RawFree(t);
+}
+
+static void ticker_free(PyObject *capsule) {
+    ticker *t = PyCapsule_GetPointer(capsule, "isolate.ticker");
+    if (t != NULL)
+        ticker_destroy(t);
 }
 
 PyDoc_STRVAR(ticker_start_doc, "ticker_start(engine, tick_seconds) -> ticker\n\n"
@@ -449,10 +452,8 @@ static PyObject *ticker_start(PyObject *self, PyObject *args) {
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     PyObject *capsule = PyCapsule_New(t, "isolate.ticker", ticker_free);
-    if (capsule == NULL) {
-        ticker_halt(t);
-        PyMem_RawFree(t);
-    }
+    if (capsule == NULL)
+        ticker_destroy(t);
     return capsule;
 }
 

@@ -177,15 +177,15 @@ def _invoke_ctypes(prepared: Prepared, s: _raw.Scratch, payload: bytes, limits: 
     ctx = _raw.store_context(store)
     phase = 0
     memory_size = -1
-    instantiated = started
+    instantiated = 0  # when instantiation ended, once it has
 
     def report(status: int, out: bytes | None = None, a: int = 0, b: int = 0) -> _Report:
         now = time.perf_counter_ns()
         if status == _FAILED:
             a, b = int(a or 0), int(s.trap.value or 0)
             s.trap.value = None
-        return (status, phase, out, memory_size, (instantiated if instantiated != started else now) - started,
-                now - instantiated if instantiated != started else 0, a, b)
+        ran = now - instantiated if instantiated else 0
+        return status, phase, out, memory_size, (instantiated or now) - started, ran, a, b
 
     try:
         _raw.store_limiter(store, limits.memory, -1, 1, 1, 1)
