@@ -14,7 +14,7 @@ import click
 import httpx
 
 from . import Config, Host, IsolateError, Request
-from .config import DEFAULT_ADMIN_PORT, DEFAULT_REGION, ServerConfig, parse_duration, parse_size
+from .config import DEFAULT_ADMIN_PORT, DEFAULT_REGION, ServerConfig, parse_duration, parse_size, parse_workers
 from .errors import InvalidConfig
 from .http import load_or_create_token, token_path
 from .registry import loads_json, validate_name
@@ -130,7 +130,10 @@ def main() -> None:
               help="Open edge connections; more get 503 [default: 10000, lowered to fit the open-file limit].")
 @click.option("--admin-max-connections", type=click.IntRange(min=1), default=64,
               show_default=True, help="Open admin connections, counted apart from the edge's.")
-@click.option("--workers", type=int, default=None, help="Threads running guests off the event loop.")
+@click.option("--workers", default="1", show_default=True,
+              help="Server processes sharing the edge port; `auto`: one per core.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads running guests off the event loop, per worker [default: 4 x cores, at most 32].")
 @click.option("--io-threads", type=int, default=None,
               help="Threads for guests that wait on I/O (outbound HTTP, key-value) [default 256].")
 @click.option("--queue-limit", type=int, default=64, show_default=True, help="Guests waiting before 503.")
@@ -149,7 +152,8 @@ def main() -> None:
               help="Start three local nodes (us, eu, ap) on consecutive ports, with a region table joining them.")
 def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_port: int, admin_token: str | None,
           manifest: str | None, max_body_size: str, max_url_length: str, max_header_size: str, head_timeout: str,
-          max_connections: int | None, admin_max_connections: int, workers: int | None, io_threads: int | None,
+          max_connections: int | None, admin_max_connections: int, workers: str, threads: int | None,
+          io_threads: int | None,
           queue_limit: int,
           log_level: str, no_access_log: bool, region: str, node_name: str, no_cache: bool, cache_size: str,
           module_cache_size: int | None, regions_file: str | None, simulate_regions: bool) -> None:
@@ -169,7 +173,8 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
         server = ServerConfig(
             host=host, port=port, admin_host=admin_host, admin_port=admin_port, admin_token=admin_token,
             max_body_size=parse_size(max_body_size), queue_limit=queue_limit, access_log=not no_access_log,
-            workers=workers or ServerConfig().workers, io_threads=io_threads or ServerConfig().io_threads,
+            threads=threads or ServerConfig().threads, workers=parse_workers(workers),
+            io_threads=io_threads or ServerConfig().io_threads,
             region=region, node_name=node_name, cache=not no_cache,
             cache_bytes=parse_size(cache_size), max_url_length=parse_size(max_url_length),
             max_header_size=parse_size(max_header_size), head_timeout=parse_duration(head_timeout),

@@ -143,6 +143,19 @@ def parse_count(value: int | str) -> int:
     return int(text)
 
 
+def parse_workers(value: int | str) -> int:
+    """A worker-process count: a whole number from 1, or `auto` for one per core (uvicorn's convention)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise InvalidConfig(f"workers must be a whole number or 'auto', got {value!r}") from None
+    if not 1 <= count <= 1024:
+        raise InvalidConfig(f"workers must be within 1-1024 or 'auto', got {count}")
+    return count
+
+
 def parse_bool(value: bool | str) -> bool:
     """A switch from a bool or its text: 1/true/yes/on or 0/false/no/off."""
     if isinstance(value, bool):
@@ -448,8 +461,16 @@ class ServerConfig:
     lowered at start-up so both caps and a reserve of descriptors fit the open-file limit."""
     admin_max_connections: int = DEFAULT_ADMIN_MAX_CONNECTIONS
     """Open admin connections, counted apart from the edge's."""
-    workers: int = field(default_factory=lambda: min(32, (os.cpu_count() or 1) * 4))
+    threads: int = field(default_factory=lambda: min(32, (os.cpu_count() or 1) * 4))
     """Threads that run guests off the event loop (wasm releases the GIL, so they run in parallel)."""
+    workers: int = 1
+    """Server processes sharing the edge port (SO_REUSEPORT), each with `threads` guest threads; one
+    supervisor process runs the admin API and the control plane for all of them (`isolate.http._workers`)."""
+    cluster: str = ""
+    """A NATS JetStream URL (nats://host:port): modules, tables and purges shared with every node on it."""
+    cluster_secret: str | None = None
+    """The secret nodes sign forwarded requests with (HMAC); None: read from the data directory or
+    ISOLATE_CLUSTER_SECRET. Never taken from a command line."""
     io_threads: int = DEFAULT_IO_THREADS
     """Threads for guests that can wait in the host (outbound HTTP, key-value, WASI sleeps): most of
     their time is spent waiting, so they get a pool of their own and never hold up the others."""
@@ -483,8 +504,9 @@ class ServerConfig:
                 raise InvalidConfig(f"{name} must be a TCP port, got {value!r}")
         if self.max_body_size < 0 or self.max_url_length < 1:
             raise InvalidConfig("max_body_size and max_url_length must be positive")
-        if self.workers < 1 or self.queue_limit < 0:
-            raise InvalidConfig("workers must be at least 1 and queue_limit not negative")
+        if self.threads < 1 or self.queue_limit < 0:
+            raise InvalidConfig("threads must be at least 1 and queue_limit not negative")
+        _check_int("workers", self.workers, 1, 1024)
         _check_int("io_threads", self.io_threads, 1, 4096)
         _check_int("max_header_size", self.max_header_size, 1 * KiB, 1 * GiB)
         _check_number("head_timeout", self.head_timeout, 0.0, 3600.0, open_low=True)

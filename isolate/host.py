@@ -270,6 +270,22 @@ class Host:
             self.secrets.delete(name)
         self.guest_cache.clear(name)
 
+    def refresh(self, name: str) -> None:
+        """Take `name`'s record and secrets from the data directory again: another process of this node
+        (the supervisor of `serve --workers`) deployed, reconfigured, rolled back or deleted it."""
+        with self._control:
+            record = self._store.reload(name)
+            self.secrets.reload(name)
+            self._limits.pop(name, None)
+            self._grants.pop(name, None)
+            self._blocking.pop(name, None)  # unknown again: may block until it has run once
+            self._waits.pop(name, None)
+            if record is not None:
+                with contextlib.suppress(IsolateError):  # made now, for the reason given in __init__
+                    self._runtime_for(self._effective(record.limits).stack)
+        if record is None:
+            self.guest_cache.clear(name)
+
     def modules(self) -> list[ModuleInfo]:
         return [self._info(record) for record in self._store.records()]
 

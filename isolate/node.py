@@ -10,14 +10,16 @@ The admin API, the CLI and the manifest are thin adapters over this object. Its 
   a module that is gone: each route dropped is reported with its reason.
 
 Control changes are serialised by one lock; the request path never takes it (it reads the tables,
-which are swapped whole).
+which are swapped whole). Each change applied is announced, in order and under that lock, as a
+`Change` to the node's subscribers (the worker processes of `serve --workers`), which `replay` it
+from the data directory.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,32 @@ class ManifestResult:
     """Routes added through the API that could not be kept, each with the reason."""
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One control change this node applied, as another process of the node replays it."""
+
+    kind: str
+    """MODULE (a deploy, configuration, secrets, rollback or delete of `name`), ROUTES, REGIONS or PURGE."""
+    name: str = ""
+    selector: Mapping[str, Any] | None = None
+    """PURGE: the keyword arguments of `ResponseCache.purge`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "selector": dict(self.selector or {})}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Change:
+        kind = raw.get("kind")
+        if kind not in CHANGES:
+            raise InvalidConfig(f"unknown control change {kind!r}")
+        return cls(str(kind), str(raw.get("name", "")), dict(raw.get("selector") or {}))
+
+
+MODULE, ROUTES, REGIONS, PURGE = "module", "routes", "regions", "purge"
+CHANGES = (MODULE, ROUTES, REGIONS, PURGE)
+_PURGE_KEYS = frozenset({"module", "route", "url", "everything"})
+
+
 class Node:
     """Owns the host, the live tables and the response cache; applies the control-plane rules."""
 
@@ -55,6 +83,32 @@ class Node:
         self.state = state
         self.cache = cache
         self._lock = threading.RLock()
+        self._subscribers: list[Callable[[Change], None]] = []
+
+    # -- replication to the other processes of this node ---------------------------------------
+
+    def subscribe(self, subscriber: Callable[[Change], None]) -> None:
+        """Call `subscriber` with every change applied from now on, in order, under the control lock."""
+        self._subscribers.append(subscriber)
+
+    def _changed(self, change: Change) -> None:
+        for subscriber in self._subscribers:
+            subscriber(change)
+
+    def replay(self, change: Change) -> None:
+        """Apply a change another process of this node made: re-read what it wrote to the data directory."""
+        with self._lock:
+            if change.kind == MODULE:
+                self.host.refresh(change.name)
+            elif change.kind in (ROUTES, REGIONS):
+                self.state.reload()
+            elif change.kind == PURGE:
+                selector = dict(change.selector or {})
+                if not set(selector) <= _PURGE_KEYS:
+                    raise InvalidConfig(f"unknown purge selector {sorted(set(selector) - _PURGE_KEYS)}")
+                self.purge(**selector)
+                return
+            self._changed(change)
 
     # -- modules ------------------------------------------------------------------------------
 
@@ -65,6 +119,7 @@ class Node:
         with self._lock:
             info = self.host.deploy(name, wasm, limits=limits, variables=variables, allowed_hosts=allowed_hosts,
                                     kv_stores=kv_stores, secrets=secrets)
+            self._changed(Change(MODULE, name))
             self.purge(module=name)  # cached answers came from the old version
             return info
 
@@ -75,6 +130,7 @@ class Node:
         with self._lock:
             info = self.host.configure(name, limits=limits, variables=variables, allowed_hosts=allowed_hosts,
                                        kv_stores=kv_stores, secrets=secrets)
+            self._changed(Change(MODULE, name))
             self.purge(module=name)  # new variables, grants or secrets can change every answer
             return info
 
@@ -83,6 +139,7 @@ class Node:
         sets them first, so the new version's first request sees them. Returns the secret names."""
         with self._lock:
             names = self.host.set_secrets(name, secrets)
+            self._changed(Change(MODULE, name))
             self.purge(module=name)
             return names
 
@@ -119,6 +176,7 @@ class Node:
     def rollback(self, name: str, version: int | None = None) -> ModuleInfo:
         with self._lock:
             info = self.host.rollback(name, version)
+            self._changed(Change(MODULE, name))
             self.purge(module=name)
             return info
 
@@ -132,7 +190,9 @@ class Node:
                 # Routes first: were the module deleted first, a crash in between would leave a
                 # stored table naming a missing module.
                 self.state.replace_routes(RouteTable.build(kept))
+                self._changed(Change(ROUTES))
             self.host.delete(name)
+            self._changed(Change(MODULE, name))
             self.purge(module=name)
             return removed
 
@@ -144,6 +204,7 @@ class Node:
         with self._lock:
             self._check_targets(table.routes)
             self.state.replace_routes(table)
+            self._changed(Change(ROUTES))
             self.purge(everything=True)  # a URL may now belong to another module
         return table
 
@@ -157,10 +218,15 @@ class Node:
     def set_regions(self, table: RegionTable) -> RegionTable:
         with self._lock:
             self.state.replace_regions(table)
+            self._changed(Change(REGIONS))
         return table
 
     def purge(self, **selector: Any) -> int:
-        return self.cache.purge(**selector) if self.cache is not None else 0
+        """Drop cached responses (`ResponseCache.purge`'s selectors), here and in every subscriber."""
+        with self._lock:
+            count = self.cache.purge(**selector) if self.cache is not None else 0
+            self._changed(Change(PURGE, selector=selector))
+        return count
 
     def _check_targets(self, routes: Sequence[Route]) -> None:
         deployed = set(self.host.module_names())
@@ -182,11 +248,13 @@ class Node:
         with self._lock:
             deployed = manifests.apply(manifest, self.host)
             for name in deployed:
+                self._changed(Change(MODULE, name))
                 self.purge(module=name)
             declared = [_route(raw, MANIFEST) for raw in manifest.routes]
             table, dropped = self._merge_api_routes(declared)
             self._check_targets(table.routes)
             self.state.replace_routes(table)
+            self._changed(Change(ROUTES))
             self.purge(everything=True)
             region_table = regions or manifest.regions
             if region_table is None and manifest.placement and not self.state.regions.empty:
@@ -198,6 +266,7 @@ class Node:
                          "applies once one is set (--regions, [regions.ID] or PUT /v1/regions)", manifest.path)
             if region_table is not None:
                 self.state.replace_regions(region_table)
+                self._changed(Change(REGIONS))
         for reason in dropped:
             log.warning("route dropped at start-up: %s", reason)
         return ManifestResult(tuple(deployed), len(table.routes), tuple(dropped))

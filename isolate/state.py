@@ -25,16 +25,24 @@ class ServerState:
         self._dir = Path(data_dir)
         self.local_region = local_region
         self.routes = self._load_routes(self._read(ROUTES_FILE).get("routes", []))
+        self.regions = self._load_regions()
+        self.ready = False
+
+    def reload(self) -> None:
+        """Read both tables from disk again (another process of this node replaced one)."""
+        self.routes = self._load_routes(self._read(ROUTES_FILE).get("routes", []))
+        self.regions = self._load_regions()
+
+    def _load_regions(self) -> RegionTable:
         regions = self._read(REGIONS_FILE)
         try:
-            self.regions = RegionTable.build(regions) if regions else RegionTable()
+            return RegionTable.build(regions) if regions else RegionTable()
         except IsolateError as exc:
             # A stored table this version no longer accepts must not keep the node from starting.
             self._keep_copy(REGIONS_FILE)
             log.error("stored region table %s is invalid and is not used (%s); a copy is kept as %s.bak",
                       self._dir / REGIONS_FILE, exc.detail, REGIONS_FILE)
-            self.regions = RegionTable()
-        self.ready = False
+            return RegionTable()
 
     def _load_routes(self, raw: Any) -> RouteTable:
         """The stored table; routes it can no longer accept are left out, each logged (file kept as .bak)."""

@@ -142,7 +142,7 @@ def test_guests_waiting_on_a_slow_origin_hold_up_nobody(tmp_path: Path, origin: 
     The origin answers only when the test says so, so nothing here depends on timing."""
     wasm = build(SDK / "c" / "tests" / "features").output.read_bytes()
     hello = (ROOT / "samples" / "hello-wat" / "hello.wat").read_bytes()
-    with LiveServer(tmp_path / "data", "--workers", "2") as live, live.admin() as admin:
+    with LiveServer(tmp_path / "data", "--threads", "2") as live, live.admin() as admin:
         # 16 MiB each: a hundred isolates at once fit the host's memory budget (each reserves its limit).
         for name, wasm_bytes, params in (("slow", wasm, [("allow_host", origin.url), ("timeout", "30s")]),
                                          ("hello", hello, []), ("busy", wasm, [])):

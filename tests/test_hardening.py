@@ -23,7 +23,7 @@ TOKEN = "test-token"
 
 @pytest.fixture
 def apps(tmp_path: Path) -> Iterator[Apps]:
-    built = build(Config(data_dir=tmp_path / "data", pool_instances=16), ServerConfig(admin_token=TOKEN, workers=2))
+    built = build(Config(data_dir=tmp_path / "data", pool_instances=16), ServerConfig(admin_token=TOKEN, threads=2))
     built.state.ready = True
     yield built
     built.close()
@@ -270,7 +270,7 @@ def test_sleeping_guests_neither_outlive_their_deadline_nor_freeze_the_node(tmp_
     from test_hostile import clock, poller
 
     sleeper = g.wasm(poller([clock(5_000_000_000)]))  # asks to sleep 5 s
-    with LiveServer(tmp_path / "data", "--workers", "4") as server, server.admin() as admin:
+    with LiveServer(tmp_path / "data", "--threads", "4") as server, server.admin() as admin:
         assert admin.put("/v1/modules/sleep", content=sleeper, params={"timeout": "50ms"}).status_code == 201
         assert admin.put("/v1/modules/long", content=sleeper, params={"timeout": "20s"}).status_code == 201
         assert admin.put("/v1/modules/hello", content=g.wasm(g.HELLO)).status_code == 201

@@ -21,7 +21,7 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 @pytest.fixture
 def apps(tmp_path: Path) -> Iterator[Apps]:
     built = build(Config(data_dir=tmp_path / "data", pool_instances=16),
-                  ServerConfig(admin_token=TOKEN, max_body_size=1024, max_url_length=200, workers=2, queue_limit=1))
+                  ServerConfig(admin_token=TOKEN, max_body_size=1024, max_url_length=200, threads=2, queue_limit=1))
     built.state.ready = True
     yield built
     built.close()

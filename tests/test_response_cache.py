@@ -35,7 +35,7 @@ def clock() -> Clock:
 
 def make_apps(tmp_path: Path, clock: Clock, **server: object) -> Apps:
     built = build(Config(data_dir=tmp_path / "data", pool_instances=16),
-                  ServerConfig(admin_token="t", workers=4, **server), timer=clock)  # type: ignore[arg-type]
+                  ServerConfig(admin_token="t", threads=4, **server), timer=clock)  # type: ignore[arg-type]
     built.state.ready = True
     return built
 

@@ -58,7 +58,7 @@ def test_cpu_bound_guest_does_not_stall_other_requests(tmp_path: Path) -> None:
 
 
 def test_overload_replies_503(tmp_path: Path) -> None:
-    with LiveServer(tmp_path / "data", "--workers", "1", "--queue-limit", "0") as server, server.admin() as admin:
+    with LiveServer(tmp_path / "data", "--threads", "1", "--queue-limit", "0") as server, server.admin() as admin:
         admin.put("/v1/modules/spin", content=g.wasm(g.module(g.LOOP)), params={"timeout": "2s"})
         # Off the response cache: it would make the second GET wait for the first (coalescing).
         admin.put("/v1/routes", json={"routes": [{"path": "/spin", "module": "spin", "cache": False}]})

@@ -42,6 +42,15 @@ class SecretStore:
             # Kept as damaged: the module's requests fail with `storage` until its secrets are set again.
             self._damaged[name] = f"{path}: {exc}"
 
+    def reload(self, module: str) -> None:
+        """Read `module`'s secrets from disk again (another process of this node changed them)."""
+        with self._lock:
+            self._values.pop(module, None)
+            self._damaged.pop(module, None)
+            path = self._dir / f"{module}.json"
+            if path.exists():
+                self._load(path)
+
     def names(self, module: str) -> list[str]:
         return sorted(self._values.get(module, {}))
 

@@ -80,7 +80,7 @@ def build(config: Config, server: ServerConfig, host: Host | None = None,
         timeout = host.timeout_of(module)
         return timeout is not None and timeout <= server.inline_max_timeout and not host.may_block(module)
 
-    dispatcher = Dispatcher(server.workers, server.queue_limit, server.inline_threshold, may_inline,
+    dispatcher = Dispatcher(server.threads, server.queue_limit, server.inline_threshold, may_inline,
                             host.waits, server.io_threads, guest_cpus())
     token = server.admin_token or load_or_create_token(config.data_dir)
     health = NodeHealth(lambda: state.regions, server.region, server.health_interval, server.health_timeout)

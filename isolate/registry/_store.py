@@ -190,6 +190,32 @@ class ModuleStore:
             except (OSError, ValueError) as exc:
                 self._damage(path, exc)
 
+    def reload(self, name: str) -> ModuleRecord | None:
+        """Read `name`'s metadata from disk again (another process of this node changed it); its record,
+        or None if it is not deployed."""
+        validate_name(name)
+        with self._lock:
+            self.damaged.pop(name, None)
+            self._records.pop(name, None)
+            retired = self._modules_dir / f"{name}.deleted"
+            path = self._modules_dir / f"{name}.json"
+            try:
+                if retired.exists():
+                    body = _load_json(retired.read_bytes())
+                    number: Any = body.get("next_version") if isinstance(body, dict) else None
+                    if _is_count(number):
+                        self._retired[name] = int(number)
+                record = ModuleRecord.from_json(path.read_bytes())
+                if record.name != name:
+                    raise ValueError(f"file holds module {record.name!r}")
+            except FileNotFoundError:
+                return None
+            except (OSError, ValueError) as exc:
+                self._damage(path, exc)
+                return None
+            self._records[name] = record
+            return record
+
     def _damage(self, path: Path, exc: Exception) -> None:
         self.skipped.append(f"{path.name}: {exc}")
         self.damaged[path.stem] = f"{path} cannot be read ({exc})"
