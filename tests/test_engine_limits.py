@@ -154,12 +154,19 @@ def test_settings_wasmtime_would_abort_on_never_reach_it() -> None:
         Config(pool_instances=MAX_POOL_INSTANCES + 1)
     with pytest.raises(InvalidConfig):
         Config(keep_resident=MAX_KEEP_RESIDENT + 1)
-    with pytest.raises(InvalidConfig, match="keep_resident"):
-        Config(pool_instances=1000, keep_resident=64 * MiB, memory_budget=1 * GiB)
     with pytest.raises(InvalidConfig):
         Runtime(Config(), 8 * MiB)
     with pytest.raises(InvalidConfig):
         Limits(stack=MAX_STACK_CEILING + 1)
+
+
+def test_idle_slots_keep_at_most_half_the_memory_budget_resident() -> None:
+    # A small machine keeps fewer warm slots rather than refusing the pool: idle slots past
+    # warm_slots give their memory back to the kernel.
+    assert Config(pool_instances=1000, keep_resident=64 * MiB, memory_budget=1 * GiB).warm_slots == 8
+    assert Config(pool_instances=2000, keep_resident=1 * MiB, memory_budget=8 * GiB).warm_slots == 2000
+    assert Config(pool_instances=2000, keep_resident=1 * MiB, memory_budget=2 * GiB).warm_slots == 1024
+    assert Config(pool_instances=3, keep_resident=0).warm_slots == 3
 
 
 # -- compiles -----------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from pathlib import Path
 from typing import Any
 
 import guests as g
@@ -205,6 +206,74 @@ def test_instantiate_once_on_both_paths(both: Host) -> None:
         else:
             with pytest.raises(Trap, match="unreachable"):
                 instantiate_once(prepared, limits)
+
+
+def test_log_records_and_their_bounds_on_both_paths(make_host: HostFactory, tmp_path: Path) -> None:
+    # The native log call keeps records by Capture.add's rule: the same records, the same count of
+    # what did not fit, on both paths.
+    calls = " ".join(f"(call $log (i32.const 1) (i32.const 200) (i32.const {n}))" for n in (5, 40, 9, 0, 300))
+    wat = g.module(f"{calls} {g.returns(g.response_bytes())}", imports=LOG_IMPORT,
+                   extra='(data (i32.const 200) "caf\\c3\\a9 \\ff and a longer line of text")')
+    answers = []
+    for native in (True, False):
+        host = make_host(native=native, log_limit=160, data_dir=tmp_path / str(native))
+        host.deploy("logs", g.wasm(wat))
+        answers.append([(r.stream, r.level, r.message) for r in host.invoke("logs").logs])
+    assert answers[0] == answers[1]
+    assert answers[0][0] == ("log", "info", "caf\u00e9") and "\ufffd" in answers[0][1][2]  # invalid UTF-8 replaced
+    assert answers[0][-1][0] == "host" and "dropped" in answers[0][-1][2]
+
+
+def test_the_memory_budget_is_held_on_both_paths(both: Host) -> None:
+    both.deploy("hello", g.wasm(g.HELLO))
+    budget = both._runtime.budget
+    assert (budget.native is not None) is (both._runtime.fastpath is not None)
+    limit = both.module("hello").limits.memory
+    assert budget.reserve(budget.total - limit + 1)  # one byte too few left for the guest
+    with pytest.raises(Overloaded) as info:
+        both.invoke("hello")
+    assert info.value.to_dict()["limit"] == "memory_budget"
+    budget.release(budget.total - limit + 1)
+    assert both.invoke("hello").status == 200
+    stats = budget.statistics()
+    assert (stats.in_use, stats.refused) == (0, 1) and stats.peak == budget.total - limit + 1
+
+
+def test_the_envelope_codec_matches_the_reference() -> None:
+    import msgpack
+
+    from isolate.abi import Response, decode_response, encode_request
+    from isolate.errors import AbiViolation
+
+    codec = _hostcalls.FASTPATH
+    requests = [Request(), Request(method="POST", path="/caf\u00e9", query="a=1", headers=[("a", "b"), ("c", "d" * 40)],
+                                   body=b"x" * 70000, params={"n": "v"}, region="eu", client_region="us",
+                                   request_id="r1"),
+                Request(headers=tuple((f"h{i}", "v" * i) for i in range(20)), path="p" * 300, client_region="")]
+    for request in requests:
+        for variables in ({}, {"k": "v"}, {str(i): "q" * i for i in range(40)}):
+            assert codec.encode_request(request, variables) == encode_request(request, variables)
+    for odd in (Request(headers=[("a", 1)]), Request(body=bytearray(b"x")), Request(path="\ud800")):  # type: ignore
+        assert codec.encode_request(odd, {}) is None  # declined: the Python encoder judges it
+
+    def pack(value: Any) -> bytes:
+        return bytes(msgpack.packb(value, use_bin_type=True))
+
+    for good in ({"status": 200}, {"status": 204, "body": None},
+                 {"status": 201, "headers": [["a", "b"], [b"x", b"\xff\t"]], "body": "caf\u00e9"}):
+        assert codec.decode_response(pack(good)) == decode_response(pack(good))
+    declines: list[Any] = [{"status": 200, "extra": 1}, {"status": 199}, {"status": True},
+                           {"status": 200, "headers": [["bad name", "v"]]}, {"status": 200, "headers": [["n", "a\nb"]]},
+                           {"status": 200, "headers": [["n", "\u20ac"]]}, {"headers": []}]
+    for declined in declines:
+        assert codec.decode_response(pack(declined)) is None
+        try:
+            decode_response(pack(declined))
+        except AbiViolation:
+            pass
+    assert codec.decode_response(pack({"status": 200}) + b"\x00") is None  # trailing bytes
+    response = codec.construct(Response, 200, (("a", "b"),), b"x", (), {"k": 1})
+    assert response == Response(200, (("a", "b"),), b"x", (), {"k": 1})
 
 
 def test_the_native_ticker_advances_the_epoch_and_stops() -> None:

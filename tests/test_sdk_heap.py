@@ -316,10 +316,10 @@ def test_heap_survives_random_allocations(host: Host, tmp_path: Path, language: 
         assert answer(host, "heap", "/limits")[0] == "ok"
 
 
-@pytest.mark.parametrize("sample, initial", [("hello", 2), ("echo", 2), ("transform", 2), ("todo", 2)])
+@pytest.mark.parametrize("sample, initial", [("hello", 1), ("echo", 1), ("transform", 1), ("todo", 1)])
 def test_sdk_samples_answer_without_growing_memory(host: Host, sample: str, initial: int) -> None:
     wasm = build(ROOT / "samples" / sample).output
-    assert minimum_pages(wasm) == initial  # a 64 KiB stack, then data and the start of the heap
+    assert minimum_pages(wasm) == initial  # a 32 KiB stack, then data and the start of the heap
     host.deploy(sample, wasm.read_bytes(), variables={"greeting": "Hello"})
     response = host.invoke(sample, Request(method="POST", path="/", body=b"x" * 100,
                                            headers=[("content-type", "application/octet-stream")]))
@@ -339,12 +339,12 @@ def test_rust_sdk_without_default_features_keeps_rusts_allocator(host: Host, tmp
 def test_stack_size_default_override_and_rebuild(host: Host, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ISOLATE_STACK_SIZE", raising=False)
-    assert stack_size() == DEFAULT_STACK_SIZE == 64 * 1024
+    assert stack_size() == DEFAULT_STACK_SIZE == 32 * 1024
     project = c_project(tmp_path, "deep", DEEP_STACK)
     small = build(project)
-    assert minimum_pages(small.output) == 2 and build(project).cached
+    assert minimum_pages(small.output) == 1 and build(project).cached  # the stack, data and heap in one page
     host.deploy("deep", small.output.read_bytes())
-    with pytest.raises(GuestError) as info:  # 100 KiB of frames overflow the 64 KiB stack: a clean trap
+    with pytest.raises(GuestError) as info:  # 100 KiB of frames overflow the 32 KiB stack: a clean trap
         host.invoke("deep", Request())
     assert info.value.kind == "trap" and info.value.to_dict()["trap_code"] == "memory_out_of_bounds"
 
@@ -354,7 +354,7 @@ def test_stack_size_default_override_and_rebuild(host: Host, tmp_path: Path,
     host.deploy("deep", large.output.read_bytes())
     assert host.invoke("deep", Request()).status == 200
     assert build(project).cached
-    assert not build(project, stack=64 * 1024).cached and minimum_pages(small.output) == 2
+    assert not build(project, stack=64 * 1024).cached and minimum_pages(small.output) == 2  # stack, then data
 
 
 @pytest.mark.parametrize("value", ["12", "100", "1TiB", "lots"])

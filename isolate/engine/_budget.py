@@ -6,8 +6,10 @@ import threading
 import weakref
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import Config
+from . import _hostcalls
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,34 +29,55 @@ class MemoryBudget:
     releases it when its store is gone, so guests together never hold more than `total`. Releases
     are appended to a deque (atomic, no lock) and settled by the next reservation, which takes the
     lock: one lock round trip per request instead of two.
+
+    With `fastpath` (the `_fastpath` extension), the count is its native one (`native`), which
+    `_fastpath.invoke` reserves and releases itself, without a Python call.
     """
 
-    __slots__ = ("total", "_in_use", "peak", "refused", "_lock", "_freed", "__weakref__")
+    __slots__ = ("total", "_in_use", "_peak", "_refused", "_lock", "_freed", "native", "_fastpath", "__weakref__")
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, fastpath: Any = None) -> None:
         self.total = total
-        self._in_use = self.peak = self.refused = 0
+        self._in_use = self._peak = self._refused = 0
         self._lock = threading.Lock()
         self._freed: deque[int] = deque()
+        self._fastpath = fastpath
+        self.native: Any = fastpath.budget_new(total) if fastpath is not None else None
+        """The native counter `_fastpath.invoke` takes, or None."""
+
+    @property
+    def peak(self) -> int:
+        return self.statistics().peak
+
+    @property
+    def refused(self) -> int:
+        return self.statistics().refused
 
     def reserve(self, size: int) -> bool:
+        if self.native is not None:
+            return bool(self._fastpath.budget_reserve(self.native, size))
         with self._lock:
-            in_use = self._settle() + size
+            freed = self._freed  # _settle(), inlined: every request reserves
+            while freed:
+                self._in_use -= freed.popleft()
+            in_use = self._in_use + size
             if in_use > self.total:
-                self.refused += 1
+                self._refused += 1
                 return False
             self._in_use = in_use
-            if in_use > self.peak:
-                self.peak = in_use
+            if in_use > self._peak:
+                self._peak = in_use
             return True
 
     def release(self, size: int) -> None:
+        if self.native is not None:
+            self._fastpath.budget_release(self.native, size)
+            return
         self._freed.append(size)
 
     @property
     def in_use(self) -> int:
-        with self._lock:
-            return self._settle()
+        return self.statistics().in_use
 
     def _settle(self) -> int:
         freed = self._freed
@@ -63,8 +86,10 @@ class MemoryBudget:
         return self._in_use
 
     def statistics(self) -> MemoryBudgetStatistics:
+        if self.native is not None:
+            return MemoryBudgetStatistics(*self._fastpath.budget_stats(self.native))
         with self._lock:
-            return MemoryBudgetStatistics(self.total, self._settle(), self.peak, self.refused)
+            return MemoryBudgetStatistics(self.total, self._settle(), self._peak, self._refused)
 
 
 _budgets: dict[int, MemoryBudget] = {}
@@ -76,6 +101,7 @@ def budget_for(config: Config) -> MemoryBudget:
     with _lock:
         budget = _budgets.get(id(config))
         if budget is None:
-            budget = _budgets[id(config)] = MemoryBudget(config.memory_budget)
+            fastpath = _hostcalls.FASTPATH if config.native else None
+            budget = _budgets[id(config)] = MemoryBudget(config.memory_budget, fastpath)
             weakref.finalize(config, _budgets.pop, id(config), None)
         return budget

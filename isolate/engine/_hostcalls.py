@@ -19,7 +19,7 @@ from typing import Any
 import wasmtime
 from wasmtime import FuncType, ValType
 
-from ..abi import HOST_NAMESPACE
+from ..abi import HOST_NAMESPACE, LogRecord
 from ..cache._guest import MAX_KEY, MAX_TTL_MS, MAX_VALUE
 from . import _output, _raw, _shutdown
 
@@ -311,7 +311,8 @@ def _load_fastpath() -> Any:
         from . import _fastpath  # type: ignore[attr-defined]
     except ImportError:  # installed without a C compiler: the ctypes path serves
         return None
-    _fastpath.init({name: _raw.address(name) for name in _fastpath.names()}, _shutdown, _output.LEVELS, _report)
+    _fastpath.init({name: _raw.address(name) for name in _fastpath.names()}, _shutdown, _output.LEVELS, _report,
+                   LogRecord, _output.RECORD_OVERHEAD)
     return _fastpath
 
 

@@ -53,6 +53,7 @@ class Capture:
         self.dropped_records += 1
 
     def add(self, stream: str, level: str, data: bytes) -> None:
+        # _fastpath.c's capture_add applies this same rule to the native path's log calls.
         if not self.fits(len(data)):
             self.drop(len(data))
             return

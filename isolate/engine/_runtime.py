@@ -99,7 +99,7 @@ class Runtime:
             wasm_config,
             instances=config.pool_instances,
             max_memory_size=config.max_memory_limit,
-            warm_slots=config.pool_instances,  # slot affinity: each module keeps a warm slot of its own
+            warm_slots=config.warm_slots,  # slot affinity: each hot module keeps a warm slot of its own
             keep_resident=config.keep_resident,
         )
         reserved = config.pool_instances * SLOT_ADDRESS_SPACE

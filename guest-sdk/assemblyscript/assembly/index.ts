@@ -14,7 +14,7 @@
 // Build with `isolate build DIR` (asc --runtime stub --use abort=...): each request runs in a fresh
 // isolate, so nothing is ever freed and the stub runtime is the fastest choice.
 
-import { Reader, Writer } from "./msgpack";
+import { Reader, Writer, sameAscii } from "./msgpack";
 
 export { cache } from "./cache";
 export { fetch, FetchRequest, FetchResponse, FetchResult, FetchError } from "./http";
@@ -201,17 +201,19 @@ function decodeRequest(ptr: usize, len: usize): Request {
   const req = new Request();
   const fields = r.mapLength();
   for (let i: u32 = 0; i < fields; i++) {
-    const key = r.string();
-    if (key == "method") req.method = r.string();
-    else if (key == "path") req.path = r.string();
-    else if (key == "query") req.query = r.string();
-    else if (key == "headers") req.headers = r.pairs(false);
-    else if (key == "body") req.body = r.bytes();
-    else if (key == "params") req.params = r.pairs(true);
-    else if (key == "vars") req.vars = r.pairs(true);
-    else if (key == "region") req.region = r.string();
-    else if (key == "client_region") req.clientRegion = r.string();
-    else if (key == "request_id") req.requestId = r.string();
+    // Keys are matched in place (sameAscii), not decoded into strings: ten keys a request.
+    const key = r.rawKey();
+    const n = r.lastKeyLength();
+    if (sameAscii(key, n, "method")) req.method = r.string();
+    else if (sameAscii(key, n, "path")) req.path = r.string();
+    else if (sameAscii(key, n, "query")) req.query = r.string();
+    else if (sameAscii(key, n, "headers")) req.headers = r.pairs(false);
+    else if (sameAscii(key, n, "body")) req.body = r.bytes();
+    else if (sameAscii(key, n, "params")) req.params = r.pairs(true);
+    else if (sameAscii(key, n, "vars")) req.vars = r.pairs(true);
+    else if (sameAscii(key, n, "region")) req.region = r.string();
+    else if (sameAscii(key, n, "client_region")) req.clientRegion = r.string();
+    else if (sameAscii(key, n, "request_id")) req.requestId = r.string();
     else r.skip(0); // unknown keys are ignored, as ABI.md requires
   }
   return req;

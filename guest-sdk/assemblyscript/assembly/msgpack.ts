@@ -2,6 +2,16 @@
 // outbound HTTP envelopes and key-value pages (http.ts, kv.ts).
 import { Pair } from "./index";
 
+/** Whether `len` bytes at `ptr` are the ASCII string `name` (read as UTF-16 code units, no call per char). */
+export function sameAscii(ptr: usize, len: u32, name: string): bool {
+  if (<u32>name.length != len) return false;
+  const chars = changetype<usize>(name);
+  for (let i: usize = 0; i < <usize>len; i++) {
+    if (<u16>load<u8>(ptr + i) != load<u16>(chars + (i << 1))) return false;
+  }
+  return true;
+}
+
 export class Reader {
   constructor(private pos: usize, private len: usize) {
     this.end = pos + len;
@@ -46,6 +56,16 @@ export class Reader {
   string(): string {
     const start = this.raw();
     return String.UTF8.decodeUnsafe(start, this.lastLength);
+  }
+
+  /** The next str as raw bytes (consumed), to match a map key in place (`sameAscii`) instead of
+   * decoding it into a string (an allocation and a UTF-8 decode per key): its pointer; its length
+   * is `lastKeyLength()`. */
+  rawKey(): usize {
+    return this.raw();
+  }
+  lastKeyLength(): u32 {
+    return this.lastLength;
   }
 
   bytes(): Uint8Array {
