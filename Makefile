@@ -23,7 +23,8 @@ install: $(STAMP)
 # Guest toolchains: zig (PyPI, via the sdk extra), a rustc with the wasm32 standard library and its
 # cargo (the newest rustc that has the target, rustup's or Debian's; else Debian's rustc, cargo and
 # libstd-rust-dev-wasm32), Node.js and the AssemblyScript compiler (npm, pinned by
-# guest-sdk/assemblyscript/package-lock.json); openssl makes the TLS tests' certificates. cargo
+# guest-sdk/assemblyscript/package-lock.json); openssl makes the TLS tests' certificates; nats-server
+# (Debian) backs `serve --cluster`, `make regions` and tests/test_cluster.py. cargo
 # builds only projects that declare dependencies.
 $(TOOLS): $(STAMP) guest-sdk/assemblyscript/package-lock.json
 	@$(PY) -c 'from isolate.build import find_rustc; assert find_rustc().cargo()' 2>/dev/null || { \
@@ -31,6 +32,7 @@ $(TOOLS): $(STAMP) guest-sdk/assemblyscript/package-lock.json
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q rustc cargo libstd-rust-dev-wasm32; }
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; }
 	@command -v openssl >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q openssl; }
+	@command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nats-server; }
 	cd guest-sdk/assemblyscript && npm ci --no-audit --no-fund --loglevel=error
 	touch $(TOOLS)
 

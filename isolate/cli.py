@@ -3,6 +3,7 @@ except `invoke` (one request in-process) and `token` (read from the data directo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -17,7 +18,9 @@ from . import Config, Host, IsolateError, Request
 from .config import DEFAULT_ADMIN_PORT, DEFAULT_REGION, ServerConfig, parse_duration, parse_size, parse_workers
 from .errors import InvalidConfig
 from .http import load_or_create_token, token_path
+from .http._workers import SUPERVISOR_POOL
 from .registry import loads_json, validate_name
+from .registry._lock import DataDirLock
 from .routing import HTTP_METHODS, RegionTable, RouteTable
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(9), *range(11, 32), 127)}
@@ -50,8 +53,31 @@ admin_url_option = click.option(
 )
 admin_token_option = click.option(
     "--admin-token", envvar="ISOLATE_ADMIN_TOKEN", default=None,
-    help="Admin bearer token [env ISOLATE_ADMIN_TOKEN; default: read from the data directory].",
+    help="Admin bearer token [env ISOLATE_ADMIN_TOKEN; default: read from the data directory]. Prefer the "
+         "environment: a command line is visible to every user (ps).",
 )
+
+
+def _admin_token(token: str | None, token_file: str | None) -> str | None:
+    """`serve`'s admin token: --admin-token (or ISOLATE_ADMIN_TOKEN), else --admin-token-file's first line."""
+    if token_file is None:
+        return token
+    if token is not None:
+        _fail("give the admin token once: --admin-token (or ISOLATE_ADMIN_TOKEN) or --admin-token-file")
+    try:
+        value = Path(token_file).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read the admin token file {token_file}: {getattr(exc, 'strerror', None) or exc}")
+    if not value:
+        _fail(f"the admin token file {token_file} is empty")
+    return value
+
+
+def _cluster_secret() -> str | None:
+    """ISOLATE_CLUSTER_SECRET, the one place it is read (never a flag: a command line is public)."""
+    import os
+
+    return os.environ.get("ISOLATE_CLUSTER_SECRET") or None
 
 
 def _module_path(name: str, suffix: str = "") -> str:
@@ -119,6 +145,8 @@ def main() -> None:
 @click.option("--admin-host", default="127.0.0.1", show_default=True, help="Admin listener address.")
 @click.option("--admin-port", default=DEFAULT_ADMIN_PORT, show_default=True, type=int, help="Admin listener port.")
 @admin_token_option
+@click.option("--admin-token-file", type=click.Path(exists=True, dir_okay=False),
+              help="Read the admin bearer token from this file (instead of --admin-token).")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="isolate.toml to deploy at start-up.")
 @click.option("--max-body-size", default="10MiB", show_default=True, help="Largest request body (413 beyond).")
 @click.option("--max-url-length", default="16KiB", show_default=True, help="Longest request target (414 beyond).")
@@ -150,13 +178,17 @@ def main() -> None:
               help="Region table JSON (as GET /v1/regions prints it); replaces the manifest's.")
 @click.option("--simulate-regions", is_flag=True,
               help="Start three local nodes (us, eu, ap) on consecutive ports, with a region table joining them.")
+@click.option("--cluster", envvar="ISOLATE_CLUSTER", default="", metavar="nats://HOST:PORT",
+              help="Join the cluster on this NATS JetStream: modules, tables, key-value stores and purges shared "
+                   "with every node on it [env ISOLATE_CLUSTER; or the manifest's [cluster] url].")
 def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_port: int, admin_token: str | None,
+          admin_token_file: str | None,
           manifest: str | None, max_body_size: str, max_url_length: str, max_header_size: str, head_timeout: str,
           max_connections: int | None, admin_max_connections: int, workers: str, threads: int | None,
           io_threads: int | None,
           queue_limit: int,
           log_level: str, no_access_log: bool, region: str, node_name: str, no_cache: bool, cache_size: str,
-          module_cache_size: int | None, regions_file: str | None, simulate_regions: bool) -> None:
+          module_cache_size: int | None, regions_file: str | None, simulate_regions: bool, cluster: str) -> None:
     """Run the edge and admin listeners until interrupted."""
     from . import manifest as manifests
     from .http import build, run
@@ -164,14 +196,16 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
     node = "" if region == DEFAULT_REGION else f"[{region}] "  # tells simulated nodes' lines apart
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {node}%(levelname)s %(name)s %(message)s")
+    admin_token = _admin_token(admin_token, admin_token_file)
     if simulate_regions:
         from .simulate import simulate
 
-        sys.exit(simulate(sys.argv[2:], manifest, data_dir, host, port, admin_port))
+        sys.exit(simulate(sys.argv[2:], manifest, data_dir, host, port, admin_port, admin_token))
     config = _config(data_dir, module_cache_size=module_cache_size)
     try:
         server = ServerConfig(
             host=host, port=port, admin_host=admin_host, admin_port=admin_port, admin_token=admin_token,
+            cluster_secret=_cluster_secret(), cluster=cluster,
             max_body_size=parse_size(max_body_size), queue_limit=queue_limit, access_log=not no_access_log,
             threads=threads or ServerConfig().threads, workers=parse_workers(workers),
             io_threads=io_threads or ServerConfig().io_threads,
@@ -181,9 +215,19 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
             max_connections=max_connections, admin_max_connections=admin_max_connections,
         )
         loaded = manifests.load(Path(manifest)) if manifest else None
+        if loaded is not None and loaded.cluster and not server.cluster:
+            server = dataclasses.replace(server, cluster=loaded.cluster)
         region_table = _region_table_file(Path(regions_file)) if regions_file else None
-        apps = build(config, server)
+        # Before anything is written there: a second server on this directory stops here.
+        lock = DataDirLock.acquire(config.data_dir)
     except IsolateError as exc:
+        _fail(f"{exc.kind}: {exc.detail}")
+    try:
+        # A supervisor of workers compiles but runs no guest: its engines need next to no slots.
+        apps = build(dataclasses.replace(config, pool_instances=SUPERVISOR_POOL) if server.workers > 1 else config,
+                     server)
+    except IsolateError as exc:
+        lock.close()
         _fail(f"{exc.kind}: {exc.detail}")
     if loaded is not None or region_table is not None:
         try:
@@ -199,9 +243,16 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
             where = f"{regions_file}: " if loaded is None else ""
             _fail(f"{exc.kind}: {where}{exc.detail}")
     try:
-        run(apps, server)
+        if server.workers > 1:
+            from .http._workers import serve_workers
+
+            serve_workers(apps, config, server, lock)
+        else:
+            run(apps, server)
     except IsolateError as exc:
         _fail(f"{exc.kind}: {exc.detail}")
+    finally:
+        lock.close()
 
 
 def _region_table_file(path: Path) -> RegionTable:
@@ -571,7 +622,7 @@ def token(data_dir: str | None) -> None:
 @click.option("--lang", type=click.Choice(["c", "rust", "assemblyscript"]), help="Skip language detection.")
 @click.option("--force", is_flag=True, help="Rebuild even if the output is up to date.")
 @click.option("--stack-size", metavar="SIZE",
-              help="Stack in linear memory for C and Rust (default 64KiB, or ISOLATE_STACK_SIZE).")
+              help="Stack in linear memory for C and Rust (default 32KiB, or ISOLATE_STACK_SIZE).")
 def build_command(path: str, lang: str | None, force: bool, stack_size: str | None) -> None:
     """Build the guest in PATH into PATH/build/NAME.wasm (C, Rust or AssemblyScript)."""
     from .build import build

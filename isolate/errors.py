@@ -27,6 +27,7 @@
     ├── Overloaded                    overloaded         503   no worker, isolate slot, memory budget or connection free
     ├── RegionForbidden               region_forbidden   451   placement allows no region this request may go to
     ├── RegionUnavailable             region_unavailable 503   every region allowed to serve it has no healthy node
+    ├── ClusterUnavailable            cluster_unavailable 503  `serve --cluster`: NATS unreachable, no change taken
     ├── ForwardFailed                 forward_failed     502   the node a request was forwarded to failed mid-way
     ├── ForwardingLoop                forwarding_loop    508   a forwarded request would have been forwarded again
     ├── StorageError                  storage            500   the data directory is damaged or unwritable
@@ -198,6 +199,13 @@ class RegionUnavailable(IsolateError):
     status = 503
 
 
+class ClusterUnavailable(IsolateError):
+    """A cluster node cannot reach NATS JetStream: it serves what it has, but takes no change."""
+
+    kind = "cluster_unavailable"
+    status = 503
+
+
 class ForwardFailed(IsolateError):
     kind = "forward_failed"
     status = 502
@@ -256,6 +264,7 @@ ERRORS: tuple[type[IsolateError], ...] = (
     Overloaded,
     RegionForbidden,
     RegionUnavailable,
+    ClusterUnavailable,
     ForwardFailed,
     ForwardingLoop,
     StorageError,

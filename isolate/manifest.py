@@ -36,6 +36,11 @@ What a module may reach (ABI.md: outbound HTTP, key-value stores, secrets):
     key_value_stores = ["default"]
     secrets = { api_key = { env = "API_KEY" }, db_password = { file = "secrets/db" } }
 
+A cluster to join (`isolate serve --cluster`, which takes precedence; see isolate.backends):
+
+    [cluster]
+    url = "nats://127.0.0.1:4222"
+
 Errors name the file, the line and the reason. Applying a manifest deploys only modules whose bytes
 or settings changed, so restarting with the same manifest creates no new versions.
 """
@@ -49,15 +54,18 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .capabilities import check_secret, check_store_name, parse_allowed_hosts
 from .config import parse_limits
 from .engine import wat_to_wasm
-from .errors import InvalidConfig, IsolateError, ManifestError
+from .errors import InvalidConfig, InvalidModule, IsolateError, ManifestError
 from .host import Host
 from .registry import sha256, validate_name
 from .routing import RegionTable, RouteTable, parse_networks_csv, validate_region
+
+if TYPE_CHECKING:
+    from .node import ModuleWriter
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,8 @@ class Manifest:
     """None when the manifest has no [regions]: the server's current region table is kept."""
     placement: dict[str, list[str]] = field(default_factory=dict)
     """Modules' `regions`, also when the manifest has no table (`serve --simulate-regions` uses them)."""
+    cluster: str = ""
+    """[cluster] url: the NATS JetStream a node started with this manifest joins ("" for none)."""
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Manifest:
@@ -107,10 +117,14 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Manifest:
             where = f"{where}.{key}" if where else key
         raise ManifestError(f"{path}:{line}: {where}: {reason}" if where else f"{path}:{line}: {reason}", line=line)
 
-    unknown = set(data) - {"modules", "routes", "regions", "networks"}
+    unknown = set(data) - {"modules", "routes", "regions", "networks", "cluster"}
     if unknown:
         fail(f"unknown table(s) {', '.join(sorted(unknown))}; a manifest has [modules.NAME], [[routes]], "
-             "[regions.ID] and [networks]", key=sorted(unknown)[0])
+             "[regions.ID], [networks] and [cluster]", key=sorted(unknown)[0])
+    cluster = data.get("cluster", {})
+    if not isinstance(cluster, dict) or set(cluster) - {"url"} or not isinstance(cluster.get("url", ""), str) \
+            or not str(cluster.get("url", "nats://")).startswith(("nats://", "tls://")):
+        fail('must be a table with url = "nats://HOST:PORT"', key="cluster")
     placement: dict[str, Any] = {}
     modules: list[ModuleSpec] = []
     raw_modules = data.get("modules", {})
@@ -189,7 +203,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Manifest:
     regions = _region_table(path, data, placement, fail) if "regions" in data else None
     if regions is None and "networks" in data:
         fail("[networks] needs a region table: add [regions.ID] tables", key="networks")
-    return Manifest(path, tuple(modules), tuple(routes), regions, placement)
+    return Manifest(path, tuple(modules), tuple(routes), regions, placement, str(cluster.get("url", "")))
 
 
 def _region_table(path: Path, data: dict[str, Any], placement: dict[str, Any], fail: Any) -> RegionTable:
@@ -270,11 +284,20 @@ def read_module(path: Path) -> bytes:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise InvalidConfig(f"{path}: cannot read module: {exc.strerror}") from None
-    return wat_to_wasm(data.decode()) if str(path).endswith(".wat") else data
+    if not str(path).endswith(".wat") or data.startswith(b"\0asm"):
+        return data  # a binary is taken as one, whatever its name says
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidModule(f"{path}: WebAssembly text must be UTF-8 (byte {exc.start} is not)") from None
+    return wat_to_wasm(text)
 
 
-def apply(manifest: Manifest, host: Host) -> list[str]:
-    """Deploy the modules whose bytes or settings changed; returns their names (`Node` sets the routes)."""
+def apply(manifest: Manifest, host: Host, writer: ModuleWriter | None = None) -> list[str]:
+    """Deploy the modules whose bytes or settings changed; returns their names (`Node` sets the routes).
+
+    `writer` takes the deploys (default: `host`; a node in a cluster passes the cluster)."""
+    writer = writer or host
     deployed = []
     for spec in manifest.modules:
         where = f"{manifest.path}:{spec.line}: modules.{spec.name}.path"
@@ -295,11 +318,11 @@ def apply(manifest: Manifest, host: Host) -> list[str]:
             if (current is None or current.active.digest != sha256(wasm)
                     or dict(current.limit_overrides) != spec.limits or dict(current.variables) != spec.variables
                     or current.allowed_hosts != spec.allowed_hosts or current.kv_stores != spec.kv_stores):
-                host.deploy(spec.name, wasm, limits=spec.limits, variables=spec.variables,
+                writer.deploy(spec.name, wasm, limits=spec.limits, variables=spec.variables,
                             allowed_hosts=spec.allowed_hosts, kv_stores=spec.kv_stores, secrets=secrets)
                 deployed.append(spec.name)
             elif secrets:
-                host.set_secrets(spec.name, secrets)
+                writer.set_secrets(spec.name, secrets)
                 deployed.append(spec.name)
         except IsolateError as exc:
             raise ManifestError(f"{manifest.path}:{spec.line}: modules.{spec.name} ({spec.path}): {exc.kind}: "

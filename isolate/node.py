@@ -17,11 +17,12 @@ from the data directory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .cache import ResponseCache
 from .capabilities import Page, check_key, check_store_name
@@ -70,6 +71,31 @@ class Change:
         return cls(str(kind), str(raw.get("name", "")), dict(raw.get("selector") or {}))
 
 
+class ModuleWriter(Protocol):
+    """Where module changes are written: the `Host` (one node), or a cluster (`isolate.backends`)."""
+
+    def deploy(self, name: str, wasm: bytes | str, *, limits: Mapping[str, Any] | None = None,
+               variables: Mapping[str, str] | None = None, allowed_hosts: Sequence[str] | None = None,
+               kv_stores: Sequence[str] | None = None,
+               secrets: Mapping[str, str | None] | None = None) -> VersionInfo: ...
+    def configure(self, name: str, *, limits: Mapping[str, Any] | None = None,
+                  variables: Mapping[str, str] | None = None, allowed_hosts: Sequence[str] | None = None,
+                  kv_stores: Sequence[str] | None = None,
+                  secrets: Mapping[str, str | None] | None = None) -> ModuleInfo: ...
+    def set_secrets(self, name: str, secrets: Mapping[str, str | None]) -> list[str]: ...
+    def rollback(self, name: str, version: int | None = None) -> ModuleInfo: ...
+    def delete(self, name: str) -> None: ...
+
+
+class Replicator(ModuleWriter, Protocol):
+    """A cluster a node belongs to (`isolate.backends.Cluster`): module changes and tables are written
+    there (compare-and-set) and applied here, purges are broadcast. Called under the control lock."""
+
+    def update_routes(self, compute: Callable[[RouteTable], RouteTable]) -> RouteTable: ...
+    def update_regions(self, compute: Callable[[RegionTable], RegionTable]) -> RegionTable: ...
+    def broadcast_purge(self, selector: Mapping[str, Any]) -> None: ...
+
+
 MODULE, ROUTES, REGIONS, PURGE = "module", "routes", "regions", "purge"
 CHANGES = (MODULE, ROUTES, REGIONS, PURGE)
 _PURGE_KEYS = frozenset({"module", "route", "url", "everything"})
@@ -83,20 +109,29 @@ class Node:
         self.state = state
         self.cache = cache
         self._lock = threading.RLock()
-        self._subscribers: list[Callable[[Change], None]] = []
+        self._subscribers: list[Callable[[Change], int | None]] = []
+        self.cluster: Replicator | None = None
+        """Set by `isolate.backends.join_cluster` (`serve --cluster`): changes go through it."""
 
     # -- replication to the other processes of this node ---------------------------------------
 
-    def subscribe(self, subscriber: Callable[[Change], None]) -> None:
+    def subscribe(self, subscriber: Callable[[Change], int | None]) -> None:
         """Call `subscriber` with every change applied from now on, in order, under the control lock."""
         self._subscribers.append(subscriber)
 
-    def _changed(self, change: Change) -> None:
-        for subscriber in self._subscribers:
-            subscriber(change)
+    def _changed(self, change: Change) -> int:
+        """Tell every subscriber; returns what they purged (PURGE), summed."""
+        return sum(subscriber(change) or 0 for subscriber in self._subscribers)
 
-    def replay(self, change: Change) -> None:
-        """Apply a change another process of this node made: re-read what it wrote to the data directory."""
+    @contextlib.contextmanager
+    def control(self) -> Iterator[None]:
+        """Hold off control changes for the duration (a worker joining the subscribers catches up in it)."""
+        with self._lock:
+            yield
+
+    def replay(self, change: Change) -> int:
+        """Apply a change another process of this node made: re-read what it wrote to the data directory.
+        Returns the responses purged (PURGE)."""
         with self._lock:
             if change.kind == MODULE:
                 self.host.refresh(change.name)
@@ -106,9 +141,58 @@ class Node:
                 selector = dict(change.selector or {})
                 if not set(selector) <= _PURGE_KEYS:
                     raise InvalidConfig(f"unknown purge selector {sorted(set(selector) - _PURGE_KEYS)}")
-                self.purge(**selector)
+                return self.purge(**selector)
+            self._changed(change)
+            return 0
+
+    def resync(self) -> None:
+        """Re-read every module and table from the data directory and drop every cached response."""
+        with self._lock:
+            for name in self.host.stored_names():
+                self.host.refresh(name)
+            self.state.reload()
+            self.purge(everything=True)
+
+    # -- other nodes of a cluster ----------------------------------------------------------------
+
+    def attach(self, cluster: Replicator) -> None:
+        """Write every change through `cluster` from now on (`isolate.backends.join_cluster`)."""
+        with self._lock:
+            self.cluster = cluster
+
+    def apply_remote(self, apply: Callable[[], Change | None], announce: bool = True) -> None:
+        """Take a change another node made: `apply` adopts it under the control lock and returns the change
+        (None: nothing new), which is announced to the subscribers with the purge the rules ask for."""
+        with self._lock:
+            change = apply()
+            if change is None or not announce:
+                return
+            if change.kind == PURGE:
+                self._purge_here(dict(change.selector or {}))
                 return
             self._changed(change)
+            if change.kind == MODULE:
+                self._purge_here({"module": change.name})
+            elif change.kind == ROUTES:
+                self._purge_here({"everything": True})
+
+    def _writer(self) -> ModuleWriter:
+        return self.cluster if self.cluster is not None else self.host
+
+    def _replace_routes(self, compute: Callable[[RouteTable], RouteTable]) -> RouteTable:
+        """The route table `compute` makes of the current one, stored (in a cluster: compare-and-set)."""
+        if self.cluster is not None:
+            return self.cluster.update_routes(compute)
+        table = compute(self.state.routes)
+        self.state.replace_routes(table)
+        return table
+
+    def _replace_regions(self, compute: Callable[[RegionTable], RegionTable]) -> RegionTable:
+        if self.cluster is not None:
+            return self.cluster.update_regions(compute)
+        table = compute(self.state.regions)
+        self.state.replace_regions(table)
+        return table
 
     # -- modules ------------------------------------------------------------------------------
 
@@ -117,7 +201,7 @@ class Node:
                kv_stores: Sequence[str] | None = None,
                secrets: Mapping[str, str | None] | None = None) -> VersionInfo:
         with self._lock:
-            info = self.host.deploy(name, wasm, limits=limits, variables=variables, allowed_hosts=allowed_hosts,
+            info = self._writer().deploy(name, wasm, limits=limits, variables=variables, allowed_hosts=allowed_hosts,
                                     kv_stores=kv_stores, secrets=secrets)
             self._changed(Change(MODULE, name))
             self.purge(module=name)  # cached answers came from the old version
@@ -128,7 +212,7 @@ class Node:
                   kv_stores: Sequence[str] | None = None,
                   secrets: Mapping[str, str | None] | None = None) -> ModuleInfo:
         with self._lock:
-            info = self.host.configure(name, limits=limits, variables=variables, allowed_hosts=allowed_hosts,
+            info = self._writer().configure(name, limits=limits, variables=variables, allowed_hosts=allowed_hosts,
                                        kv_stores=kv_stores, secrets=secrets)
             self._changed(Change(MODULE, name))
             self.purge(module=name)  # new variables, grants or secrets can change every answer
@@ -138,7 +222,7 @@ class Node:
         """Set (or, with None, remove) secrets of `name`, deployed or not yet: `isolate deploy --secret`
         sets them first, so the new version's first request sees them. Returns the secret names."""
         with self._lock:
-            names = self.host.set_secrets(name, secrets)
+            names = self._writer().set_secrets(name, secrets)
             self._changed(Change(MODULE, name))
             self.purge(module=name)
             return names
@@ -175,7 +259,7 @@ class Node:
 
     def rollback(self, name: str, version: int | None = None) -> ModuleInfo:
         with self._lock:
-            info = self.host.rollback(name, version)
+            info = self._writer().rollback(name, version)
             self._changed(Change(MODULE, name))
             self.purge(module=name)
             return info
@@ -184,14 +268,20 @@ class Node:
         """Delete a module and its routes in one step; returns how many routes went with it."""
         with self._lock:
             self.host.module(name)  # NotFound before anything changes
-            kept = [route for route in self.state.routes.routes if route.module != name]
-            removed = len(self.state.routes.routes) - len(kept)
-            if removed:
+            removed = 0
+
+            def without(current: RouteTable) -> RouteTable:
+                nonlocal removed
+                kept = [route for route in current.routes if route.module != name]
+                removed = len(current.routes) - len(kept)
+                return RouteTable.build(kept)
+
+            if any(route.module == name for route in self.state.routes.routes):
                 # Routes first: were the module deleted first, a crash in between would leave a
                 # stored table naming a missing module.
-                self.state.replace_routes(RouteTable.build(kept))
+                self._replace_routes(without)
                 self._changed(Change(ROUTES))
-            self.host.delete(name)
+            self._writer().delete(name)
             self._changed(Change(MODULE, name))
             self.purge(module=name)
             return removed
@@ -201,9 +291,13 @@ class Node:
     def set_routes(self, routes: Iterable[Route | Mapping[str, Any]], origin: str = API) -> RouteTable:
         """Validate a whole table, check every target is deployed, persist and swap it, in one step."""
         table = RouteTable.build(_with_origin(routes, origin))
-        with self._lock:
+
+        def checked(current: RouteTable) -> RouteTable:
             self._check_targets(table.routes)
-            self.state.replace_routes(table)
+            return table
+
+        with self._lock:
+            self._replace_routes(checked)
             self._changed(Change(ROUTES))
             self.purge(everything=True)  # a URL may now belong to another module
         return table
@@ -212,21 +306,35 @@ class Node:
         """Add routes to the table (origin "api"); returns the table and a warning per shadowed route."""
         with self._lock:
             added = [_route(r, API) for r in routes]
-            table = self.set_routes([*self.state.routes.routes, *added])
+
+            def extended(current: RouteTable) -> RouteTable:
+                table = RouteTable.build([*current.routes, *added])
+                self._check_targets(table.routes)
+                return table
+
+            table = self._replace_routes(extended)
+            self._changed(Change(ROUTES))
+            self.purge(everything=True)  # a URL may now belong to another module
         return table, _shadow_warnings(table, added)
 
     def set_regions(self, table: RegionTable) -> RegionTable:
         with self._lock:
-            self.state.replace_regions(table)
+            self._replace_regions(lambda current: table)
             self._changed(Change(REGIONS))
         return table
 
     def purge(self, **selector: Any) -> int:
-        """Drop cached responses (`ResponseCache.purge`'s selectors), here and in every subscriber."""
+        """Drop cached responses (`ResponseCache.purge`'s selectors), here and in every subscriber;
+        returns how many went, subscribers' included."""
         with self._lock:
-            count = self.cache.purge(**selector) if self.cache is not None else 0
-            self._changed(Change(PURGE, selector=selector))
-        return count
+            count = self._purge_here(selector)
+            if self.cluster is not None:
+                self.cluster.broadcast_purge(selector)
+            return count
+
+    def _purge_here(self, selector: dict[str, Any]) -> int:
+        count = self.cache.purge(**selector) if self.cache is not None else 0
+        return count + self._changed(Change(PURGE, selector=selector))
 
     def _check_targets(self, routes: Sequence[Route]) -> None:
         deployed = set(self.host.module_names())
@@ -246,14 +354,19 @@ class Node:
         from . import manifest as manifests
 
         with self._lock:
-            deployed = manifests.apply(manifest, self.host)
+            deployed = manifests.apply(manifest, self.host, self._writer())
             for name in deployed:
                 self._changed(Change(MODULE, name))
                 self.purge(module=name)
             declared = [_route(raw, MANIFEST) for raw in manifest.routes]
-            table, dropped = self._merge_api_routes(declared)
-            self._check_targets(table.routes)
-            self.state.replace_routes(table)
+            dropped: list[str] = []
+
+            def merged(current: RouteTable) -> RouteTable:
+                table, dropped[:] = self._merge_api_routes(declared, current)
+                self._check_targets(table.routes)
+                return table
+
+            table = self._replace_routes(merged)
             self._changed(Change(ROUTES))
             self.purge(everything=True)
             region_table = regions or manifest.regions
@@ -265,13 +378,14 @@ class Node:
                 log.info("manifest %s pins modules to regions, but this node has no region table: placement "
                          "applies once one is set (--regions, [regions.ID] or PUT /v1/regions)", manifest.path)
             if region_table is not None:
-                self.state.replace_regions(region_table)
+                final = region_table
+                self._replace_regions(lambda current: final)
                 self._changed(Change(REGIONS))
         for reason in dropped:
             log.warning("route dropped at start-up: %s", reason)
         return ManifestResult(tuple(deployed), len(table.routes), tuple(dropped))
 
-    def _merge_api_routes(self, declared: list[Route]) -> tuple[RouteTable, list[str]]:
+    def _merge_api_routes(self, declared: list[Route], current: RouteTable) -> tuple[RouteTable, list[str]]:
         """The manifest's routes plus each stored API route that still fits, and why others do not."""
         deployed = set(self.host.module_names())
         # The rule of RouteTable.build: same shape, and both take every method or their lists meet.
@@ -280,7 +394,7 @@ class Node:
         kept = list(declared)
         dropped: list[str] = []
         still = {_identity(route) for route in declared}
-        for route in self.state.routes.routes:
+        for route in current.routes:
             if route.options.get(ORIGIN, MANIFEST) != API:
                 # The manifest's own routes are replaced by the manifest: say which ones it no longer has.
                 if _identity(route) not in still:

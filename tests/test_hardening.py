@@ -515,3 +515,15 @@ def test_a_module_that_can_wait_never_runs_inline(apps: Apps, admin: AsgiClient,
             inline[name] |= apps.dispatcher.is_inline(name)
     assert apps.host.may_block("nap")
     assert inline == {"nap": False, "quick": True}  # the control: quick code without waits is promoted
+
+
+def test_a_wat_file_that_is_not_text_is_a_clear_error_not_a_crash(tmp_path: Path) -> None:
+    from isolate.errors import InvalidModule
+    from isolate.manifest import read_module
+
+    path = tmp_path / "bad.wat"
+    path.write_bytes(b"(module \x80\xff)")
+    with pytest.raises(InvalidModule, match="must be UTF-8"):
+        read_module(path)
+    path.write_bytes(g.wasm(g.module()))  # a binary under a .wat name is still a module
+    assert read_module(path).startswith(b"\0asm")

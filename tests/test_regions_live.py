@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -15,8 +16,10 @@ import pytest
 from live import ROOT, LiveServer
 
 from isolate.build import build
+from isolate.http._hops import MAX_HOPS, HopSigner
 
 REGIONS = ("us", "eu", "ap")
+CLUSTER_SECRET = secrets.token_urlsafe(32)
 COORDINATES = {"us": [38.9, -77.4], "eu": [50.1, 8.7], "ap": [1.35, 103.8]}
 MANIFEST = f'''
 [modules.hello]
@@ -60,7 +63,9 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LiveSe
         build(ROOT / "samples" / sample)
     root = tmp_path_factory.mktemp("regions")
     (root / "isolate.toml").write_text(MANIFEST)
-    servers = {r: LiveServer(root / r) for r in REGIONS}
+    # One cluster: the nodes sign their hops with one secret (from the environment, as in production).
+    env = {"ISOLATE_CLUSTER_SECRET": CLUSTER_SECRET}
+    servers = {r: LiveServer(root / r, env=env) for r in REGIONS}
     (root / "regions.json").write_text(json.dumps(region_table(servers)))
     for region, server in servers.items():
         server.args = ["--manifest", str(root / "isolate.toml"), "--regions", str(root / "regions.json"),
@@ -157,6 +162,7 @@ def test_forwarding_keeps_method_headers_body_and_request_id(nodes: dict[str, Li
     headers = dict(echoed["headers"])
     assert headers["x-custom"] == "kept" and headers["x-isolate-forwarded-by"] == "us"
     assert "x-hop" not in headers  # named in Connection: hop-by-hop
+    assert "x-isolate-hop" not in headers and "x-isolate-hops" not in headers  # the signature is not the guest's
     assert headers["x-isolate-client-region"] == "eu" and headers["x-forwarded-for"] == "127.0.0.1"
     assert echoed["body"] == payload.decode()
     assert "request_id=req-123" in nodes["eu"].wait_for_log("request_id=req-123")
@@ -213,9 +219,9 @@ def test_no_forwarding_loop_with_a_bad_table(nodes: dict[str, LiveServer]) -> No
         response = get(us, "/pinned")
         assert response.status_code == 508 and response.json()["error"] == "forwarding_loop"
         assert response.json()["forwarded_by"] == "us" and time.monotonic() - started < 5
-        # A client cannot use the header to bypass residency either.
+        # A client's forged header is ignored: eu forwards to us as its table says, and us refuses.
         spoofed = get(eu, "/pinned", headers={"x-isolate-forwarded-by": "someone"})
-        assert spoofed.status_code == 508
+        assert spoofed.status_code == 508 and spoofed.json()["forwarded_by"] == "eu"
     finally:
         put_table(eu, {**good, "placement": {"pinned": ["eu"]}})
     assert get(us, "/pinned").status_code == 200
@@ -256,3 +262,105 @@ def test_region_table_api_validates_whole_and_persists(nodes: dict[str, LiveServ
     ap.restart()
     with ap.admin() as admin:
         assert admin.get("/v1/regions").json()["placement"] == {"pinned": ["eu"]}
+
+
+def test_forged_hop_headers_are_ignored(nodes: dict[str, LiveServer]) -> None:
+    us = nodes["us"]
+    eventually(partial(all_healthy, us))  # an earlier test restarted ap
+    forged = {"x-isolate-forwarded-by": "eu", "x-isolate-client-region": "ap"}
+    # Not a hop: the pinned module is still forwarded to eu (a trusted hop would be refused with 508).
+    pinned = get(us, "/pinned", headers=forged)
+    assert pinned.status_code == 200 and pinned.headers["x-isolate-region"] == "eu"
+    assert pinned.text == "Hallo, world! (from C, region eu, client in us)\n"
+    # The claimed client region does not pick the region: the address (an ap network) does.
+    from_ap = get(us, "/hello", source="127.2.0.1", headers={**forged, "x-isolate-client-region": "eu"})
+    assert from_ap.text == "Hello, world! (from C, region ap, client in ap)\n"
+    # The guest does not see them.
+    echoed = get(us, "/echo/x", headers={**forged, "x-isolate-hop": "t=1;v1=00", "x-isolate-hops": "1"}).json()
+    assert not [k for k, _ in echoed["headers"] if k.startswith("x-isolate-")]
+
+
+def test_only_a_fresh_signature_with_the_cluster_secret_makes_a_hop(nodes: dict[str, LiveServer]) -> None:
+    us = nodes["us"]
+    eventually(partial(all_healthy, us))
+
+    def hop(signer: HopSigner, *, path: str = "/hello", signed_path: str | None = None, client_region: str = "eu",
+            forwarded_by: str = "ap") -> httpx.Response:
+        signature = signer.sign(forwarded_by.encode(), client_region.encode(), b"GET", (signed_path or path).encode(),
+                                b"rid-hop")
+        return get(us, path, source="127.2.0.1", headers={
+            "x-request-id": "rid-hop", "x-isolate-forwarded-by": "ap", "x-isolate-client-region": "eu",
+            "x-isolate-hop": signature.decode()})
+
+    # Signed with the cluster's secret: a hop from ap, run here for a client in eu (not forwarded to ap).
+    assert hop(HopSigner(CLUSTER_SECRET)).text == "Hello, world! (from C, region us, client in eu)\n"
+    trusted = hop(HopSigner(CLUSTER_SECRET), path="/echo/x").json()
+    assert ["x-isolate-client-region", "eu"] in trusted["headers"]
+    assert ["x-isolate-forwarded-by", "ap"] in trusted["headers"]
+    refused = [
+        hop(HopSigner("another cluster's secret")),
+        hop(HopSigner(CLUSTER_SECRET, clock=lambda: time.time() - 3600)),  # stale (or replayed late)
+        hop(HopSigner(CLUSTER_SECRET, clock=lambda: time.time() + 3600)),  # from the future
+        hop(HopSigner(CLUSTER_SECRET), client_region="ap"),  # signed for another client region
+        hop(HopSigner(CLUSTER_SECRET), signed_path="/hello?x=1"),  # signed for another target
+        hop(HopSigner(CLUSTER_SECRET), forwarded_by="eu"),  # signed for another node
+    ]
+    for response in refused:  # each a client's request from ap: run in ap
+        assert response.text == "Hello, world! (from C, region ap, client in ap)\n", response.text
+
+
+def test_nodes_with_different_secrets_do_not_trust_each_other_and_never_loop(tmp_path: Path) -> None:
+    build(ROOT / "samples" / "echo")
+    (tmp_path / "isolate.toml").write_text(f'''
+[modules.echo]
+path = "{ROOT / "samples" / "echo"}"
+
+[modules.looping]
+path = "{ROOT / "samples" / "echo"}"
+
+[[routes]]
+path = "/echo/..."
+module = "echo"
+
+[[routes]]
+path = "/loop/..."
+module = "looping"
+''')
+    servers = {r: LiveServer(tmp_path / r, env={"ISOLATE_CLUSTER_SECRET": secrets.token_urlsafe(32)})
+               for r in ("us", "eu")}
+    regions = [{"id": r, "nodes": [servers[r].edge_url]} for r in ("us", "eu")]
+    # The tables disagree: each sends `looping` to the other.
+    for region, other in (("us", "eu"), ("eu", "us")):
+        (tmp_path / f"{region}.json").write_text(json.dumps({"regions": regions, "placement": {"looping": [other]}}))
+        servers[region].args = ["--manifest", str(tmp_path / "isolate.toml"), "--regions",
+                                str(tmp_path / f"{region}.json"), "--region", region, "--node-name", region]
+    try:
+        for server in servers.values():
+            server.start()
+
+        def healthy(node: LiveServer) -> bool:
+            with node.admin() as admin:
+                health = admin.get("/v1/regions").json()["health"]
+            return len(health) == 1 and all(state["healthy"] for state in health.values())
+
+        for server in servers.values():
+            eventually(partial(healthy, server))
+        us = servers["us"]
+        # Forwarding still works, but eu treats the request as a client's: no forwarded-by for its guest.
+        forwarded = get(us, "/echo/x", headers={"x-isolate-region": "eu"})
+        assert forwarded.status_code == 200 and forwarded.headers["x-isolate-region"] == "eu"
+        assert not [k for k, _ in forwarded.json()["headers"] if k.startswith("x-isolate-") and k != "x-isolate-region"]
+        # us -> eu -> us -> eu: the fourth node refuses to forward again.
+        looped = get(us, "/loop/x")
+        assert looped.status_code == 508, looped.text
+        assert looped.json()["error"] == "forwarding_loop" and looped.json()["hops"] == MAX_HOPS
+        assert "cluster secret" in looped.json()["detail"]
+        # A client cannot make a loop longer by lowering the count; raising it only fails its own request.
+        assert get(us, "/loop/x", headers={"x-isolate-hops": "0"}).status_code == 508
+        early = get(us, "/loop/x", headers={"x-isolate-hops": str(MAX_HOPS)})
+        assert early.status_code == 508 and early.json()["hops"] == MAX_HOPS
+        assert early.headers["x-isolate-region"] == "us"  # refused by the first node
+    finally:
+        for server in servers.values():
+            if server.process is not None and server.process.poll() is None:
+                server.stop()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
+import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -49,7 +52,20 @@ def test_three_nodes_from_one_command(tmp_path: Path) -> None:
         while b"three regions are up" not in (tmp_path / "simulate.log").read_bytes():
             assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "simulate.log").read_text()
             time.sleep(0.2)
-        token = (tmp_path / "data" / "regions" / "token").read_text().strip()
+        root = tmp_path / "data" / "regions"
+        token = (root / "token").read_text().strip()
+        secret = (root / "cluster-secret").read_text().strip()
+        assert len(token) >= 43 and len(secret) >= 43 and token != secret
+        for region in ("us", "eu", "ap"):  # every node got both, privately, in its data directory
+            for name, value in (("admin-token", token), ("cluster-secret", secret)):
+                assert (root / region / name).read_text().strip() == value
+                assert stat.S_IMODE((root / region / name).stat().st_mode) == 0o600
+        pids = [int(p) for p in re.findall(r"pid (\d+)", (tmp_path / "simulate.log").read_text())]
+        assert len(pids) == 3
+        for pid in pids:  # nothing secret on a command line (`ps` shows it to every user)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert b"--regions" in cmdline and token.encode() not in cmdline and secret.encode() not in cmdline
+            assert b"--admin-token" not in cmdline
         with httpx.Client(base_url=f"http://127.0.0.1:{base}", timeout=30) as edge:
             def region_of(**kwargs: object) -> str:
                 return edge.get("/hello", **kwargs).headers["x-isolate-region"]  # type: ignore[arg-type]
@@ -62,11 +78,23 @@ def test_three_nodes_from_one_command(tmp_path: Path) -> None:
                 time.sleep(0.2)
             pinned = edge.get("/eu/hello")
             assert pinned.headers["x-isolate-region"] == "eu" and pinned.text.startswith("Hallo, world!")
+            # one cluster secret: eu trusts the hop from us (its guest sees who forwarded it)
+            echoed = edge.get("/echo/x", headers={"x-isolate-region": "eu"}).json()
+            assert ["x-isolate-forwarded-by", f"us@127.0.0.1:{base}"] in echoed["headers"]
         with httpx.Client(base_url=f"http://127.0.0.1:{base + 21}", timeout=30,
                           headers={"authorization": f"Bearer {token}"}) as ap_admin:
             table = ap_admin.get("/v1/regions").json()
         assert table["local_region"] == "ap" and table["placement"] == {"hello-eu": ["eu"]}
         assert [r["nodes"] for r in table["regions"]] == [[f"http://127.0.0.1:{base + 10 * i}"] for i in range(3)]
+        # A node that exits is reported with the command that starts it again: nothing secret in it.
+        ap_pid = pids[2]
+        os.kill(ap_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while f"(pid {ap_pid}) exited" not in (tmp_path / "simulate.log").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        hint = (tmp_path / "simulate.log").read_text().split(f"(pid {ap_pid}) exited", 1)[1]
+        assert "start it again with" in hint and token not in hint and secret not in hint
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -79,6 +79,11 @@ class SecretStore:
             self._write(module, current)
             return sorted(current)
 
+    def replace(self, module: str, values: Mapping[str, str]) -> None:
+        """Make `values` all of `module`'s secrets (a cluster's copy, checked there when it was set)."""
+        with self._lock:
+            self._write(module, dict(values))
+
     def delete(self, module: str) -> None:
         with self._lock:
             path = self._dir / f"{module}.json"

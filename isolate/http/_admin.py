@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, unquote_to_bytes
 
 from starlette.applications import Starlette
@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Match, Route
 
+from ..backends import cluster_status
 from ..capabilities._kv import MAX_VALUE
 from ..config import LIMIT_PARSERS, parse_limits
 from ..errors import InvalidRequest, IsolateError, MethodNotAllowed, ModuleTooLarge, NotFound, PayloadTooLarge
@@ -120,8 +121,32 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth | None = None) -> Any:
-    host, state, cache = node.host, node.state, node.cache
+class Telemetry(Protocol):
+    """Where /metrics and /v1/stats come from when this process does not serve the edge itself: the
+    supervisor of `serve --workers` gathers them from its workers (`isolate.http._workers.Fleet`)."""
+
+    def metrics(self) -> bytes: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def stats_body(node: Node, metrics: Metrics) -> dict[str, Any]:
+    """The /v1/stats answer of one edge process."""
+    s = node.host.statistics()
+    cache = node.cache
+    return {
+        "modules": s.modules, "invocations": s.invocations, "failures": dict(s.failures),
+        "module_cache": asdict(s.module_cache), "guest_cache": asdict(s.guest_cache),
+        "response_cache": asdict(cache.statistics()) if cache is not None else None,
+        "artifact_recompiles": s.artifact_recompiles, "engines": s.engines, "region": node.state.local_region,
+        "memory_budget": asdict(s.memory_budget),
+        "forwarded": [{"region": r, "status": st, "count": n} for (r, st), n in sorted(metrics.forwards.items())],
+    }
+
+
+def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth | None = None,
+                    telemetry: Telemetry | None = None) -> Any:
+    host, state = node.host, node.state
     max_module = host.config.max_module_size
 
     async def put_module(request: Request) -> Response:
@@ -287,35 +312,39 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
         if kind == "all":
             if value is not True:
                 raise InvalidRequest('"all" must be true')
-            return JSONResponse({"purged": node.purge(everything=True)})
+            # In threads: a purge reaches the worker processes and waits for their answers.
+            return JSONResponse({"purged": await run_in_threadpool(lambda: node.purge(everything=True))})
         if not isinstance(value, str) or not value:
             raise InvalidRequest(f"{kind} must be a non-empty string")
         if kind in ("route", "url") and not value.startswith("/"):
             raise InvalidRequest(f"{kind} must be a path starting with '/', e.g. /users/:id or /users/7?full=1")
-        return JSONResponse({"purged": node.purge(**{kind: value})})
+        return JSONResponse({"purged": await run_in_threadpool(lambda: node.purge(**{kind: value}))})
 
     async def stats(request: Request) -> Response:
-        s = host.statistics()
-        body: dict[str, Any] = {
-            "modules": s.modules, "invocations": s.invocations, "failures": dict(s.failures),
-            "module_cache": asdict(s.module_cache), "guest_cache": asdict(s.guest_cache),
-            "response_cache": asdict(cache.statistics()) if cache is not None else None,
-            "artifact_recompiles": s.artifact_recompiles, "engines": s.engines, "region": state.local_region,
-            "memory_budget": asdict(s.memory_budget),
-            "forwarded": [{"region": r, "status": st, "count": n} for (r, st), n in sorted(metrics.forwards.items())],
-        }
-        return JSONResponse(body)
+        if telemetry is not None:
+            return JSONResponse(await run_in_threadpool(telemetry.stats))
+        return JSONResponse(stats_body(node, metrics))
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
         if state.ready:
-            return JSONResponse({"status": "ready", "modules": len(host.modules()), "routes": len(state.routes.routes)})
+            body: dict[str, Any] = {"status": "ready", "modules": len(host.modules()),
+                                    "routes": len(state.routes.routes)}
+            cluster = cluster_status(node)
+            if cluster is not None:
+                # Degraded (NATS unreachable, or catching up): still 200, as it serves what it has;
+                # admin writes answer 503 cluster_unavailable meanwhile.
+                body["cluster"] = cluster
+                if not (cluster["connected"] and cluster["synced"]):
+                    body["status"] = "degraded"
+            return JSONResponse(body)
         return JSONResponse({"status": "starting"}, status_code=503)
 
     async def metrics_endpoint(request: Request) -> Response:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        text = await run_in_threadpool(telemetry.metrics) if telemetry is not None else metrics.render()
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def error(request: Request, exc: Exception) -> Response:
         """Every failure of the admin API, rendered by the one renderer (`_errors.render`)."""

@@ -33,6 +33,7 @@ from ._dispatch import Dispatcher
 from ._errors import REQUEST_ID, as_isolate_error, new_request_id, send_error
 from ._forward import CLIENT_REGION, FORWARDED_BY, Forwarder, RelayBroken
 from ._health import HEALTH_PATH
+from ._hops import HOP, HOPS
 from ._logs import clean, defer_log, guest_lines
 from ._metrics import Metrics
 
@@ -52,6 +53,7 @@ _NO_BODY = frozenset({204, 304})
 _JSON = (b"content-type", b"application/json")
 _REGION = re.compile(REGION_PATTERN)
 _HIT, _MISS, _BYPASS = b"HIT", b"MISS", b"BYPASS"
+_HOP_HEADERS = frozenset({FORWARDED_BY, CLIENT_REGION, HOP, HOPS})
 _now = time.perf_counter
 
 
@@ -108,6 +110,7 @@ class EdgeApp:
         host = ""
         declared: int | None = None
         asked_region = forwarded_by = client_region = ""
+        hop: bytes | None = None  # the hop signature; b"" when only other hop headers came
         private = False
         for key, value in headers:
             if key == b"host":
@@ -122,12 +125,20 @@ class EdgeApp:
                     asked_region = value.decode("latin-1").strip().lower()
                 elif key == FORWARDED_BY:
                     forwarded_by = value.decode("latin-1")
+                    hop = hop or b""
                 elif key == CLIENT_REGION:
                     client_region = value.decode("latin-1")
+                    hop = hop or b""
+                elif key == HOP:
+                    hop = value
+                elif key == HOPS:
+                    hop = hop or b""
             elif key == b"authorization":
                 private = True
         if not request_id:
             request_id = new_request_id()
+        if hop is not None:  # trusted only when signed by a node of this cluster, else the request is a client's
+            forwarded_by, client_region, headers = self._hop(scope, hop, forwarded_by, client_region, request_id)
         method = scope["method"]
         path = scope["path"]
         module = "-"
@@ -222,6 +233,22 @@ class EdgeApp:
                                              f"instantiate;dur={info.get('instantiate_us', 0) / 1000:.3f}, "
                                              f"guest;dur={info.get('run_us', 0) / 1000:.3f}".encode()))
         self._done(module, response.status, started, response, request_id, method, path, x_cache)
+
+    def _hop(self, scope: Any, hop: bytes, forwarded_by: str, client_region: str,
+             request_id: str) -> tuple[str, str, list[tuple[bytes, bytes]]]:
+        """(forwarded_by, client_region, the headers the guest sees): the claimed hop if its signature
+        verifies, else ("", "", no hop headers); the signature and counter are never the guest's."""
+        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_HEADERS]
+        if hop and forwarded_by and self.forwarder is not None:
+            target = scope.get("raw_path") or scope["path"].encode()
+            if scope["query_string"]:
+                target += b"?" + scope["query_string"]
+            if self.forwarder.hops.verify(hop, forwarded_by.encode("latin-1"), client_region.encode("latin-1"),
+                                          scope["method"].encode(), target, request_id.encode()):
+                headers += ((FORWARDED_BY, forwarded_by.encode("latin-1")),
+                            (CLIENT_REGION, client_region.encode("latin-1")))
+                return forwarded_by, client_region, headers
+        return "", "", headers
 
     async def _route_elsewhere(self, scope: Any, receive: Any, send: Any, module: str, client_region: str,
                                request_id: str, started: float) -> bool:

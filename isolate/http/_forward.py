@@ -2,9 +2,11 @@
 
 The request keeps its method, path, query, headers (Host included, so host routes still match) and
 request id; hop-by-hop headers are dropped, and `x-isolate-forwarded-by` (this node),
-`x-isolate-client-region` and `x-forwarded-for` are added. A node that cannot be reached before any
-of the body was sent is marked down and the next healthy node of the region is tried; a failure
-after that is a 502 `forward_failed` (or, once the answer has started, a dropped connection).
+`x-isolate-client-region`, `x-forwarded-for`, the hop signature `x-isolate-hop` and the forward
+count `x-isolate-hops` are added (`_hops`); a request that already made MAX_HOPS hops is refused
+with 508 `forwarding_loop` instead. A node that cannot be reached before any of the body was sent
+is marked down and the next healthy node of the region is tried; a failure after that is a 502
+`forward_failed` (or, once the answer has started, a dropped connection).
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from typing import Any
 import aiohttp
 import yarl
 
-from ..errors import ForwardFailed, PayloadTooLarge
+from ..errors import ForwardFailed, ForwardingLoop, PayloadTooLarge
 from ._health import NodeHealth
+from ._hops import HOP, HOPS, MAX_HOPS, HopSigner, hops_of
 
 FORWARDED_BY = b"x-isolate-forwarded-by"
 CLIENT_REGION = b"x-isolate-client-region"
 _HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"proxy-connection", b"te",
-    b"trailer", b"transfer-encoding", b"upgrade", FORWARDED_BY, CLIENT_REGION, b"x-request-id",
+    b"trailer", b"transfer-encoding", b"upgrade", FORWARDED_BY, CLIENT_REGION, b"x-request-id", HOP, HOPS,
 })
 _RESPONSE_HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer",
@@ -66,8 +69,10 @@ class Body:
 
 
 class Forwarder:
-    def __init__(self, node_name: str, health: NodeHealth, max_body_size: int, timeout: float) -> None:
+    def __init__(self, node_name: str, health: NodeHealth, max_body_size: int, timeout: float,
+                 hops: HopSigner) -> None:
         self.node_name = node_name
+        self.hops = hops  # also what the edge verifies arriving hops with
         self.health = health
         self.max_body_size = max_body_size
         # connect fails fast so failover is quick; an answer may take as long as a guest may run
@@ -97,8 +102,14 @@ class Forwarder:
         """Send the request to the first reachable of `nodes`, relay the answer; returns its status.
 
         Raises ForwardFailed with `reached=False` when no node could be connected to, so the caller
-        may choose another region (as long as `body.started` is false).
+        may choose another region (as long as `body.started` is false), and ForwardingLoop when the
+        request already made MAX_HOPS hops.
         """
+        hops = max((hops_of(v) for k, v in scope["headers"] if k == HOPS), default=0)
+        if hops >= MAX_HOPS:
+            raise ForwardingLoop(f"this request was already forwarded {hops} times; it is not forwarded again to "
+                                 f"region {region!r} (do the nodes share one cluster secret and one region table?)",
+                                 hops=hops, region=region)
         named = {t.strip().lower().encode() for k, v in scope["headers"] if k == b"connection"
                  for t in v.decode("latin-1").split(",")}  # headers the client marked hop-by-hop
         headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP and k not in named]
@@ -108,11 +119,13 @@ class Forwarder:
         if client:
             chain = b", ".join([*forwarded_for, client[0].encode()])
             headers.append((b"x-forwarded-for", chain))
-        headers += [(b"x-request-id", request_id.encode()), (FORWARDED_BY, self.node_name.encode()),
-                    (CLIENT_REGION, client_region.encode())]
         target = scope.get("raw_path") or scope["path"].encode()
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
+        node_name, region_name, rid = self.node_name.encode(), client_region.encode(), request_id.encode()
+        signature = self.hops.sign(node_name, region_name, scope["method"].encode(), target, rid)
+        headers += [(b"x-request-id", rid), (FORWARDED_BY, node_name), (CLIENT_REGION, region_name),
+                    (HOP, signature), (HOPS, str(hops + 1).encode())]
         has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
         http = self._http()
         text_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]

@@ -8,12 +8,13 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import uvicorn
 
+from ..backends import join_cluster, leave_cluster
 from ..cache import ResponseCache
 from ..config import (
     DEFAULT_ADMIN_MAX_CONNECTIONS,
@@ -26,12 +27,13 @@ from ..errors import InvalidConfig
 from ..host import Host
 from ..node import Node
 from ..state import ServerState
-from ._admin import build_admin_app
-from ._auth import load_or_create_token
+from ._admin import Telemetry, build_admin_app
+from ._auth import load_or_create_cluster_secret, load_or_create_token
 from ._dispatch import Dispatcher, guest_cpus
 from ._edge import EdgeApp
 from ._forward import Forwarder
 from ._health import NodeHealth
+from ._hops import HopSigner
 from ._logs import logging_off_loop
 from ._metrics import Metrics
 from ._protocol import Listener
@@ -60,8 +62,14 @@ class Apps:
     health: NodeHealth
     forwarder: Forwarder
     node: Node
+    metrics: Metrics
+
+    def rebuild_admin(self, telemetry: Telemetry) -> Any:
+        """The admin app of a supervisor: figures from its workers (`serve --workers`)."""
+        return build_admin_app(self.node, self.metrics, self.token, self.health, telemetry)
 
     def close(self) -> None:
+        leave_cluster(self.node)
         self.dispatcher.close()
         self.host.close()
 
@@ -84,11 +92,14 @@ def build(config: Config, server: ServerConfig, host: Host | None = None,
                             host.waits, server.io_threads, guest_cpus())
     token = server.admin_token or load_or_create_token(config.data_dir)
     health = NodeHealth(lambda: state.regions, server.region, server.health_interval, server.health_timeout)
-    forwarder = Forwarder(server.node_name, health, server.max_body_size, config.max_timeout + 5)
+    forwarder = Forwarder(server.node_name, health, server.max_body_size, config.max_timeout + 5,
+                          HopSigner(server.cluster_secret or load_or_create_cluster_secret(config.data_dir)))
     edge = EdgeApp(host, state, server, metrics, dispatcher, cache, forwarder)
     node = Node(host, state, cache)
+    if server.cluster:  # connected and caught up (or degraded) before the manifest and the listeners
+        join_cluster(node, server.cluster, server.node_name)
     admin = build_admin_app(node, metrics, token, health)
-    return Apps(host, state, edge, admin, dispatcher, token, cache, health, forwarder, node)
+    return Apps(host, state, edge, admin, dispatcher, token, cache, health, forwarder, node, metrics)
 
 
 def uvicorn_server(app: Any, host: str, port: int, listener: Listener | None = None) -> uvicorn.Server:
@@ -170,11 +181,16 @@ def connection_caps(server: ServerConfig, fd_limit: int, hot_modules: int) -> tu
     return max(1, min(DEFAULT_MAX_CONNECTIONS, free)), admin
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket, bound before any server starts so a busy port is one clear error."""
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening socket, bound before any server starts so a busy port is one clear error.
+
+    `reuse_port`: one of the worker processes' sockets sharing the port (SO_REUSEPORT), among which
+    the kernel spreads new connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -184,15 +200,21 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve_apps(apps: Apps, server: ServerConfig, edge_sock: socket.socket, admin_sock: socket.socket) -> None:
+async def serve_apps(apps: Apps, server: ServerConfig, edge_sock: socket.socket, admin_sock: socket.socket | None,
+                     control: Callable[[Callable[[], None]], Coroutine[Any, Any, None]] | None = None) -> None:
+    """Serve both listeners (a worker of `serve --workers`: the edge only, no `admin_sock`) until stopped.
+
+    `control(stop)`: a worker's channel to its supervisor, run beside the listeners once they started."""
     edge_cap, admin_cap = connection_caps(server, raise_fd_limit(), apps.host.config.module_cache_size)
     edge_listener, admin_listener = listeners(server, edge_cap, admin_cap)
-    edge = uvicorn_server(apps.edge, server.host, server.port, edge_listener)
-    admin = uvicorn_server(apps.admin, server.admin_host, server.admin_port, admin_listener)
+    servers = [uvicorn_server(apps.edge, server.host, server.port, edge_listener)]
+    if admin_sock is not None:
+        servers.append(uvicorn_server(apps.admin, server.admin_host, server.admin_port, admin_listener))
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
-        edge.should_exit = admin.should_exit = True
+        for each in servers:
+            each.should_exit = True
         # Requests in flight get a moment to finish; then guests still sleeping in host calls or
         # running wasm are stopped, so a server with sleeping guests exits promptly.
         loop.call_later(SHUTDOWN_GRACE, apps.host.stop_guests)
@@ -202,21 +224,24 @@ async def serve_apps(apps: Apps, server: ServerConfig, edge_sock: socket.socket,
             loop.add_signal_handler(sig, stop)
     apps.state.check_regions(apps.state.regions)
     apps.health.start()
-    tasks = [asyncio.create_task(edge.serve(sockets=[edge_sock])),
-             asyncio.create_task(admin.serve(sockets=[admin_sock]))]
-    while not (edge.started and admin.started):
+    sockets = [edge_sock] if admin_sock is None else [edge_sock, admin_sock]
+    tasks = [asyncio.create_task(each.serve(sockets=[sock])) for each, sock in zip(servers, sockets, strict=True)]
+    while not all(each.started for each in servers):
         if any(t.done() for t in tasks):
             stop()
             break
         await asyncio.sleep(0.01)
     else:
         apps.state.ready = True
-        log.info("isolate ready: edge http://%s:%d  admin http://%s:%d  region %s  (%d modules, %d routes)",
-                    server.host, edge_sock.getsockname()[1], server.admin_host, admin_sock.getsockname()[1],
-                    server.region, len(apps.host.modules()), len(apps.state.routes.routes))
+        admin = f"admin http://{server.admin_host}:{admin_sock.getsockname()[1]}" if admin_sock else "a worker"
+        log.info("isolate ready: edge http://%s:%d  %s  region %s  (%d modules, %d routes)", server.host,
+                 edge_sock.getsockname()[1], admin, server.region, len(apps.host.modules()),
+                 len(apps.state.routes.routes))
         log.info("connection caps: edge %d, admin %d; request heads up to %d bytes of URL and %d of header "
                  "fields, within %g s", edge_cap, admin_cap, server.max_url_length, server.max_header_size,
                  server.head_timeout)
+        if control is not None:
+            tasks.append(asyncio.create_task(control(stop)))
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -234,15 +259,20 @@ def run(apps: Apps, server: ServerConfig) -> None:
         apps.close()
         raise
     try:
+        run_loop(serve_apps(apps, server, edge_sock, admin_sock))
+    finally:
+        edge_sock.close()
+        admin_sock.close()
+        apps.close()
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop when available, with log output written off the loop."""
+    try:
         import uvloop
 
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # pragma: no cover - uvicorn[standard] brings uvloop on Linux
         runner = asyncio.Runner()
-    try:
-        with runner, logging_off_loop():
-            runner.run(serve_apps(apps, server, edge_sock, admin_sock))
-    finally:
-        edge_sock.close()
-        admin_sock.close()
-        apps.close()
+    with runner, logging_off_loop():
+        runner.run(main)

@@ -74,6 +74,22 @@ def remove_temporaries(directory: Path) -> int:
     """Delete temp files a crashed writer left behind; returns how many."""
     removed = 0
     for leftover in directory.glob(f".*{TEMP_MARKER}*"):
+        if _writer_alive(leftover.name):
+            continue  # another process of this node (a worker, its supervisor) is writing it now
         leftover.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named this temp file (…<TEMP_MARKER><pid>-<thread>) still runs."""
+    pid = name.rsplit(TEMP_MARKER, 1)[-1].split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, owned by someone else
+    return True

@@ -148,6 +148,25 @@ def _carry(new: tuple[str, ...] | None, old: tuple[str, ...]) -> tuple[str, ...]
     return tuple(new) if new is not None else old
 
 
+def with_version(old: ModuleRecord | None, first: int, name: str, digest: str, size: int, compile_ms: float,
+                 limits: Mapping[str, Any] | None, variables: Mapping[str, str] | None,
+                 **grants: tuple[str, ...] | None) -> ModuleRecord:
+    """`old` (None: not deployed, numbering from `first`) with a new active version appended; settings
+    given replace the module's, None keeps them. A pure function: the store and a cluster share it."""
+    number = old.next_version if old else first
+    version = VersionRecord(number, digest, size, round(time.time(), 3), round(compile_ms, 3))
+    return ModuleRecord(
+        name=name,
+        active=number,
+        next_version=number + 1,
+        versions=(old.versions if old else ()) + (version,),
+        limits=dict(limits) if limits is not None else dict(old.limits if old else {}),
+        variables=dict(variables) if variables is not None else dict(old.variables if old else {}),
+        allowed_hosts=_carry(grants.get("allowed_hosts"), old.allowed_hosts if old else ()),
+        kv_stores=_carry(grants.get("kv_stores"), old.kv_stores if old else ()),
+    )
+
+
 class ModuleStore:
     """Files on disk plus an in-memory index of every module's metadata, loaded at start-up."""
 
@@ -225,6 +244,13 @@ class ModuleStore:
     def names(self) -> list[str]:
         return sorted(self._records)
 
+    def names_on_disk(self) -> list[str]:
+        """The names whose metadata is in the data directory now (another process may have added some)."""
+        try:
+            return sorted(path.stem for path in self._modules_dir.glob("*.json"))
+        except OSError:
+            return []
+
     def records(self) -> list[ModuleRecord]:
         return [self._records[name] for name in sorted(self._records)]
 
@@ -260,18 +286,8 @@ class ModuleStore:
             old = self._records.get(name)
             if old is None:
                 self._check_damage(name)
-            number = old.next_version if old else self._retired.get(name, 1)
-            version = VersionRecord(number, digest, size, round(time.time(), 3), round(compile_ms, 3))
-            record = ModuleRecord(
-                name=name,
-                active=number,
-                next_version=number + 1,
-                versions=(old.versions if old else ()) + (version,),
-                limits=dict(limits) if limits is not None else dict(old.limits if old else {}),
-                variables=dict(variables) if variables is not None else dict(old.variables if old else {}),
-                allowed_hosts=_carry(grants.get("allowed_hosts"), old.allowed_hosts if old else ()),
-                kv_stores=_carry(grants.get("kv_stores"), old.kv_stores if old else ()),
-            )
+            record = with_version(old, self._retired.get(name, 1), name, digest, size, compile_ms, limits, variables,
+                                  **grants)
             return self._commit(record)
 
     def update(self, name: str, **changes: Any) -> ModuleRecord:
@@ -294,6 +310,40 @@ class ModuleStore:
             del self._records[name]
             self._retired[name] = record.next_version
             return record
+
+    # -- a cluster's records, taken as they are ------------------------------------------------
+
+    def adopt(self, record: ModuleRecord) -> ModuleRecord:
+        """Make `record` (a cluster's, already numbered) this name's record as it is, durably."""
+        validate_name(record.name)
+        with self._lock:
+            self.damaged.pop(record.name, None)
+            return self._commit(record)
+
+    def forget(self, name: str, next_version: int) -> None:
+        """Delete a name as a cluster did: not deployed here, its numbering to go on from `next_version`."""
+        validate_name(name)
+        with self._lock:
+            try:
+                atomic_write(self._modules_dir / f"{name}.deleted", json.dumps({"next_version": next_version}).encode())
+                (self._modules_dir / f"{name}.json").unlink(missing_ok=True)
+                fsync_dir(self._modules_dir)
+            except OSError as exc:
+                raise StorageError(f"cannot delete module {name!r}: {exc}") from None
+            self._records.pop(name, None)
+            self.damaged.pop(name, None)
+            self._retired[name] = next_version
+
+    def first_version(self, name: str) -> int:
+        """The number a first deploy of `name` gets here (deleted names never reuse a version)."""
+        return self._retired.get(name, 1)
+
+    def has_wasm(self, digest: str) -> bool:
+        path = self._wasm_dir / f"{digest}.wasm"
+        try:
+            return path.exists() and sha256_file(path) == digest
+        except OSError:
+            return False
 
     def _commit(self, record: ModuleRecord) -> ModuleRecord:
         """The commit point of every change: the metadata file's atomic rename."""
