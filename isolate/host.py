@@ -405,12 +405,14 @@ class Host:
         """Take `name`'s record and secrets from the data directory again: another process of this node
         (the supervisor of `serve --workers`) deployed, reconfigured, rolled back or deleted it."""
         with self._control:
+            before = self._store.find(name)
             record = self._store.reload(name)
             self.secrets.reload(name)
             self._limits.pop(name, None)
             self._grants.pop(name, None)
-            self._blocking.pop(name, None)  # unknown again: may block until it has run once
-            self._waits.pop(name, None)
+            if _active_digest(before) != _active_digest(record):
+                self._blocking.pop(name, None)  # other code: it may block until it has run once
+                self._waits.pop(name, None)
             if record is not None:
                 with contextlib.suppress(IsolateError):  # made now, for the reason given in __init__
                     self._runtime_for(self._effective(record.limits).stack)
@@ -647,6 +649,10 @@ def engine_stack(stack: int) -> int:
     isolates, so distinct values must stay few: 64 KiB to 4 MiB makes at most seven engines.
     """
     return 1 << (stack - 1).bit_length()
+
+
+def _active_digest(record: ModuleRecord | None) -> str | None:
+    return record.version(record.active).digest if record is not None else None
 
 
 def _cache_key(digest: str, stack: int) -> str:

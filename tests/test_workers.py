@@ -181,3 +181,66 @@ def test_merged_metrics_sum_counters_and_histograms_but_not_shared_gauges() -> N
     assert 'isolate_request_duration_seconds_sum{module="a"} 0.75' in merged
 
 
+
+
+def test_replaying_a_change_never_shows_a_deployed_module_as_missing(tmp_path: Path) -> None:
+    """A worker re-reads a module while requests to it run on other threads: none may see it gone."""
+    import threading
+
+    from isolate import Config, Host
+    from isolate.errors import IsolateError
+
+    host = Host(Config(data_dir=tmp_path / "data", pool_instances=16))
+    try:
+        host.deploy("app", answering(b"hi"))
+        host.set_secrets("app", {"KEY": "v"})
+        failures: list[str] = []
+        done = threading.Event()
+
+        def requests() -> None:
+            while not done.is_set():
+                try:
+                    host.invoke("app")
+                    if host.secrets.values("app") != {"KEY": "v"}:
+                        failures.append("secrets")
+                except IsolateError as exc:
+                    failures.append(exc.kind)
+
+        thread = threading.Thread(target=requests)
+        thread.start()
+        for _ in range(300):
+            host.refresh("app")
+        done.set()
+        thread.join()
+        assert failures == []
+    finally:
+        host.close()
+
+
+def test_metrics_scrapes_during_changes_never_cost_a_worker(server: LiveServer) -> None:
+    """Scrapes and changes share each worker's channel: neither may take the other's answer."""
+    import threading
+
+    assert server.process is not None
+    workers = children(server.process.pid)
+    with server.admin() as admin:
+        admin.put("/v1/modules/app", content=answering(b"x")).raise_for_status()
+        done = threading.Event()
+
+        def scrape() -> None:
+            with server.admin() as scraper:
+                while not done.is_set():
+                    scraper.get("/metrics").raise_for_status()
+
+        scrapers = [threading.Thread(target=scrape) for _ in range(3)]
+        for thread in scrapers:
+            thread.start()
+        try:
+            for i in range(40):
+                admin.patch("/v1/modules/app", json={"variables": {"N": str(i)}}).raise_for_status()
+        finally:
+            done.set()
+            for thread in scrapers:
+                thread.join()
+    assert "did not take a change" not in server.log()
+    assert children(server.process.pid) == workers  # none replaced

@@ -43,13 +43,18 @@ class SecretStore:
             self._damaged[name] = f"{path}: {exc}"
 
     def reload(self, module: str) -> None:
-        """Read `module`'s secrets from disk again (another process of this node changed them)."""
+        """Read `module`'s secrets from disk again (another process of this node changed them). The old
+        values stay until the new ones are read: requests read them without a lock."""
+        path = self._dir / f"{module}.json"
         with self._lock:
-            self._values.pop(module, None)
+            if not path.exists():
+                self._values.pop(module, None)
+                self._damaged.pop(module, None)
+                return
             self._damaged.pop(module, None)
-            path = self._dir / f"{module}.json"
-            if path.exists():
-                self._load(path)
+            self._load(path)
+            if module in self._damaged:
+                self._values.pop(module, None)  # damaged now: `values` reports that, not the old secrets
 
     def names(self, module: str) -> list[str]:
         return sorted(self._values.get(module, {}))

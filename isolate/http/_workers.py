@@ -81,37 +81,47 @@ class _Worker:
 
     def send(self, message: Mapping[str, Any]) -> int:
         with self._lock:
-            self._ids += 1
-            self.channel.settimeout(CHANGE_TIMEOUT)
-            self.channel.sendall(json.dumps({**message, "id": self._ids}).encode() + b"\n")
-            return self._ids
+            return self._send(message)
+
+    def _send(self, message: Mapping[str, Any]) -> int:
+        self._ids += 1
+        self.channel.settimeout(CHANGE_TIMEOUT)
+        self.channel.sendall(json.dumps({**message, "id": self._ids}).encode() + b"\n")
+        return self._ids
 
     def receive(self, ident: int, timeout: float) -> dict[str, Any]:
         """The answer to message `ident`; TimeoutError, or OSError/ValueError when the worker cannot answer."""
-        deadline = time.monotonic() + timeout
         with self._lock:
-            while True:
-                end = self._buffer.find(b"\n")
-                if end < 0:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError(f"worker {self.index} did not answer in {timeout:g} s")
-                    self.channel.settimeout(left)
-                    chunk = self.channel.recv(65536)
-                    if not chunk:
-                        raise ConnectionError(f"worker {self.index} closed its channel")
-                    self._buffer += chunk
-                    continue
-                answer = json.loads(self._buffer[:end])
-                del self._buffer[:end + 1]
-                if answer.get("id") != ident:
-                    continue  # the late answer to a message given up on
-                if not answer.get("ok"):
-                    raise ValueError(f"worker {self.index}: {answer.get('error')}")
-                return dict(answer)
+            return self._receive(ident, timeout)
+
+    def _receive(self, ident: int, timeout: float) -> dict[str, Any]:
+        """The answer to message `ident` (the caller holds the lock); earlier answers given up on are skipped."""
+        deadline = time.monotonic() + timeout
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"worker {self.index} did not answer in {timeout:g} s")
+                self.channel.settimeout(left)
+                chunk = self.channel.recv(65536)
+                if not chunk:
+                    raise ConnectionError(f"worker {self.index} closed its channel")
+                self._buffer += chunk
+                continue
+            answer = json.loads(self._buffer[:end])
+            del self._buffer[:end + 1]
+            if answer.get("id") != ident:
+                continue  # the late answer to a message given up on
+            if not answer.get("ok"):
+                raise ValueError(f"worker {self.index}: {answer.get('error')}")
+            return dict(answer)
 
     def call(self, message: Mapping[str, Any], timeout: float) -> dict[str, Any]:
-        return self.receive(self.send(message), timeout)
+        """Send and wait for the answer under one hold of the lock: callers on other threads (a change,
+        a /metrics scrape) never read, and so never drop, each other's answers."""
+        with self._lock:
+            return self._receive(self._send(message), timeout)
 
     def stop(self) -> None:
         self.joined = False

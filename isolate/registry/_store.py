@@ -211,13 +211,15 @@ class ModuleStore:
 
     def reload(self, name: str) -> ModuleRecord | None:
         """Read `name`'s metadata from disk again (another process of this node changed it); its record,
-        or None if it is not deployed."""
+        or None if it is not deployed.
+
+        Requests read `_records` without a lock, so the old record stays in place until the new one
+        is read, and goes only once the file is known to be gone: a reload never shows a deployed
+        module as missing, not even for a moment."""
         validate_name(name)
+        retired = self._modules_dir / f"{name}.deleted"
+        path = self._modules_dir / f"{name}.json"
         with self._lock:
-            self.damaged.pop(name, None)
-            self._records.pop(name, None)
-            retired = self._modules_dir / f"{name}.deleted"
-            path = self._modules_dir / f"{name}.json"
             try:
                 if retired.exists():
                     body = _load_json(retired.read_bytes())
@@ -228,11 +230,15 @@ class ModuleStore:
                 if record.name != name:
                     raise ValueError(f"file holds module {record.name!r}")
             except FileNotFoundError:
+                self._records.pop(name, None)
+                self.damaged.pop(name, None)
                 return None
             except (OSError, ValueError) as exc:
+                self._records.pop(name, None)
                 self._damage(path, exc)
                 return None
             self._records[name] = record
+            self.damaged.pop(name, None)
             return record
 
     def _damage(self, path: Path, exc: Exception) -> None:
