@@ -27,6 +27,7 @@ import click
 import httpx
 
 from .config import DEFAULT_DATA_DIR
+from .registry._lock import DataDirLock
 
 if TYPE_CHECKING:
     from .backends import NatsServer
@@ -88,7 +89,14 @@ def simulate(argv: Sequence[str], manifest: str | None, data_dir: str | None, ho
             click.echo(f"error: {exc.kind}: {exc.detail}", err=True)
             return 1
     root = Path(data_dir or os.environ.get("ISOLATE_DATA_DIR") or DEFAULT_DATA_DIR) / "regions"
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        # Before anything here is written: a second `make regions` would rewrite the running nodes' files
+        # and start a second nats-server on the same JetStream store. Held until this process exits.
+        lock = DataDirLock.acquire(root)
+    except IsolateError as exc:
+        click.echo(f"error: {exc.kind}: {exc.detail.replace('isolate server', 'isolate serve --simulate-regions')}",
+                   err=True)
+        return 1
     table_path = root / "regions.json"
     table_path.write_text(json.dumps(table(host, port, placement), indent=1))
     try:
@@ -165,6 +173,7 @@ def simulate(argv: Sequence[str], manifest: str | None, data_dir: str | None, ho
                 process.kill()
         if nats is not None:
             nats.stop()  # with the regions it served
+        lock.close()
     return 0
 
 

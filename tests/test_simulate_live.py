@@ -86,6 +86,17 @@ def test_three_nodes_from_one_command(tmp_path: Path) -> None:
             table = ap_admin.get("/v1/regions").json()
         assert table["local_region"] == "ap" and table["placement"] == {"hello-eu": ["eu"]}
         assert [r["nodes"] for r in table["regions"]] == [[f"http://127.0.0.1:{base + 10 * i}"] for i in range(3)]
+        # A second simulation on the same directory stops before it writes anything there.
+        written = [root / "regions.json", root / "token", root / "cluster-secret",
+                   *(root / region / name for region in ("us", "eu", "ap")
+                     for name in ("admin-token", "cluster-secret"))]
+        before = {path: path.stat().st_mtime_ns for path in written}
+        second = subprocess.run(
+            [sys.executable, "-m", "isolate.cli", "serve", "--manifest", str(ROOT / "isolate.toml"),
+             "--simulate-regions", "--data-dir", str(tmp_path / "data"), "--port", str(free_base()),
+             "--admin-port", str(free_base())], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert second.returncode == 1 and "is in use by another isolate serve --simulate-regions" in second.stderr
+        assert {path: path.stat().st_mtime_ns for path in written} == before
         # A node that exits is reported with the command that starts it again: nothing secret in it.
         ap_pid = pids[2]
         os.kill(ap_pid, signal.SIGTERM)
