@@ -74,7 +74,8 @@ class _Worker:
         self.channel = channel
         self.started = time.monotonic()
         self.joined = False  # caught up and receiving changes
-        self.ping: int | None = None  # the id of the ping sent at start, answered once it serves
+        self.serving = False  # listening on the edge port
+        self.ping: int | None = None  # the message being waited for while it starts (join, then serving)
         self._buffer = bytearray()
         self._lock = threading.Lock()
         self._ids = 0
@@ -124,7 +125,7 @@ class _Worker:
             return self._receive(self._send(message), timeout)
 
     def stop(self) -> None:
-        self.joined = False
+        self.joined = self.serving = False
         with contextlib.suppress(OSError):
             self.channel.shutdown(socket.SHUT_RDWR)
         if self.process.poll() is None:
@@ -154,7 +155,7 @@ class Fleet:
         self._watcher.start()
 
     def ready(self) -> bool:
-        return all(w is not None and w.joined for w in self._workers)
+        return all(w is not None and w.joined and w.serving for w in self._workers)
 
     def stop(self) -> None:
         """Stop every worker: SIGTERM, then SIGKILL for any still running after STOP_TIMEOUT."""
@@ -193,19 +194,25 @@ class Fleet:
                     continue
                 if worker.process.poll() is not None:
                     self._replace(index, worker, f"exited with status {worker.process.returncode}")
-                elif not worker.joined:
+                elif not worker.serving:
                     self._join(index, worker)
 
     def _join(self, index: int, worker: _Worker) -> None:
+        """A starting worker, step by step: it answers `join` once its state is built, then catches up
+        and joins, all before it listens (so it never serves what it missed); then `ping` once it serves."""
         try:
-            # The worker reads its channel only once it serves: the ping's answer says it does.
-            if worker.ping is None:
-                worker.ping = worker.send({"op": "ping"})
+            if not worker.joined:
+                if worker.ping is None:
+                    worker.ping = worker.send({"op": "join"})
+                worker.receive(worker.ping, timeout=0.05)
+                # Under the control lock, so that no change slips in between its catching up and joining.
+                with self._apps.node.control():
+                    worker.call({"op": "resync"}, CHANGE_TIMEOUT)
+                    worker.joined = True
+                worker.ping = worker.send({"op": "ping"})  # answered once its event loop serves
+            assert worker.ping is not None
             worker.receive(worker.ping, timeout=0.05)
-            # Under the control lock, so that no change slips in between its catching up and joining.
-            with self._apps.node.control():
-                worker.call({"op": "resync"}, CHANGE_TIMEOUT)
-                worker.joined = True
+            worker.serving = True
         except TimeoutError:
             if time.monotonic() - worker.started > START_TIMEOUT:
                 self._replace(index, worker, f"not serving after {START_TIMEOUT:g} s")
@@ -421,6 +428,7 @@ def _worker_main(argv: list[str] | None = None) -> int:
         log.error("worker %d cannot start: %s: %s", args.index, exc.kind, exc.detail)
         return 1
     try:
+        _join_supervisor(apps, channel)
         run_loop(serve_apps(apps, server, edge_sock, None, lambda stop: _answer(apps, channel, stop)))
     finally:
         edge_sock.close()
@@ -429,8 +437,21 @@ def _worker_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _join_supervisor(apps: Apps, channel: socket.socket) -> None:
+    """Before listening: say the state is built (`join`), then catch up (`resync`) under the supervisor's
+    control lock, after which every change comes on the channel, handled once the loop runs."""
+    while True:
+        message = json.loads(_first_line(channel))
+        if message.get("op") == "resync":
+            apps.node.resync()
+        channel.sendall(json.dumps({"ok": True, "id": message.get("id")}).encode() + b"\n")
+        if message.get("op") == "resync":
+            return
+
+
 def _first_line(channel: socket.socket) -> bytes:
-    """The configuration line, read a byte at a time: nothing after it may be taken from the channel."""
+    """One line, read a byte at a time: nothing after it may be taken from the channel (the event loop
+    reads the rest). Only for the few small messages before the loop runs."""
     line = bytearray()
     while not line.endswith(b"\n"):
         byte = channel.recv(1)
