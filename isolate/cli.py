@@ -16,7 +16,7 @@ import httpx
 
 from . import Config, Host, IsolateError, Request
 from .config import DEFAULT_ADMIN_PORT, DEFAULT_REGION, ServerConfig, parse_duration, parse_size, parse_workers
-from .errors import InvalidConfig
+from .errors import ClusterUnavailable, InvalidConfig
 from .http import load_or_create_token, token_path
 from .http._workers import SUPERVISOR_POOL
 from .registry import loads_json, validate_name
@@ -78,6 +78,20 @@ def _cluster_secret() -> str | None:
     import os
 
     return os.environ.get("ISOLATE_CLUSTER_SECRET") or None
+
+
+def _warn_cluster_credentials(cluster: str) -> None:
+    """Warn when `--cluster` came from the command line (which `ps` shows) carrying a password or token."""
+    if not cluster:
+        return
+    from .backends import show_url
+
+    context = click.get_current_context(silent=True)
+    source = context.get_parameter_source("cluster") if context is not None else None
+    if source is click.core.ParameterSource.COMMANDLINE and show_url(cluster) != cluster:
+        logging.getLogger("isolate.server").warning(
+            "--cluster carries credentials on the command line, where any local user can read them (ps): "
+            "set ISOLATE_CLUSTER in the environment instead")
 
 
 def _module_path(name: str, suffix: str = "") -> str:
@@ -180,7 +194,8 @@ def main() -> None:
               help="Start three local nodes (us, eu, ap) on consecutive ports, with a region table joining them.")
 @click.option("--cluster", envvar="ISOLATE_CLUSTER", default="", metavar="nats://HOST:PORT",
               help="Join the cluster on this NATS JetStream: modules, tables, key-value stores and purges shared "
-                   "with every node on it [env ISOLATE_CLUSTER; or the manifest's [cluster] url].")
+                   "with every node on it [env ISOLATE_CLUSTER; or the manifest's [cluster] url]. A URL "
+                   "with credentials belongs in ISOLATE_CLUSTER: a command line is public.")
 def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_port: int, admin_token: str | None,
           admin_token_file: str | None,
           manifest: str | None, max_body_size: str, max_url_length: str, max_header_size: str, head_timeout: str,
@@ -197,6 +212,7 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {node}%(levelname)s %(name)s %(message)s")
     admin_token = _admin_token(admin_token, admin_token_file)
+    _warn_cluster_credentials(cluster)
     if simulate_regions:
         from .simulate import simulate
 
@@ -238,6 +254,9 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
                     result.routes)
             elif region_table is not None:
                 apps.node.set_regions(apps.state.check_regions(region_table))
+        except ClusterUnavailable as exc:  # lost between the check and the writes: serve what this node has
+            logging.getLogger("isolate.server").warning(
+                "%s not applied: %s", manifest or regions_file, exc.detail)
         except IsolateError as exc:
             apps.close()
             where = f"{regions_file}: " if loaded is None else ""

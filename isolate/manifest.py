@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 from .capabilities import check_secret, check_store_name, parse_allowed_hosts
 from .config import parse_limits
 from .engine import wat_to_wasm
-from .errors import InvalidConfig, InvalidModule, IsolateError, ManifestError
+from .errors import ClusterUnavailable, InvalidConfig, InvalidModule, IsolateError, ManifestError
 from .host import Host
 from .registry import sha256, validate_name
 from .routing import RegionTable, RouteTable, parse_networks_csv, validate_region
@@ -324,6 +324,8 @@ def apply(manifest: Manifest, host: Host, writer: ModuleWriter | None = None) ->
             elif secrets:
                 writer.set_secrets(spec.name, secrets)
                 deployed.append(spec.name)
+        except ClusterUnavailable:
+            raise  # not the manifest's fault: the caller decides (serve goes on with what it has)
         except IsolateError as exc:
             raise ManifestError(f"{manifest.path}:{spec.line}: modules.{spec.name} ({spec.path}): {exc.kind}: "
                                 f"{exc.detail}", module=spec.name, line=spec.line) from None

@@ -94,6 +94,8 @@ class Replicator(ModuleWriter, Protocol):
     def update_routes(self, compute: Callable[[RouteTable], RouteTable]) -> RouteTable: ...
     def update_regions(self, compute: Callable[[RegionTable], RegionTable]) -> RegionTable: ...
     def broadcast_purge(self, selector: Mapping[str, Any]) -> None: ...
+    @property
+    def available(self) -> bool: ...
 
 
 MODULE, ROUTES, REGIONS, PURGE = "module", "routes", "regions", "purge"
@@ -176,6 +178,21 @@ class Node:
             elif change.kind == ROUTES:
                 self._purge_here({"everything": True})
 
+    @contextlib.contextmanager
+    def _announced_if_failed(self, *changes: Change) -> Iterator[None]:
+        """Around a cluster write of several steps (secrets, then the record; the record, then the
+        secrets): should a later step fail, an earlier one is applied here already, so `changes` are
+        announced all the same (with their purges), and the subscribers never diverge from this process."""
+        try:
+            yield
+        except BaseException:
+            if self.cluster is not None:
+                for change in changes:
+                    with contextlib.suppress(Exception):
+                        self._changed(change)
+                        self._purge_here({"module": change.name} if change.kind == MODULE else {"everything": True})
+            raise
+
     def _writer(self) -> ModuleWriter:
         return self.cluster if self.cluster is not None else self.host
 
@@ -200,7 +217,7 @@ class Node:
                variables: Mapping[str, str] | None = None, allowed_hosts: Sequence[str] | None = None,
                kv_stores: Sequence[str] | None = None,
                secrets: Mapping[str, str | None] | None = None) -> VersionInfo:
-        with self._lock:
+        with self._lock, self._announced_if_failed(Change(MODULE, name)):
             info = self._writer().deploy(name, wasm, limits=limits, variables=variables, allowed_hosts=allowed_hosts,
                                     kv_stores=kv_stores, secrets=secrets)
             self._changed(Change(MODULE, name))
@@ -211,7 +228,7 @@ class Node:
                   variables: Mapping[str, str] | None = None, allowed_hosts: Sequence[str] | None = None,
                   kv_stores: Sequence[str] | None = None,
                   secrets: Mapping[str, str | None] | None = None) -> ModuleInfo:
-        with self._lock:
+        with self._lock, self._announced_if_failed(Change(MODULE, name)):
             info = self._writer().configure(name, limits=limits, variables=variables, allowed_hosts=allowed_hosts,
                                        kv_stores=kv_stores, secrets=secrets)
             self._changed(Change(MODULE, name))
@@ -221,7 +238,7 @@ class Node:
     def set_secrets(self, name: str, secrets: Mapping[str, str | None]) -> list[str]:
         """Set (or, with None, remove) secrets of `name`, deployed or not yet: `isolate deploy --secret`
         sets them first, so the new version's first request sees them. Returns the secret names."""
-        with self._lock:
+        with self._lock, self._announced_if_failed(Change(MODULE, name)):
             names = self._writer().set_secrets(name, secrets)
             self._changed(Change(MODULE, name))
             self.purge(module=name)
@@ -281,7 +298,8 @@ class Node:
                 # stored table naming a missing module.
                 self._replace_routes(without)
                 self._changed(Change(ROUTES))
-            self._writer().delete(name)
+            with self._announced_if_failed(Change(MODULE, name)):
+                self._writer().delete(name)
             self._changed(Change(MODULE, name))
             self.purge(module=name)
             return removed
@@ -354,21 +372,33 @@ class Node:
         from . import manifest as manifests
 
         with self._lock:
+            if self.cluster is not None and not self.cluster.available:
+                # Writes need the cluster; the node keeps serving what it has (its data directory, as
+                # last synced) rather than refusing to start. The next start, or a deploy, applies it.
+                log.warning("manifest %s not applied: the cluster is not reachable or not caught up yet; "
+                            "serving this node's copy (restart once the cluster is back to apply it)", manifest.path)
+                return ManifestResult((), len(self.state.routes.routes), ())
             deployed = manifests.apply(manifest, self.host, self._writer())
             for name in deployed:
                 self._changed(Change(MODULE, name))
                 self.purge(module=name)
             declared = [_route(raw, MANIFEST) for raw in manifest.routes]
             dropped: list[str] = []
+            here = self.state.routes
+            merged_here = self._merge_api_routes(declared, here)
 
             def merged(current: RouteTable) -> RouteTable:
-                table, dropped[:] = self._merge_api_routes(declared, current)
+                same = current.to_list() == here.to_list()
+                table, dropped[:] = merged_here if same else self._merge_api_routes(declared, current)
                 self._check_targets(table.routes)
                 return table
 
-            table = self._replace_routes(merged)
-            self._changed(Change(ROUTES))
-            self.purge(everything=True)
+            if merged_here[0].to_list() == here.to_list():  # nothing to write (a restart, as a rule)
+                table = merged(here)
+            else:
+                table = self._replace_routes(merged)
+                self._changed(Change(ROUTES))
+                self.purge(everything=True)
             region_table = regions or manifest.regions
             if region_table is None and manifest.placement and not self.state.regions.empty:
                 region_table = self.state.regions  # the stored table (PUT /v1/regions) gets it too

@@ -430,3 +430,106 @@ def test_a_node_with_workers_relays_cluster_changes_to_every_worker(trio: Trio, 
         # One cluster member per node: the workers do not join the control plane themselves.
         caught_up = [line for line in node.log().splitlines() if "cluster: caught up with" in line]
         assert len(caught_up) == 1 and "[worker" not in caught_up[0]
+
+
+def test_a_refused_deploy_writes_no_secret_and_a_partial_write_is_announced(trio: Trio, tmp_path: Path) -> None:
+    from isolate import Config
+    from isolate.config import ServerConfig
+    from isolate.errors import ClusterUnavailable, IsolateError
+    from isolate.http import build
+    from isolate.manifest import load
+
+    apps = build(Config(data_dir=tmp_path / "data"), ServerConfig(port=free_port(), cluster=trio.nats.url,
+                                                                  node_name="s", admin_token="t"))
+    try:
+        node, cluster = apps.node, apps.node.cluster
+        assert cluster is not None
+        node.deploy("sealed", answering(b"sealed"), secrets={"KEY": "old"})
+        announced: list[tuple[str, str | None]] = []
+        node.subscribe(lambda change: announced.append((change.kind, change.name)) or 0)
+        with pytest.raises(IsolateError):
+            node.deploy("sealed", b"\0asm\x01\0\0\0garbage", secrets={"KEY": "new"})
+        assert dict(node.host.secrets.values("sealed")) == {"KEY": "old"}  # nothing written, here or in NATS
+        with admin(trio.nodes[0]) as api:
+            eventually(lambda: api.get("/v1/modules/sealed").json().get("secrets") == ["KEY"])
+
+        # The secrets are written and applied here, then the record's write fails: still announced.
+        real = cluster._cas  # type: ignore[attr-defined]
+
+        def failing(key: str, compute: Any) -> bytes:
+            if key.startswith("module."):
+                raise ClusterUnavailable("injected")
+            return real(key, compute)  # type: ignore[no-any-return]
+
+        cluster._cas = failing  # type: ignore[attr-defined]
+        announced.clear()
+        with pytest.raises(ClusterUnavailable):
+            node.deploy("sealed", answering(b"sealed2"), secrets={"KEY": "newer"})
+        cluster._cas = real  # type: ignore[attr-defined]
+        assert dict(node.host.secrets.values("sealed")) == {"KEY": "newer"}
+        assert ("module", "sealed") in announced
+
+        # A manifest applied again writes no route table when its routes are the table already.
+        (tmp_path / "m.wat").write_text(module(response=response_bytes(body=b"m")))
+        (tmp_path / "isolate.toml").write_text('[modules.mf]\npath = "m.wat"\n[[routes]]\npath = "/mf"\n'
+                                               'module = "mf"\n')
+        manifest = load(tmp_path / "isolate.toml")
+        node.apply_manifest(manifest)
+        writes: list[int] = []
+        real_routes = cluster.update_routes
+        cluster.update_routes = lambda compute: writes.append(1) or real_routes(compute)  # type: ignore[method-assign]
+        result = node.apply_manifest(manifest)
+        assert writes == [] and result.routes >= 1 and result.deployed == ()
+    finally:
+        apps.close()
+
+
+def test_a_node_with_a_manifest_starts_without_nats_and_hides_the_url_credentials(tmp_path: Path) -> None:
+    (tmp_path / "m.wat").write_text(module(response=response_bytes(body=b"kept")))
+    (tmp_path / "isolate.toml").write_text('[modules.m]\npath = "m.wat"\n[[routes]]\npath = "/m"\nmodule = "m"\n')
+    (tmp_path / "n").mkdir()
+    manifest = ("--manifest", str(tmp_path / "isolate.toml"))
+    with LiveServer(tmp_path / "n" / "data", *manifest):  # a data directory as a cluster node keeps one
+        pass
+    down = f"nats://alice:s3cr3t@127.0.0.1:{free_port()}"
+    node = LiveServer(tmp_path / "n" / "data", "--cluster", down, *manifest,
+                      env={"ISOLATE_ADMIN_TOKEN": "cluster-test-token"})
+    with node, admin(node) as api:  # starts (the manifest's writes skipped) and serves its copy
+        assert body_of(node, "/m") == (200, "kept")
+        ready = httpx.get(node.admin_url + "/readyz", timeout=10).json()
+        assert ready["status"] == "degraded" and ready["cluster"]["url"].startswith("nats://127.0.0.1:")
+        refused = api.put("/v1/modules/m", content=answering(b"x")).json()
+        assert refused["error"] == "cluster_unavailable" and "s3cr3t" not in str(refused)
+        log = node.wait_for_log("not applied", "credentials on the command line")
+        assert "s3cr3t" not in log
+
+
+def test_an_entry_that_failed_to_apply_is_retried_and_reported_meanwhile(trio: Trio, tmp_path: Path) -> None:
+    from isolate import Config
+    from isolate.config import ServerConfig
+    from isolate.errors import StorageError
+    from isolate.http import build
+
+    apps = build(Config(data_dir=tmp_path / "data"), ServerConfig(port=free_port(), cluster=trio.nats.url,
+                                                                  node_name="r", admin_token="t"))
+    try:
+        cluster = apps.node.cluster
+        assert cluster is not None
+        real, broken = apps.host.receive, threading.Event()
+        broken.set()
+
+        def flaky(*args: Any) -> None:  # a disk hiccup, or the bytes not arriving in time, until it clears
+            if broken.is_set():
+                raise StorageError("transient")
+            real(*args)
+
+        apps.host.receive = flaky  # type: ignore[method-assign]
+        with admin(trio.nodes[0]) as api:
+            assert api.put("/v1/modules/flaky", content=answering(b"flaky")).status_code == 201
+        status = eventually(lambda: cluster.status().get("pending") == ["module.flaky"] and cluster.status())
+        assert status["synced"] is False and "module.flaky" in status["error"]
+        broken.clear()  # retried without a new change nor a reconnection
+        eventually(lambda: "flaky" in apps.host.module_names(), what="the failed entry applied on a retry")
+        eventually(lambda: cluster.status()["synced"] is True and "pending" not in cluster.status())
+    finally:
+        apps.close()

@@ -8,11 +8,11 @@ from ..host import Host
 from ..node import Node
 from ._cluster import Cluster
 from ._kv import JetStreamKeyValue
-from ._nats import Connection
+from ._nats import Connection, show_url
 from ._natsd import NatsServer, find_nats_server
 
 __all__ = ["Cluster", "JetStreamKeyValue", "NatsServer", "cluster_status", "find_nats_server", "join_cluster",
-           "leave_cluster", "use_cluster_key_value"]
+           "leave_cluster", "show_url", "use_cluster_key_value"]
 
 def join_cluster(node: Node, url: str, name: str, wait: float = 10.0) -> Cluster:
     """Make `node` a member of the cluster at `url` (nats://HOST:PORT): its control changes go through

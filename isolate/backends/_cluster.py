@@ -36,12 +36,12 @@ import nats.js.errors
 
 from ..capabilities._secrets import MAX_SECRETS_SIZE, check_secret
 from ..errors import ClusterUnavailable, InvalidConfig, IsolateError, NotFound, StorageError
-from ..host import Host, ModuleInfo, VersionInfo
+from ..host import Host, ModuleInfo, StagedVersion, VersionInfo
 from ..node import _PURGE_KEYS, MODULE, PURGE, REGIONS, ROUTES, Change, Node
 from ..registry import ModuleRecord, validate_name
 from ..registry._store import with_version
 from ..routing import RegionTable, RouteTable
-from ._nats import Connection
+from ._nats import Connection, show_url
 
 log = logging.getLogger("isolate.cluster")
 
@@ -52,6 +52,8 @@ ROUTES_KEY, REGIONS_KEY = "table.routes", "table.regions"
 TIMEOUT = 5.0  # seconds one NATS operation of a control change may take
 CATCH_UP = 10.0  # seconds start-up waits for the first catch-up before serving degraded
 ATTEMPTS = 50  # compare-and-set rounds before a write gives up (only under heavy contention)
+RETRY_FIRST, RETRY_MAX = 0.5, 30.0  # seconds before an entry that failed to apply is tried again (doubling)
+FETCH_RATE = 10e6  # bytes a second a module's bytes are given to arrive, on top of TIMEOUT
 
 
 class Cluster:
@@ -61,6 +63,7 @@ class Cluster:
         self.node = node
         self.host: Host = node.host
         self.url = url
+        self.shown = show_url(url)  # what is displayed: without credentials
         self.name = name
         self.connection = Connection(url, name)
         self.connection.on_connect.append(self._catch_up)
@@ -75,6 +78,9 @@ class Cluster:
         # node's control lock, which a local write holds while it waits on the loop).
         self._applier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="isolate-cluster")
         self._purges: Any = None
+        # Entries that failed to apply here, per key: (value, revision, resync, attempts). Retried with
+        # back-off (the applier thread only); while any is pending the node is not synced.
+        self._failed: dict[str, tuple[bytes, int, bool, int]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -88,7 +94,7 @@ class Cluster:
                 return True
             if self.connection.attempted.is_set() and not self.connection.connected:
                 break  # NATS refused the first attempt: no point waiting for it
-        log.warning("cluster: not caught up with %s (%s); serving what this node has until it is", self.url,
+        log.warning("cluster: not caught up with %s (%s); serving what this node has until it is", self.shown,
                     self.connection.last_error or f"no answer within {wait:g} s")
         return False
 
@@ -102,14 +108,20 @@ class Cluster:
         return self.connection.connected and self._synced.is_set()
 
     def status(self) -> dict[str, Any]:
-        return {"url": self.url, "connected": self.connection.connected, "synced": self._synced.is_set(),
-                "error": None if self.available else self.connection.last_error}
+        pending = sorted(self._failed)
+        status: dict[str, Any] = {"url": self.shown, "connected": self.connection.connected,
+                                  "synced": self._synced.is_set() and not pending,
+                                  "error": None if self.available else self.connection.last_error}
+        if pending:
+            status["pending"] = pending
+            status["error"] = status["error"] or f"cannot apply {', '.join(pending)} yet (retrying)"
+        return status
 
     def _require(self) -> None:
         if not self.available:
             why = "catching up" if self.connection.connected else "unreachable"
-            raise ClusterUnavailable(f"the cluster's NATS at {self.url} is {why}: this node serves what it has "
-                                     "but takes no change; try again once it is back", cluster=self.url)
+            raise ClusterUnavailable(f"the cluster's NATS at {self.shown} is {why}: this node serves what it has "
+                                     "but takes no change; try again once it is back", cluster=self.shown)
 
     # -- catching up and watching (on the NATS loop) ------------------------------------------
 
@@ -119,6 +131,8 @@ class Cluster:
     async def _catch_up(self) -> None:
         """After every (re)connection: open the buckets, then read every entry again and watch."""
         self._synced.clear()
+        if self._watch is not None:  # every entry is read again: what failed is retried with it
+            await asyncio.get_running_loop().run_in_executor(self._applier, self._failed.clear)
         js = self.connection.js
         self._control = await _bucket(js, CONTROL_BUCKET)
         try:
@@ -141,7 +155,7 @@ class Cluster:
                     if resync:
                         resync = False
                         self._synced.set()
-                        log.info("cluster: caught up with %s (%d modules, %d routes)", self.url,
+                        log.info("cluster: caught up with %s (%d modules, %d routes)", self.shown,
                                  len(self.host.module_names()), len(self.node.state.routes.routes))
                     continue
                 await loop.run_in_executor(self._applier, self._apply_entry, entry.key, entry.value or b"",
@@ -151,7 +165,7 @@ class Cluster:
         except Exception:
             if self.connection.closed:
                 return
-            log.exception("cluster: watching %s failed; catching up again", self.url)
+            log.exception("cluster: watching %s failed; catching up again", self.shown)
             self._synced.clear()
             loop.call_later(1.0, lambda: loop.create_task(self._catch_up()))
         finally:
@@ -174,13 +188,32 @@ class Cluster:
 
     # -- applying an entry (the applier thread, or a local write under the control lock) ------
 
-    def _apply_entry(self, key: str, value: bytes, revision: int, resync: bool) -> None:
+    def _apply_entry(self, key: str, value: bytes, revision: int, resync: bool, attempts: int = 0) -> None:
         try:
             self._fetch(key, value)
             self.node.apply_remote(lambda: self._adopt_if_new(key, value, revision, resync))
-        except Exception as exc:  # one bad entry must not stop the watcher: it is tried again at the next catch-up
+        except Exception as exc:  # one bad entry must not stop the watcher: it is retried, with back-off
             detail = exc.detail if isinstance(exc, IsolateError) else repr(exc)
-            log.error("cluster: cannot apply %s (revision %d): %s", key, revision, detail)
+            delay = min(RETRY_FIRST * 2 ** attempts, RETRY_MAX)
+            log.error("cluster: cannot apply %s (revision %d): %s; trying again in %g s", key, revision, detail,
+                      delay)
+            self._failed[key] = (value, revision, resync, attempts + 1)
+            with _suppress():
+                self.connection.loop.call_soon_threadsafe(self.connection.loop.call_later, delay,
+                                                          self._retry_later, key, revision)
+            return
+        self._failed.pop(key, None)  # this entry, or a newer one, is applied
+
+    def _retry_later(self, key: str, revision: int) -> None:
+        with _suppress():  # the applier is shut down once the node closes
+            self._applier.submit(self._retry, key, revision)
+
+    def _retry(self, key: str, revision: int) -> None:
+        failed = self._failed.get(key)
+        if failed is None or failed[1] != revision:
+            return  # applied since, or superseded by a newer entry (retried on its own schedule)
+        value, _, resync, attempts = failed
+        self._apply_entry(key, value, revision, resync, attempts)
 
     def _adopt_if_new(self, key: str, value: bytes, revision: int, resync: bool) -> Change | None:
         known = self._known.get(key)
@@ -200,7 +233,8 @@ class Cluster:
         digest = entry.version().digest
         if self.host.has_wasm(digest):
             return
-        result = self.connection.call(self._objects.get(digest), TIMEOUT)
+        size = entry.version().size  # a large module is given the time its bytes take to arrive
+        result = self.connection.call(self._objects.get(digest), TIMEOUT + size / FETCH_RATE)
         self.host.receive(entry, bytes(result.data))
 
     def _adopt(self, key: str, value: bytes) -> Change | None:
@@ -276,11 +310,11 @@ class Cluster:
             except nats.js.errors.APIError as exc:
                 if getattr(exc, "err_code", None) == 10071 or "wrong last sequence" in str(exc):
                     continue
-                raise ClusterUnavailable(f"NATS refused the change of {key}: {exc}", cluster=self.url) from None
+                raise ClusterUnavailable(f"NATS refused the change of {key}: {exc}", cluster=self.shown) from None
             self.node.apply_remote(functools.partial(self._adopt_if_new, key, value, int(new), False), announce=False)
             return value
         raise ClusterUnavailable(f"{key} kept changing under this write ({ATTEMPTS} attempts); try again",
-                                 cluster=self.url)
+                                 cluster=self.shown)
 
     def deploy(self, name: str, wasm: bytes | str, *, limits: Mapping[str, Any] | None = None,
                variables: Mapping[str, str] | None = None, allowed_hosts: Sequence[str] | None = None,
@@ -288,15 +322,24 @@ class Cluster:
                secrets: Mapping[str, str | None] | None = None) -> VersionInfo:
         self._require()
         validate_name(name)
+        checked: tuple[ModuleRecord | None, StagedVersion] | None = None
         if secrets:  # first: the new version's first request already sees them
+            # But only once the module is staged (checked, validated, compiled): a refused deploy
+            # writes nothing, its secrets included.
+            local = self.host.record(name)
+            checked = (local, self.host.stage(name, wasm, previous=local, limits=limits, variables=variables,
+                                              allowed_hosts=allowed_hosts, kv_stores=kv_stores, secrets=secrets))
             self.set_secrets(name, secrets)
         uploaded: set[str] = set()
 
         def compute(current: bytes | None) -> bytes:
             entry = _module_entry(current) if current else None
             previous = entry if isinstance(entry, ModuleRecord) else None
-            staged = self.host.stage(name, wasm, previous=previous, limits=limits, variables=variables,
-                                     allowed_hosts=allowed_hosts, kv_stores=kv_stores)
+            if checked is not None and checked[0] == previous:
+                staged = checked[1]  # staged against this very record above
+            else:
+                staged = self.host.stage(name, wasm, previous=previous, limits=limits, variables=variables,
+                                         allowed_hosts=allowed_hosts, kv_stores=kv_stores)
             if staged.digest not in uploaded:
                 self._upload(staged.digest, staged.wasm)
                 self.host.install(staged)
@@ -317,7 +360,7 @@ class Cluster:
             return  # content-addressed: already there
         except nats.js.errors.NotFoundError:
             pass
-        self.connection.call(self._objects.put(digest, wasm), TIMEOUT + len(wasm) / 10e6)
+        self.connection.call(self._objects.put(digest, wasm), TIMEOUT + len(wasm) / FETCH_RATE)
 
     def configure(self, name: str, *, limits: Mapping[str, Any] | None = None,
                   variables: Mapping[str, str] | None = None, allowed_hosts: Sequence[str] | None = None,

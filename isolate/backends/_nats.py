@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -21,6 +22,12 @@ CONNECT_TIMEOUT = 2.0  # seconds one connection attempt may take
 RETRY_EVERY = 0.5  # seconds between connection attempts while nats-server is unreachable
 
 
+def show_url(url: str) -> str:
+    """`url` as it may be displayed (logs, errors, /readyz): without the user, password or token a
+    NATS URL may carry (`nats://user:password@host:4222`), for each server of a comma-separated list."""
+    return re.sub(r"(^|,|://)[^/,]*@", r"\1", url)
+
+
 class Connection:
     """One NATS client on a loop of its own: `call` runs a coroutine there from any other thread.
 
@@ -30,7 +37,8 @@ class Connection:
     """
 
     def __init__(self, url: str, name: str) -> None:
-        self.url = url
+        self.url = url  # connected to, never displayed: `shown` is
+        self.shown = show_url(url)
         self.name = name
         self.client: Any = None  # nats.aio.client.Client once connected
         self.js: Any = None  # its JetStream context
@@ -71,22 +79,22 @@ class Connection:
             raise RuntimeError("Connection.call from the connection's own loop would wait for itself")
         if self._closed:
             work.close()
-            raise ClusterUnavailable(f"the connection to {self.url} is closed")
+            raise ClusterUnavailable(f"the connection to {self.shown} is closed")
         future = asyncio.run_coroutine_threadsafe(work, self._loop)
         try:
             return future.result(max(timeout, 0.001))
         except (concurrent.futures.TimeoutError, TimeoutError) as exc:
             future.cancel()
             if isinstance(exc, concurrent.futures.TimeoutError) or not self.connected:
-                raise ClusterUnavailable(f"NATS at {self.url} did not answer within {timeout:.3g} s",
-                                         cluster=self.url) from None
+                raise ClusterUnavailable(f"NATS at {self.shown} did not answer within {timeout:.3g} s",
+                                         cluster=self.shown) from None
             raise
         except nats.errors.Error as exc:
             if not self.connected or isinstance(exc, (nats.errors.ConnectionClosedError,
                                                       nats.errors.ConnectionReconnectingError,
                                                       nats.errors.NoRespondersError, nats.errors.TimeoutError)):
-                raise ClusterUnavailable(f"NATS at {self.url} is unavailable: {type(exc).__name__}",
-                                         cluster=self.url) from None
+                raise ClusterUnavailable(f"NATS at {self.shown} is unavailable: {type(exc).__name__}",
+                                         cluster=self.shown) from None
             raise
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -137,13 +145,13 @@ class Connection:
                 self.attempted.set()
                 if not warned:
                     log.warning("cluster: cannot reach NATS at %s (%s); serving what this node has and retrying",
-                                self.url, self.last_error)
+                                self.shown, self.last_error)
                     warned = True
                 await asyncio.sleep(RETRY_EVERY)
                 continue
             self.client, self.js = client, client.jetstream(timeout=CONNECT_TIMEOUT)
             self.last_error = None
-            log.info("cluster: connected to NATS at %s", self.url)
+            log.info("cluster: connected to NATS at %s", self.shown)
             self.attempted.set()
             await self._connected()
             return
@@ -154,7 +162,7 @@ class Connection:
                 await callback()
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("cluster: catching up with %s failed (%s); trying again", self.url, self.last_error)
+                log.warning("cluster: catching up with %s failed (%s); trying again", self.shown, self.last_error)
                 if not self._closed:
                     self._loop.call_later(2 * RETRY_EVERY, lambda: self._loop.create_task(self._connected()))
                 return
@@ -163,12 +171,12 @@ class Connection:
         if self._closed:
             return
         log.warning("cluster: lost NATS at %s; serving what this node has, changes refused until it is back",
-                    self.url)
+                    self.shown)
         for callback in self.on_disconnect:
             callback()
 
     async def _reconnected(self) -> None:
-        log.info("cluster: reconnected to NATS at %s; catching up", self.url)
+        log.info("cluster: reconnected to NATS at %s; catching up", self.shown)
         await self._connected()
 
     async def _error(self, exc: Exception) -> None:
