@@ -298,8 +298,12 @@ class Node:
                 # stored table naming a missing module.
                 self._replace_routes(without)
                 self._changed(Change(ROUTES))
+            before = self.state.routes.to_list()
             with self._announced_if_failed(Change(MODULE, name)):
-                self._writer().delete(name)
+                self._writer().delete(name)  # in a cluster, it may take out routes written meanwhile
+            if self.state.routes.to_list() != before:
+                removed += len(before) - len(self.state.routes.routes)
+                self._changed(Change(ROUTES))
             self._changed(Change(MODULE, name))
             self.purge(module=name)
             return removed

@@ -533,3 +533,89 @@ def test_an_entry_that_failed_to_apply_is_retried_and_reported_meanwhile(trio: T
         eventually(lambda: cluster.status()["synced"] is True and "pending" not in cluster.status())
     finally:
         apps.close()
+
+
+def test_no_route_outlives_its_module_when_a_delete_and_a_route_write_cross(trio: Trio, tmp_path: Path) -> None:
+    from isolate import Config
+    from isolate.config import ServerConfig
+    from isolate.errors import InvalidConfig
+    from isolate.http import build
+
+    apps = build(Config(data_dir=tmp_path / "data"), ServerConfig(port=free_port(), cluster=trio.nats.url,
+                                                                  node_name="x", admin_token="t"))
+    try:
+        node, cluster = apps.node, apps.node.cluster
+        assert cluster is not None
+
+        def routes_to(api: httpx.Client, name: str) -> list[str]:
+            return [r["path"] for r in api.get("/v1/routes").json()["routes"] if r["module"] == name]
+
+        # This node has not applied another node's delete yet: its route write reads the cluster's record.
+        node.deploy("crossed", answering(b"crossed"))
+        node.add_routes([{"path": "/crossed", "module": "crossed"}])
+        gate = threading.Event()
+        cluster._applier.submit(gate.wait)  # type: ignore[attr-defined]  # the watcher, a little behind
+        try:
+            with admin(trio.nodes[0]) as api:
+                eventually(lambda: api.get("/v1/modules/crossed").status_code == 200)
+                assert api.delete("/v1/modules/crossed").status_code == 200
+            assert "crossed" in node.host.module_names()
+            with pytest.raises(InvalidConfig, match="not deployed in the cluster"):
+                node.add_routes([{"path": "/crossed2", "module": "crossed"}])
+        finally:
+            gate.set()
+        eventually(lambda: "crossed" not in node.host.module_names())
+
+        # Another node writes a route to a module between its delete's route update and its tombstone:
+        # the delete takes that route out again, on every node.
+        node.deploy("crossing", answering(b"crossing"))
+        node.add_routes([{"path": "/crossing", "module": "crossing"}])
+        with admin(trio.nodes[1]) as api:
+            eventually(lambda: api.get("/v1/modules/crossing").status_code == 200)
+            real = cluster._cas  # type: ignore[attr-defined]
+
+            def interleaved(key: str, compute: Any) -> bytes:
+                if key == "module.crossing":
+                    added = api.post("/v1/routes", json={"routes": [{"path": "/crossing2", "module": "crossing"}]})
+                    assert added.status_code == 200, added.text
+                return real(key, compute)  # type: ignore[no-any-return]
+
+            cluster._cas = interleaved  # type: ignore[attr-defined]
+            try:
+                node.delete("crossing")
+            finally:
+                cluster._cas = real  # type: ignore[attr-defined]
+        assert not [r for r in node.state.routes.routes if r.module == "crossing"]
+        for live in trio.nodes:
+            with admin(live) as api:
+                eventually(lambda api=api: api.get("/v1/modules/crossing").status_code == 404)
+                eventually(lambda api=api: routes_to(api, "crossing") == [], what="no route to a deleted module")
+    finally:
+        apps.close()
+
+
+def test_a_region_table_without_a_nodes_region_is_refused_there_and_reported(trio: Trio, tmp_path: Path) -> None:
+    from isolate import Config
+    from isolate.config import ServerConfig
+    from isolate.http import build
+
+    apps = build(Config(data_dir=tmp_path / "data"), ServerConfig(port=free_port(), cluster=trio.nats.url,
+                                                                  node_name="far", admin_token="t", region="far"))
+    try:
+        cluster = apps.node.cluster
+        assert cluster is not None
+        with admin(trio.nodes[0]) as api:
+            before = api.get("/v1/regions").json()
+            here = {"regions": [{"id": "local", "name": "Here", "nodes": []}]}
+            assert api.put("/v1/regions", json=here).status_code == 200
+            status = eventually(lambda: "table.regions" in cluster.status().get("refused", {}) and cluster.status())
+            assert status["synced"] is False and "'far'" in status["error"] and "pending" not in status
+            assert apps.node.state.regions.empty  # its table kept, not one it cannot serve under
+            both = {"regions": [*here["regions"], {"id": "far", "name": "Far", "nodes": []}]}
+            assert api.put("/v1/regions", json=both).status_code == 200
+            eventually(lambda: cluster.status()["synced"] is True and "refused" not in cluster.status())
+            assert sorted(apps.node.state.regions.regions) == ["far", "local"]
+            restored = {key: value for key, value in before.items() if key not in ("local_region", "health")}
+            assert api.put("/v1/regions", json=restored).status_code == 200
+    finally:
+        apps.close()

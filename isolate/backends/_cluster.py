@@ -81,6 +81,9 @@ class Cluster:
         # Entries that failed to apply here, per key: (value, revision, resync, attempts). Retried with
         # back-off (the applier thread only); while any is pending the node is not synced.
         self._failed: dict[str, tuple[bytes, int, bool, int]] = {}
+        # Entries this node cannot take whatever the retries (a region table without its region), per
+        # key: why. It keeps what it had, reports itself not synced, and takes the key's next entry.
+        self._refused: dict[str, str] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -108,10 +111,13 @@ class Cluster:
         return self.connection.connected and self._synced.is_set()
 
     def status(self) -> dict[str, Any]:
-        pending = sorted(self._failed)
+        pending, refused = sorted(self._failed), dict(self._refused)
         status: dict[str, Any] = {"url": self.shown, "connected": self.connection.connected,
-                                  "synced": self._synced.is_set() and not pending,
+                                  "synced": self._synced.is_set() and not pending and not refused,
                                   "error": None if self.available else self.connection.last_error}
+        if refused:
+            status["refused"] = refused
+            status["error"] = status["error"] or "; ".join(refused.values())
         if pending:
             status["pending"] = pending
             status["error"] = status["error"] or f"cannot apply {', '.join(pending)} yet (retrying)"
@@ -132,7 +138,7 @@ class Cluster:
         """After every (re)connection: open the buckets, then read every entry again and watch."""
         self._synced.clear()
         if self._watch is not None:  # every entry is read again: what failed is retried with it
-            await asyncio.get_running_loop().run_in_executor(self._applier, self._failed.clear)
+            await asyncio.get_running_loop().run_in_executor(self._applier, self._clear_failures)
         js = self.connection.js
         self._control = await _bucket(js, CONTROL_BUCKET)
         try:
@@ -192,6 +198,11 @@ class Cluster:
         try:
             self._fetch(key, value)
             self.node.apply_remote(lambda: self._adopt_if_new(key, value, revision, resync))
+        except _Unservable as exc:  # no retry makes it servable: only a newer entry can
+            log.error("cluster: not applying %s (revision %d): %s", key, revision, exc.detail)
+            self._failed.pop(key, None)
+            self._refused[key] = f"{key} (revision {revision}) not applied: {exc.detail}"
+            return
         except Exception as exc:  # one bad entry must not stop the watcher: it is retried, with back-off
             detail = exc.detail if isinstance(exc, IsolateError) else repr(exc)
             delay = min(RETRY_FIRST * 2 ** attempts, RETRY_MAX)
@@ -203,6 +214,11 @@ class Cluster:
                                                           self._retry_later, key, revision)
             return
         self._failed.pop(key, None)  # this entry, or a newer one, is applied
+        self._refused.pop(key, None)
+
+    def _clear_failures(self) -> None:
+        self._failed.clear()
+        self._refused.clear()
 
     def _retry_later(self, key: str, revision: int) -> None:
         with _suppress():  # the applier is shut down once the node closes
@@ -278,6 +294,11 @@ class Cluster:
             regions = _regions(value)
             if regions.to_dict() == self.node.state.regions.to_dict():
                 return None
+            try:
+                self.node.state.check_regions(regions)
+            except InvalidConfig as exc:  # this node keeps its table, and says why it is not synced
+                raise _Unservable(f"{exc.detail}; this node keeps its previous region table until one that "
+                                  "defines its region is set") from None
             self.node.state.replace_regions(regions)
             return Change(REGIONS)
         log.warning("cluster: ignoring unknown key %s", key)
@@ -418,9 +439,46 @@ class Cluster:
         self._cas(f"module.{name}", compute)
         if self.host.secrets.names(name):
             self._cas(f"secrets.{name}", lambda current: b"{}")
+        # A node that had not applied this delete yet may have written routes to it meanwhile (its
+        # check read the live record): taken out again now that the tombstone is there.
+        def without(current: RouteTable) -> RouteTable:
+            if not any(route.module == name for route in current.routes):
+                raise _Unchanged
+            return RouteTable.build([route for route in current.routes if route.module != name])
+
+        try:
+            self.update_routes(without)
+        except _Unchanged:
+            pass
 
     def update_routes(self, compute: Callable[[RouteTable], RouteTable]) -> RouteTable:
-        return _routes(self._cas(ROUTES_KEY, lambda current: _routes_json(compute(_routes(current or b"")))))
+        def write(current: bytes | None) -> bytes:
+            before = _routes(current or b"")
+            table = compute(before)
+            self._check_live(table, {route.module for route in before.routes})
+            return _routes_json(table)
+
+        return _routes(self._cas(ROUTES_KEY, write))
+
+    def _check_live(self, table: RouteTable, named: set[str]) -> None:
+        """Every module `table` names that the current table (naming `named`) did not is live in the
+        cluster's KV, not only here: this node may not have applied another node's delete yet. A
+        delete takes its module's routes out before its tombstone and again after it (`delete`), so
+        no stored table keeps naming a deleted module: a write either reads the tombstone here, or
+        lands before that second pass, which then takes the route out again."""
+        seen = set(named)
+        for index, route in enumerate(table.routes):
+            if route.module in seen:
+                continue
+            try:
+                entry = self.connection.call(self._control.get(f"module.{route.module}"), TIMEOUT)
+                value = entry.value or b""
+            except nats.js.errors.KeyNotFoundError:
+                value = b""
+            if not value or not isinstance(_module_entry(value), ModuleRecord):
+                raise InvalidConfig(f"route {index} ({route.host}{route.path}) refers to module {route.module!r}, "
+                                    "which is not deployed in the cluster", route=index)
+            seen.add(route.module)
 
     def update_regions(self, compute: Callable[[RegionTable], RegionTable]) -> RegionTable:
         def write(current: bytes | None) -> bytes:
@@ -443,6 +501,14 @@ class Cluster:
         if not isinstance(entry, ModuleRecord):
             raise NotFound(f"no module named {name!r}", module=name)
         return entry
+
+
+class _Unservable(InvalidConfig):
+    """A region table that does not define this node's region."""
+
+
+class _Unchanged(Exception):
+    """A compare-and-set with nothing to write."""
 
 
 class _Tombstone:
