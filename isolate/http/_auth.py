@@ -51,8 +51,10 @@ def load_or_create_secret(path: Path, what: str) -> str:
         value = secrets.token_urlsafe(32)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists():  # there but empty: replace it
-                write_secret(path, value, what)
+            if path.exists():
+                if path.read_text().strip():
+                    continue  # written by another process since this one looked: read theirs
+                write_secret(path, value, what)  # there but empty: replace it
                 return value
             tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
             write_secret(tmp, value, what)
