@@ -167,16 +167,20 @@ class Node:
         (None: nothing new), which is announced to the subscribers with the purge the rules ask for."""
         with self._lock:
             change = apply()
-            if change is None or not announce:
-                return
-            if change.kind == PURGE:
-                self._purge_here(dict(change.selector or {}))
-                return
-            self._changed(change)
-            if change.kind == MODULE:
-                self._purge_here({"module": change.name})
-            elif change.kind == ROUTES:
-                self._purge_here({"everything": True})
+            if change is not None and announce:
+                self._announce(change)
+
+    def _announce(self, change: Change) -> None:
+        """Tell the subscribers of a change applied here, with the purge of this node's cache the rules
+        ask for (a module's answers; every answer when routes change); no cluster broadcast."""
+        if change.kind == PURGE:
+            self._purge_here(dict(change.selector or {}))
+            return
+        self._changed(change)
+        if change.kind == MODULE:
+            self._purge_here({"module": change.name})
+        elif change.kind == ROUTES:
+            self._purge_here({"everything": True})
 
     @contextlib.contextmanager
     def _announced_if_failed(self, *changes: Change) -> Iterator[None]:
@@ -189,8 +193,7 @@ class Node:
             if self.cluster is not None:
                 for change in changes:
                     with contextlib.suppress(Exception):
-                        self._changed(change)
-                        self._purge_here({"module": change.name} if change.kind == MODULE else {"everything": True})
+                        self._announce(change)
             raise
 
     def _writer(self) -> ModuleWriter:
