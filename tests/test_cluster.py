@@ -7,6 +7,7 @@ deadline: replication is asynchronous, and no test asserts a timing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -72,6 +73,21 @@ def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
             if node.process is not None and node.process.poll() is None:
                 node.stop()
         nats.stop()
+
+
+@contextlib.contextmanager
+def member(trio: Trio, data_dir: Path, name: str, **server: Any) -> Iterator[Any]:
+    """A node of the cluster in this process (an `isolate.http.Apps`), for steps a test must hold back or break."""
+    from isolate import Config
+    from isolate.config import ServerConfig
+    from isolate.http import build
+
+    apps = build(Config(data_dir=data_dir), ServerConfig(port=free_port(), cluster=trio.nats.url, node_name=name,
+                                                         admin_token="t", **server))
+    try:
+        yield apps
+    finally:
+        apps.close()
 
 
 def admin(node: LiveServer) -> httpx.Client:
@@ -433,15 +449,10 @@ def test_a_node_with_workers_relays_cluster_changes_to_every_worker(trio: Trio, 
 
 
 def test_a_refused_deploy_writes_no_secret_and_a_partial_write_is_announced(trio: Trio, tmp_path: Path) -> None:
-    from isolate import Config
-    from isolate.config import ServerConfig
     from isolate.errors import ClusterUnavailable, IsolateError
-    from isolate.http import build
     from isolate.manifest import load
 
-    apps = build(Config(data_dir=tmp_path / "data"), ServerConfig(port=free_port(), cluster=trio.nats.url,
-                                                                  node_name="s", admin_token="t"))
-    try:
+    with member(trio, tmp_path / "data", "s") as apps:
         node, cluster = apps.node, apps.node.cluster
         assert cluster is not None
         node.deploy("sealed", answering(b"sealed"), secrets={"KEY": "old"})
@@ -480,8 +491,6 @@ def test_a_refused_deploy_writes_no_secret_and_a_partial_write_is_announced(trio
         cluster.update_routes = lambda compute: writes.append(1) or real_routes(compute)  # type: ignore[method-assign]
         result = node.apply_manifest(manifest)
         assert writes == [] and result.routes >= 1 and result.deployed == ()
-    finally:
-        apps.close()
 
 
 def test_a_node_with_a_manifest_starts_without_nats_and_hides_the_url_credentials(tmp_path: Path) -> None:
@@ -505,14 +514,9 @@ def test_a_node_with_a_manifest_starts_without_nats_and_hides_the_url_credential
 
 
 def test_an_entry_that_failed_to_apply_is_retried_and_reported_meanwhile(trio: Trio, tmp_path: Path) -> None:
-    from isolate import Config
-    from isolate.config import ServerConfig
     from isolate.errors import StorageError
-    from isolate.http import build
 
-    apps = build(Config(data_dir=tmp_path / "data"), ServerConfig(port=free_port(), cluster=trio.nats.url,
-                                                                  node_name="r", admin_token="t"))
-    try:
+    with member(trio, tmp_path / "data", "r") as apps:
         cluster = apps.node.cluster
         assert cluster is not None
         real, broken = apps.host.receive, threading.Event()
@@ -531,19 +535,12 @@ def test_an_entry_that_failed_to_apply_is_retried_and_reported_meanwhile(trio: T
         broken.clear()  # retried without a new change nor a reconnection
         eventually(lambda: "flaky" in apps.host.module_names(), what="the failed entry applied on a retry")
         eventually(lambda: cluster.status()["synced"] is True and "pending" not in cluster.status())
-    finally:
-        apps.close()
 
 
 def test_no_route_outlives_its_module_when_a_delete_and_a_route_write_cross(trio: Trio, tmp_path: Path) -> None:
-    from isolate import Config
-    from isolate.config import ServerConfig
     from isolate.errors import InvalidConfig
-    from isolate.http import build
 
-    apps = build(Config(data_dir=tmp_path / "data"), ServerConfig(port=free_port(), cluster=trio.nats.url,
-                                                                  node_name="x", admin_token="t"))
-    try:
+    with member(trio, tmp_path / "data", "x") as apps:
         node, cluster = apps.node, apps.node.cluster
         assert cluster is not None
 
@@ -590,18 +587,11 @@ def test_no_route_outlives_its_module_when_a_delete_and_a_route_write_cross(trio
             with admin(live) as api:
                 eventually(lambda api=api: api.get("/v1/modules/crossing").status_code == 404)
                 eventually(lambda api=api: routes_to(api, "crossing") == [], what="no route to a deleted module")
-    finally:
-        apps.close()
 
 
 def test_a_region_table_without_a_nodes_region_is_refused_there_and_reported(trio: Trio, tmp_path: Path) -> None:
-    from isolate import Config
-    from isolate.config import ServerConfig
-    from isolate.http import build
 
-    apps = build(Config(data_dir=tmp_path / "data"), ServerConfig(port=free_port(), cluster=trio.nats.url,
-                                                                  node_name="far", admin_token="t", region="far"))
-    try:
+    with member(trio, tmp_path / "data", "far", region="far") as apps:
         cluster = apps.node.cluster
         assert cluster is not None
         with admin(trio.nodes[0]) as api:
@@ -617,5 +607,3 @@ def test_a_region_table_without_a_nodes_region_is_refused_there_and_reported(tri
             assert sorted(apps.node.state.regions.regions) == ["far", "local"]
             restored = {key: value for key, value in before.items() if key not in ("local_region", "health")}
             assert api.put("/v1/regions", json=restored).status_code == 200
-    finally:
-        apps.close()
