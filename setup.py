@@ -1,5 +1,6 @@
 """Packaging: the metadata is in pyproject.toml; this adds guest-sdk/ to the wheel as `isolate._guest_sdk`
-and builds the native request path (isolate/engine/_fastpath.c)."""
+and builds the native request path (isolate/engine/_fastpath.c) and the component host-function
+bridge (isolate/engine/_components.c)."""
 
 from setuptools import Extension, find_namespace_packages, setup
 
@@ -12,5 +13,7 @@ setup(
     # Needs only Python's headers: the wasmtime C API is reached through addresses handed over at run
     # time. Optional: without a compiler the engine keeps its ctypes path (engine/_isolate.py).
     ext_modules=[Extension("isolate.engine._fastpath", ["isolate/engine/_fastpath.c"], optional=True,
+                           extra_compile_args=["-O2"]),
+                 Extension("isolate.engine._components", ["isolate/engine/_components.c"], optional=True,
                            extra_compile_args=["-O2"])],
 )
