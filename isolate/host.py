@@ -28,7 +28,7 @@ from .capabilities import (
     parse_allowed_hosts,
 )
 from .config import Config, Limits
-from .engine import MemoryBudgetStatistics, Prepared, Runtime, is_stopping, run, wat_to_wasm
+from .engine import MemoryBudgetStatistics, Prepared, Runtime, is_stopping, run, run_component, wat_to_wasm
 from .engine import resume as engine_resume
 from .engine import shutdown as engine_shutdown
 from .errors import GuestError, InvalidConfig, InvalidModule, IsolateError, ModuleTooLarge, NotFound, StorageError
@@ -132,6 +132,9 @@ class Host:
         # Whether it is known to wait (it imports such a function): it then runs on the I/O pool.
         # Unknown names (not run since start-up) are taken not to, so unknown code never floods that pool.
         self._waits: dict[str, bool] = {}
+        # Components that waited in the host once (a timer, an outbound call), by digest: every
+        # component imports poll, so only running one shows whether it waits; from then on it does.
+        self._waited: set[str] = set()
         self._lock = threading.Lock()  # counters and lazily created engines: held for nanoseconds
         self._control = threading.RLock()  # deploy, configure, rollback, delete: held across fsyncs
         # Invocations, counted by next(): atomic without a lock (a lock round trip per request costs
@@ -462,24 +465,36 @@ class Host:
             secrets = self.secrets.values(name)
             variables = {**record.variables, **secrets} if secrets else record.variables
             io = self._guest_io(record, limits, request) if shape.uses_io else None
-            # The engine's native envelope codec where it runs natively (abi's encoders otherwise, and
-            # wherever the native one declines: the Python ones are the reference and name every error).
-            codec = prepared.runtime.fastpath
-            payload = (codec.encode_request(request, variables) if codec is not None else None) or encode_request(
-                request, variables)
-            try:
-                # Unpacked at once: each attribute of a NamedTuple is a Python-level property.
-                out, logs, instantiate_us, run_us, memory_bytes = run(
-                    prepared, payload, limits, self.config.log_limit, (self.guest_cache, name), io)
-            finally:
-                if io is not None:
-                    self._count_io(name, io)
-            try:
-                status, headers, body = (codec.decode_response(out) if codec is not None else None
-                                         ) or decode_response(out)
-            except GuestError as exc:
-                exc.logs = logs
-                raise
+            if prepared.plan is None:
+                # The engine's native envelope codec where it runs natively (abi's encoders otherwise, and
+                # wherever the native one declines: the Python ones are the reference and name every error).
+                codec = prepared.runtime.fastpath
+                payload = (codec.encode_request(request, variables) if codec is not None else None) or encode_request(
+                    request, variables)
+                try:
+                    # Unpacked at once: each attribute of a NamedTuple is a Python-level property.
+                    out, logs, instantiate_us, run_us, memory_bytes = run(
+                        prepared, payload, limits, self.config.log_limit, (self.guest_cache, name), io)
+                finally:
+                    if io is not None:
+                        self._count_io(name, io)
+                try:
+                    status, headers, body = (codec.decode_response(out) if codec is not None else None
+                                             ) or decode_response(out)
+                except GuestError as exc:
+                    exc.logs = logs
+                    raise
+            else:  # a wasi:http component: no envelope, the request as it is
+                codec = None
+                try:
+                    if version.digest in self._waited:
+                        self._blocking[name] = self._waits[name] = True
+                    status, headers, body, logs, instantiate_us, run_us, memory_bytes = run_component(
+                        prepared.runtime, prepared.plan, request, list(variables.items()), limits,
+                        self.config.log_limit, io, functools.partial(self._waited.add, version.digest))
+                finally:
+                    if io is not None:
+                        self._count_io(name, io)
         except IsolateError as exc:
             exc.extra.setdefault("module", name)
             next(self._invocations)

@@ -84,7 +84,8 @@ VALID = g.wasm(g.HELLO)
         (b"hello world, not wasm", "magic"),
         (VALID[: len(VALID) // 2], "invalid WebAssembly"),  # truncated
         (VALID[:8] + b"\xff" * 20, "invalid WebAssembly"),  # malformed section
-        (b"\0asm\x0d\x00\x01\x00", "components are not supported"),
+        (b"\0asm\x0d\x00\x01\x00", "component does not export wasi:http/incoming-handler"),  # an empty component
+        (b"\0asm\x02\x00\x00\x00", "unknown WebAssembly binary version"),
         (g.wasm(g.module(marker="")), "missing ABI version marker"),
         (g.wasm(g.module(marker="isolate_abi_v2")), "unsupported ABI version 2"),
         (g.wasm("(module (func (export \"isolate_abi_v1\")))"), "missing export 'memory'"),

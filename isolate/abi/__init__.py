@@ -11,6 +11,7 @@ from ._envelope import (
     LogRecord,
     Request,
     Response,
+    check_headers,
     decode_response,
     encode_request,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "LogRecord",
     "Request",
     "Response",
+    "check_headers",
     "decode_response",
     "encode_request",
 ]

@@ -124,7 +124,7 @@ def decode_response(data: bytes) -> tuple[int, tuple[tuple[str, str], ...], byte
     # head, then the guest's body parsed as the final answer), so a guest's final status is 200-599.
     if type(status) is not int or not 200 <= status <= 599:
         raise AbiViolation(f"response status must be an integer in 200-599, got {status!r}", field="status")
-    headers = _check_headers(obj.get("headers", ()))
+    headers = check_headers(obj.get("headers", ()))
     body = obj.get("body", b"")
     if body is None:
         body = b""
@@ -135,7 +135,8 @@ def decode_response(data: bytes) -> tuple[int, tuple[tuple[str, str], ...], byte
     return status, headers, body
 
 
-def _check_headers(raw: Any) -> tuple[tuple[str, str], ...]:
+def check_headers(raw: Any) -> tuple[tuple[str, str], ...]:
+    """A guest's response headers as (name, value) strings, checked; anything off is an `AbiViolation`."""
     if not isinstance(raw, (list, tuple)):
         raise AbiViolation("response headers must be an array of [name, value] pairs", field="headers")
     if len(raw) > MAX_RESPONSE_HEADERS:

@@ -1,6 +1,7 @@
 """The only package that imports wasmtime: engine, linker, host functions and per-request isolates."""
 
 from ._budget import MemoryBudget, MemoryBudgetStatistics
+from ._component import is_component, run_component
 from ._isolate import Outcome, instantiate_once, run
 from ._linker import BLOCKING_IMPORTS, HOST_FUNCTIONS, WASI_NAMESPACE, ModuleShape
 from ._runtime import Prepared, Runtime, wat_to_wasm
@@ -18,8 +19,10 @@ __all__ = [
     "Prepared",
     "Runtime",
     "instantiate_once",
+    "is_component",
     "resume",
     "run",
+    "run_component",
     "shutdown",
     "wat_to_wasm",
 ]

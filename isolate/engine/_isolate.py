@@ -10,7 +10,7 @@ import ctypes
 import re
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import wasmtime
 
@@ -30,7 +30,9 @@ from ..errors import (
     Trap,
 )
 from . import _native, _output, _raw, _shutdown
-from ._runtime import Prepared
+
+if TYPE_CHECKING:  # _runtime imports _component, which uses the translator here
+    from ._runtime import Prepared
 
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
@@ -250,14 +252,44 @@ def _invoke_ctypes(prepared: Prepared, s: _raw.Scratch, payload: bytes, limits: 
 def _failure(
     trap_address: int, error: int | None, capture: _output.Capture, limits: Limits, phase: str, memory: int | None
 ) -> IsolateError:
-    """Translate whatever stopped the guest into the error tree (the one place that does)."""
+    """Translate whatever stopped a module's guest into the error tree (see `_translate`)."""
     trap = _raw.take_trap(trap_address)
     err = _raw.take_error(error) if error else None
+    exit_code = err.code if isinstance(err, wasmtime.ExitTrap) else None
+    text = trap.message if trap is not None else str(err)
+    return _translate(trap.trap_code if trap is not None else None, text, exit_code, capture, limits, phase, memory)
+
+
+# The text wasmtime gives each trap code (its `Trap` Display): a component's call reports only text.
+_TRAP_TEXTS = (
+    ("call stack exhausted", wasmtime.TrapCode.STACK_OVERFLOW),
+    ("out of bounds memory access", wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS),
+    ("misaligned memory access", wasmtime.TrapCode.HEAP_MISALIGNED),
+    ("out of bounds table access", wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS),
+    ("uninitialized element", wasmtime.TrapCode.INDIRECT_CALL_TO_NULL),
+    ("indirect call type mismatch", wasmtime.TrapCode.BAD_SIGNATURE),
+    ("integer overflow", wasmtime.TrapCode.INTEGER_OVERFLOW),
+    ("integer divide by zero", wasmtime.TrapCode.INTEGER_DIVISION_BY_ZERO),
+    ("invalid conversion to integer", wasmtime.TrapCode.BAD_CONVERSION_TO_INTEGER),
+    ("`unreachable` instruction executed", wasmtime.TrapCode.UNREACHABLE),
+    ("wasm trap: interrupt", wasmtime.TrapCode.INTERRUPT),
+)
+
+
+def _failure_from(text: str, capture: _output.Capture, limits: Limits, phase: str,
+                  memory: int | None) -> IsolateError:
+    """Translate a failure known only by wasmtime's message (a component's call) into the error tree."""
+    code = next((code for words, code in _TRAP_TEXTS if words in text), None)
+    return _translate(code, text, None, capture, limits, phase, memory)
+
+
+def _translate(code: wasmtime.TrapCode | None, text: str, exit_code: int | None, capture: _output.Capture,
+               limits: Limits, phase: str, memory: int | None) -> IsolateError:
+    """Translate whatever stopped the guest into the error tree (the one place that does)."""
     where = {"phase": phase}
     if memory is not None:
         where["memory_bytes"] = memory  # type: ignore[assignment]
-    code = trap.trap_code if trap is not None else None
-    interrupted = getattr(capture, "interrupted", None)  # set only for modules that may wait in the host
+    interrupted = getattr(capture, "interrupted", None)  # set only for guests that may wait in the host
     if interrupted == "shutdown" or (code is wasmtime.TrapCode.INTERRUPT and _shutdown.stopping):
         return _stopped(phase)
     if interrupted == "timeout" or code is wasmtime.TrapCode.INTERRUPT:
@@ -266,9 +298,9 @@ def _failure(
         return Timeout(f"guest ran past its {ms:g} ms time limit{waiting}", limit="timeout", timeout_ms=ms, **where)
     if capture.abi_error:
         return AbiViolation(capture.abi_error, **where)
-    if isinstance(err, wasmtime.ExitTrap):
-        return Trap(f"guest called proc_exit({err.code})", trap_code="exit", exit_code=err.code, **where)
-    message = _first_line(trap.message if trap is not None else str(err))
+    if exit_code is not None:
+        return Trap(f"guest called proc_exit({exit_code})", trap_code="exit", exit_code=exit_code, **where)
+    message = _first_line(text)
     if code is wasmtime.TrapCode.STACK_OVERFLOW:
         return StackOverflow("guest exhausted the wasm stack (deep or unbounded recursion)", **where)
     if memory is not None and memory + _memory_slack(limits.memory) > limits.memory:
@@ -282,17 +314,16 @@ def _failure(
             **where,
         )
     if code is not None:
-        text = trap.message if trap is not None else ""
         return Trap(f"guest trapped: {message}", trap_code=code.name.lower(), backtrace=_backtrace(text), **where)
     lowered = message.lower()
-    if any(text in lowered for text in _MEMORY_ERRORS):
+    if any(words in lowered for words in _MEMORY_ERRORS):
         return MemoryLimit(
             f"guest memory exceeds its limit of {limits.memory} bytes: {message}",
             limit="memory",
             memory_limit=limits.memory,
             **where,
         )
-    if any(text in lowered for text in _CAPACITY_ERRORS):
+    if any(words in lowered for words in _CAPACITY_ERRORS):
         return Overloaded(f"no free isolate slot: {message}", **where)
     return Trap(f"guest failed: {message}", trap_code="error", **where)
 
@@ -351,6 +382,11 @@ def instantiate_once(prepared: Prepared, limits: Limits) -> None:
     """Create a store, apply limits and deadline, instantiate, drop: the isolate cost alone (for bench/)."""
     runtime = prepared.runtime
     ticks = runtime.ticker.ticks_for(limits.timeout)
+    if prepared.plan is not None:
+        from ._component import instantiate_component
+
+        instantiate_component(prepared.plan, runtime, limits, ticks)
+        return
     if runtime.fastpath is not None:
         error, trap = runtime.fastpath.instantiate(runtime.engine_ptr, prepared.pre_ptr, limits.memory, ticks)
     else:

@@ -56,6 +56,7 @@ class ModuleShape:
     memory_max: int | None = None  # bytes declared as the memory's maximum, if any
     may_block: bool = False  # imports a host function that can wait (BLOCKING_IMPORTS)
     uses_io: bool = False  # imports outbound HTTP or key-value functions: its requests get a GuestIO
+    kind: str = "module"  # "module" (ABI v1) or "component" (wasi:http, engine/_component.py)
 
 
 # WASI preview 1 ABI (wasi_snapshot_preview1.witx): a subscription is 48 bytes, an event 32.

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import wasmtime
+import wasmtime.component as wc
 
 from ..config import MAX_STACK_CEILING, Config, GiB, KiB, MiB
 from ..errors import InvalidConfig, InvalidModule
 from . import _hostcalls, _native, _raw, _shutdown
 from ._budget import MemoryBudget, budget_for
+from ._component import ComponentPlan, inspect_component, is_component
 from ._linker import ModuleShape, build_linker, inspect_module
 from ._ticker import EpochTicker
 
@@ -75,10 +77,12 @@ class Prepared:
 
     runtime: Runtime
     digest: str
-    module: wasmtime.Module
-    pre: wasmtime.InstancePre
+    module: wasmtime.Module | wc.Component
+    pre: wasmtime.InstancePre | None  # None for a component (wasmtime has no InstancePre for them)
     pre_ptr: int
     shape: ModuleShape
+    plan: ComponentPlan | None = None
+    """A component's linker and handler (engine/_component.py); None for an ABI v1 module."""
 
 
 class Runtime:
@@ -141,39 +145,59 @@ class Runtime:
         blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def compile(self, wasm: bytes) -> tuple[wasmtime.Module, ModuleShape, float]:
-        """Validate, compile and check `wasm` against ABI v1; returns the compile time in seconds."""
+    def compile(self, wasm: bytes) -> tuple[wasmtime.Module | wc.Component, ModuleShape, float]:
+        """Validate, compile and check `wasm` (an ABI v1 module or a wasi:http component); returns
+        the compile time in seconds."""
         if len(wasm) < 8 or wasm[:4] != WASM_MAGIC:
             raise InvalidModule("not a WebAssembly binary: missing the \\0asm magic number")
-        if wasm[4:8] != b"\x01\x00\x00\x00":
+        component = is_component(wasm)
+        if not component and wasm[4:8] != b"\x01\x00\x00\x00":
             raise InvalidModule(
-                "not a core WebAssembly module (version field is not 1); components are not supported by ABI v1"
+                f"unknown WebAssembly binary version {wasm[4:8].hex()}: expected a core module (01000000) or a "
+                "component (0d000100)"
             )
         with _COMPILE_SLOTS:
             started = time.perf_counter()
             try:
-                module = wasmtime.Module(self.engine, wasm)
+                code = wc.Component(self.engine, wasm) if component else wasmtime.Module(self.engine, wasm)
             except wasmtime.WasmtimeError as exc:
-                raise InvalidModule(f"invalid WebAssembly: {_first_line(exc)}") from None
+                what = "component" if component else "WebAssembly"
+                raise InvalidModule(f"invalid {what}: {_first_line(exc)}") from None
             finally:
                 elapsed = time.perf_counter() - started
                 # The compiler's heap peaks at hundreds of times the module (1.6 MB of wasm: 1.1 GB)
                 # and glibc would keep it all: RSS stayed at 1 GB after the compile without this.
                 _native.trim_heap()
-        return module, inspect_module(module), elapsed
+        return code, self.inspect(code), elapsed
 
-    def serialize(self, module: wasmtime.Module) -> bytes:
+    def inspect(self, code: wasmtime.Module | wc.Component) -> ModuleShape:
+        if isinstance(code, wc.Component):
+            shape = inspect_component(code, self.engine)
+            # Every component imports poll, which waits only for a timer: one that did is known to wait
+            # once it has run (Host marks it); one that can call out may wait from the start.
+            return ModuleShape(abi_version=0, uses_wasi=False, has_initialize=False, memory_min=0,
+                               may_block=shape.uses_io, uses_io=shape.uses_io, kind="component")
+        return inspect_module(code)
+
+    def serialize(self, module: wasmtime.Module | wc.Component) -> bytes:
         try:
             return bytes(module.serialize())
         finally:
             _native.trim_heap()
 
-    def load(self, artifact: Path) -> wasmtime.Module:
+    def load(self, artifact: Path) -> wasmtime.Module | wc.Component:
         """Map a precompiled artifact; callers must have verified it was written by this host."""
-        return wasmtime.Module.deserialize_file(self.engine, str(artifact))
+        try:
+            return wasmtime.Module.deserialize_file(self.engine, str(artifact))
+        except wasmtime.WasmtimeError:  # a component's artifact
+            return wc.Component.deserialize_file(self.engine, str(artifact))
 
-    def prepare(self, digest: str, module: wasmtime.Module, shape: ModuleShape | None = None) -> Prepared:
+    def prepare(self, digest: str, module: wasmtime.Module | wc.Component,
+                shape: ModuleShape | None = None) -> Prepared:
         """Resolve imports once so each request only instantiates."""
+        if isinstance(module, wc.Component):
+            plan = ComponentPlan(self.engine, module, inspect_component(module, self.engine))
+            return Prepared(self, digest, module, None, 0, shape or self.inspect(module), plan)
         shape = shape or inspect_module(module)
         try:
             pre = self.linker.instantiate_pre(module)
