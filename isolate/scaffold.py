@@ -73,6 +73,34 @@ _AS_PACKAGE = '''{{
 }}
 '''
 
+_PYTHON = '''"""{name}: an isolate handler in Python, a wasi:http/proxy component. Build: isolate build {name}"""
+
+from isolate_http import Request, Response, serve
+
+
+def handle(request: Request) -> Response:
+    return Response(200, {{"content-type": "text/plain; charset=utf-8"}}, f"hello from {name}\\n{{request.path}}\\n")
+
+
+# componentize-py exports the class of this name as wasi:http/incoming-handler.
+IncomingHandler = serve(handle)
+'''
+
+_JAVASCRIPT = '''// {name}: an isolate handler in JavaScript, a wasi:http/proxy component. Build: isolate build {name}
+addEventListener("fetch", (event) => event.respondWith(handle(event.request)));
+
+async function handle(request) {{
+  const url = new URL(request.url);
+  return new Response(`hello from {name}\\n${{url.pathname}}${{url.search}}\\n`, {{
+    headers: {{ "content-type": "text/plain; charset=utf-8" }},
+  }});
+}}
+'''
+
+_COMPONENT_NOTE = '''
+A standard `wasi:http/proxy` component: it also runs under `wasmtime serve -S cli=y build/{name}.wasm`.
+'''
+
 _README = '''# {name}
 
 An isolate handler ({language}). Build, deploy and call it:
@@ -100,12 +128,18 @@ def scaffold(language: str, name: str, parent: Path = Path(".")) -> Path:
     elif language == "rust":
         files = {"src/lib.rs": _RUST_LIB.format(name=name),
                  "Cargo.toml": RUST_CARGO.format(crate=name.replace("-", "_"), sdk=sdk / "rust")}
+    elif language == "python":
+        files = {"app.py": _PYTHON.format(name=name)}
+    elif language == "javascript":
+        files = {"app.js": _JAVASCRIPT.format(name=name)}
     else:
         relative = os.path.relpath(sdk / "assemblyscript", project.resolve())
         files = {"assembly/index.ts": _AS_INDEX.format(name=name),
                  "package.json": _AS_PACKAGE.format(name=name, sdk=relative)}
     files["README.md"] = _README.format(name=name, language=language)
-    files[".gitignore"] = "build/\nnode_modules/\n"
+    if language in ("python", "javascript"):
+        files["README.md"] += _COMPONENT_NOTE.format(name=name)
+    files[".gitignore"] = "build/\nnode_modules/\n" + ("__pycache__/\n" if language == "python" else "")
     for relative_path, text in files.items():
         path = project / relative_path
         path.parent.mkdir(parents=True, exist_ok=True)
