@@ -107,11 +107,28 @@ class LiveServer:
             self.stop()
 
 
-def repository_manifest(server: LiveServer, dest: Path) -> Path:
-    """The repository's isolate.toml for `server`: its port where the manifest names 8787 (the proxy
-    sample calls this server) and its paths made absolute. Pass the result with --manifest."""
-    text = (ROOT / "isolate.toml").read_text().replace("127.0.0.1:8787", f"127.0.0.1:{server.port}")
+COMPONENT_SAMPLES = ("hello-py", "hello-js")
+"""Samples that are wasi:http components: compiling one takes ~10 s of CPU (an interpreter inside), so
+only the tests about them deploy them."""
+
+
+def core_manifest(dest: Path, *, components: bool = False) -> Path:
+    """The repository's isolate.toml with paths made absolute, without the component samples (and their
+    routes) unless `components`. Pass the result with --manifest."""
+    text = (ROOT / "isolate.toml").read_text()
+    if not components:
+        blocks = text.split("\n\n")
+        text = "\n\n".join(b for b in blocks if not any(f'{name}"' in b or f"modules.{name}]" in b
+                                                       for name in COMPONENT_SAMPLES))
     dest.write_text(text.replace('path = "samples/', f'path = "{ROOT}/samples/'))
+    return dest
+
+
+def repository_manifest(server: LiveServer, dest: Path, *, components: bool = False) -> Path:
+    """The repository's isolate.toml for `server` (see `core_manifest`): its port where the manifest
+    names 8787 (the proxy sample calls this server)."""
+    core_manifest(dest, components=components)
+    dest.write_text(dest.read_text().replace("127.0.0.1:8787", f"127.0.0.1:{server.port}"))
     return dest
 
 

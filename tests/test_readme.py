@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from live import ROOT, LiveServer, repository_manifest
+from live import ROOT, LiveServer, core_manifest, repository_manifest
 
 README = (ROOT / "README.md").read_text()
 
@@ -61,7 +61,8 @@ def run_block(heading: str, server: LiveServer) -> None:
 
 
 def test_quick_start_and_deploy_your_own_module(tmp_path: Path) -> None:
-    with LiveServer(tmp_path / "data", "--manifest", str(ROOT / "isolate.toml")) as server:
+    # The manifest of `make serve`, but for its component samples (tests/test_samples.py serves those)
+    with LiveServer(tmp_path / "data", "--manifest", str(core_manifest(tmp_path / "isolate.toml"))) as server:
         quick = [c for c in commands(block("## Quick start", "sh")) if c[0].startswith("curl")]
         assert quick
         for command, _ in quick:

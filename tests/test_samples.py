@@ -11,7 +11,7 @@ from live import ROOT, LiveServer, repository_manifest
 
 from isolate.build import build
 
-SAMPLES = ["hello", "echo", "router", "transform", "crash", "proxy", "todo"]
+SAMPLES = ["hello", "echo", "router", "transform", "crash", "proxy", "todo", "hello-py", "hello-js"]
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         build(ROOT / "samples" / sample)
     where = tmp_path_factory.mktemp("samples")
     live = LiveServer(where / "data", "--manifest", str(where / "isolate.toml"))
-    repository_manifest(live, where / "isolate.toml")
+    repository_manifest(live, where / "isolate.toml", components=True)
     with live:
         yield live
 
@@ -33,7 +33,8 @@ def edge(server: LiveServer) -> Iterator[httpx.Client]:
 
 def test_every_sample_is_deployed(server: LiveServer) -> None:
     names = [m["name"] for m in server.admin().get("/v1/modules").json()["modules"]]
-    assert names == sorted(["crash", "echo", "hello", "hello-eu", "hello-wat", "proxy", "router", "todo", "transform"])
+    assert names == sorted(["crash", "echo", "hello", "hello-eu", "hello-wat", "proxy", "router", "todo", "transform",
+                            "hello-py", "hello-js"])
 
 
 def test_hello_c(edge: httpx.Client) -> None:
@@ -115,6 +116,14 @@ def test_todo_rust(server: LiveServer, edge: httpx.Client) -> None:
         ("/crash/exit", 500, "trap", {"trap_code": "exit", "exit_code": 3}),
         ("/echo/panic", 500, "trap", {"trap_code": "unreachable"}),
         ("/users/boom", 500, "trap", {"trap_code": "unreachable"}),
+        # wasi:http components: the same diagnostics (CPython aborts on an uncaught exception;
+        # SpiderMonkey catches it, and out of memory, and answers 500 itself, saying why on stderr)
+        ("/hello-py/throw", 500, "trap", {"trap_code": "unreachable"}),
+        ("/hello-py/loop", 504, "timeout", {}),
+        ("/hello-py/oom", 500, "memory_limit", {"limit": "memory"}),
+        ("/hello-js/throw", 500, "trap", {"trap_code": "uncaught_exception"}),
+        ("/hello-js/loop", 504, "timeout", {}),
+        ("/hello-js/oom", 500, "memory_limit", {"limit": "memory"}),
     ],
 )
 def test_failures_reach_the_client_as_diagnostics(edge: httpx.Client, path: str, status: int, kind: str,
@@ -126,6 +135,22 @@ def test_failures_reach_the_client_as_diagnostics(edge: httpx.Client, path: str,
     for key, value in extra.items():
         assert body[key] == value, body
     assert edge.get("/hello/still").status_code == 200
+
+
+def test_python_and_javascript_components(edge: httpx.Client) -> None:
+    for sample, language in (("hello-py", "Python"), ("hello-js", "JavaScript")):
+        assert edge.get(f"/{sample}/").text == f"Hi from {language}!\n"  # greeting from the module's variables
+        echoed = edge.post(f"/{sample}/echo", content=b'{"a": 1}', headers={"content-type": "application/json"})
+        assert (echoed.status_code, echoed.content) == (200, b'{"a": 1}')
+        assert echoed.headers["content-type"] == "application/json"
+
+
+def test_component_error_messages_reach_the_host_log(server: LiveServer, edge: httpx.Client) -> None:
+    assert edge.get("/hello-py/throw", headers={"x-request-id": "py-1"}).status_code == 500
+    assert edge.get("/hello-js/throw", headers={"x-request-id": "js-1"}).status_code == 500
+    log = server.wait_for_log("request_id=py-1", "request_id=js-1")
+    assert "RuntimeError: boom from python" in log
+    assert "boom from javascript" in log
 
 
 def test_sdk_error_messages_reach_the_host_log(server: LiveServer, edge: httpx.Client) -> None:
@@ -140,7 +165,7 @@ def test_sdk_error_messages_reach_the_host_log(server: LiveServer, edge: httpx.C
 def test_readme_lists_every_sample_url() -> None:
     readme = (ROOT / "README.md").read_text()
     for url in ["/hello/ada", "/eu/hello", "/wat", "/echo/", "/users/1", "/transform/sha256", "/crash/oom",
-                "/proxy/hello/ada", "/todos"]:
+                "/proxy/hello/ada", "/todos", "/hello-py/", "/hello-js/"]:
         assert url in readme, url
     manifest = (ROOT / "isolate.toml").read_text()
     for sample in SAMPLES:

@@ -10,7 +10,7 @@ from pathlib import Path
 import guests as g
 import httpx
 import pytest
-from live import ROOT, LiveServer
+from live import LiveServer, core_manifest
 
 
 def test_upload_route_call_rollback_and_restart(tmp_path: Path) -> None:
@@ -122,7 +122,8 @@ def test_body_limit_without_content_length_and_url_limit(tmp_path: Path) -> None
 
 
 def test_manifest_of_make_serve(tmp_path: Path) -> None:
-    with LiveServer(tmp_path / "data", "--manifest", str(ROOT / "isolate.toml")) as server, server.edge() as edge:
+    manifest = core_manifest(tmp_path / "isolate.toml")  # tests/test_samples.py serves the component samples
+    with LiveServer(tmp_path / "data", "--manifest", str(manifest)) as server, server.edge() as edge:
         response = edge.get("/hello")
         assert response.status_code == 200
         assert response.text == "Hello, world! (from C, region local, client in local)\n"

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
-from live import ROOT
+from live import ROOT, core_manifest
 
 from isolate.build import build
 
@@ -44,7 +44,8 @@ def test_three_nodes_from_one_command(tmp_path: Path) -> None:
     base = free_base()
     log = open(tmp_path / "simulate.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "isolate.cli", "serve", "--manifest", str(ROOT / "isolate.toml"), "--simulate-regions",
+        [sys.executable, "-m", "isolate.cli", "serve", "--manifest", str(core_manifest(tmp_path / "isolate.toml")),
+         "--simulate-regions",
          "--data-dir", str(tmp_path / "data"), "--port", str(base), "--admin-port", str(base + 1)],
         stdout=log, stderr=log, cwd=ROOT)
     try:
@@ -92,7 +93,7 @@ def test_three_nodes_from_one_command(tmp_path: Path) -> None:
                      for name in ("admin-token", "cluster-secret"))]
         before = {path: path.stat().st_mtime_ns for path in written}
         second = subprocess.run(
-            [sys.executable, "-m", "isolate.cli", "serve", "--manifest", str(ROOT / "isolate.toml"),
+            [sys.executable, "-m", "isolate.cli", "serve", "--manifest", str(core_manifest(tmp_path / "isolate.toml")),
              "--simulate-regions", "--data-dir", str(tmp_path / "data"), "--port", str(free_base()),
              "--admin-port", str(free_base())], capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert second.returncode == 1 and "is in use by another isolate serve --simulate-regions" in second.stderr
