@@ -473,3 +473,28 @@ def test_host_call_cost(world: World, func: str) -> None:
     per_call_us = best / BENCH_CALLS / 1000
     print(f"{func}: {per_call_us:.2f} µs per host call")
     assert per_call_us < 50  # generous: a regression to wasmtime-py's per-call cost would show here
+
+
+def test_a_second_linear_memory_is_refused(world: World) -> None:
+    """The memory limit and the host's memory budget count one memory per request: a component that
+    makes two fails to instantiate rather than holding twice its limit."""
+    def component(memories: int) -> Any:
+        modules = "\n".join(f'(core module $m{i} (memory (export "mem") 1)) (core instance (instantiate $m{i}))'
+                            for i in range(memories))
+        wat = f"""(component {modules}
+          (core module $f (func (export "f") (result i32) i32.const 7)) (core instance $fi (instantiate $f))
+          (func (export "f") (result u32) (canon lift (core func $fi "f"))))"""
+        return wasmtime.component.Component(world.engine, wasmtime.wat2wasm(wat))
+
+    linker = wasmtime.component.Linker(world.engine)
+    for memories, expected in ((1, 0), (2, 1)):
+        built = component(memories)
+        index = BRIDGE.export_index(_address(built), "", "f")
+        try:
+            status, message, _, _ = BRIDGE.run(_address(world.engine), _address(linker), _address(built), index,
+                                               State(VALUES_A), 1 << 20, 1 << 40, ())
+        finally:
+            BRIDGE.free_export_index(index)
+        assert status == expected, message
+        if expected:
+            assert message is not None and "memor" in message

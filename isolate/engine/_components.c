@@ -1184,7 +1184,7 @@ enum { RUN_OK = 0, RUN_INSTANTIATE_FAILED = 1, RUN_CALL_FAILED = 2, RUN_NOT_A_FU
 
 PyDoc_STRVAR(run_doc, "run(engine, linker, component, export_index, state, memory, ticks, args)\n"
 "    -> (status, message, instantiate_ns, run_ns)\n\n"
-"One request in a new store whose data is `state`: limits (memory bytes per linear memory),\n"
+"One request in a new store whose data is `state`: limits (one linear memory of `memory` bytes),\n"
 "epoch deadline `ticks`, instantiate through the component linker, call the exported function with\n"
 "`args` ((type_id, rep) pairs, each an owned host resource), post-return, delete the store.\n"
 "Status 0 ok, 1 instantiation failed, 2 the call failed, 3 the export is not a function; message\n"
@@ -1241,7 +1241,10 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_BEGIN_ALLOW_THREADS
     void *store = api.store_new((void *)(uintptr_t)engine, state, NULL);
     void *ctx = api.store_context(store);
-    api.store_limiter(store, memory, -1, 100, 100, 100);
+    /* One linear memory: the store limit bounds each memory, and the host's memory budget reserves one
+     * limit per request. Every toolchain's component defines one (its other core modules import it);
+     * a component that makes a second fails to instantiate instead of doubling what it may hold. */
+    api.store_limiter(store, memory, -1, 100, 100, 1);
     api.set_epoch_deadline(ctx, ticks);
     int64_t t0 = now_ns();
     wt_cinstance instance;
