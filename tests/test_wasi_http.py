@@ -25,8 +25,10 @@ from isolate.engine._wasip2 import MAX_HELD, MAX_RESOURCES, GuestExit
 from isolate.errors import AbiViolation, MemoryLimit, ResponseTooLarge, Timeout
 
 ROOT = Path(__file__).resolve().parent.parent
-WIT = ROOT / "bench/peers/node_modules/@bytecodealliance/jco/lib/wit/builtin/0.2.12"
-HELLO_HTTP = sorted((ROOT / "bench/peers/build").glob("hello-http-*.wasm"))
+# jco's WIT packages: from the JavaScript guest toolchain (what `make test` installs), else the benchmark's peers
+WIT = next((path for path in (ROOT / f"{where}/node_modules/@bytecodealliance/jco/lib/wit/builtin/0.2.12"
+                              for where in ("guest-sdk/javascript", "bench/peers")) if path.is_dir()),
+           ROOT / "guest-sdk/javascript/node_modules/@bytecodealliance/jco/lib/wit/builtin/0.2.12")
 
 FUNCS: dict[str, dict[str, Any]] = {name: dict(spec[1]) for name, spec in ALL_SPECS.items()}
 
@@ -64,7 +66,7 @@ def ex() -> Exchange:
     return exchange(b"hello body")
 
 
-@pytest.mark.skipif(not WIT.is_dir(), reason="jco's WIT packages are not installed (bench/peers: npm ci)")
+@pytest.mark.skipif(not WIT.is_dir(), reason="jco's WIT packages are not installed (make toolchains)")
 def test_every_wit_function_and_resource_of_0_2_has_a_definition() -> None:
     """The names match the WIT jco ships (0.2.12, a superset of 0.2.0's), except unstable items."""
     unstable = {"wasi:cli/exit": {"exit-with-code"},
@@ -494,9 +496,9 @@ class Served:
         self.bridge.free_export_index(self.index)
 
 
-@pytest.mark.skipif(not HELLO_HTTP, reason="bench/peers/build has no hello-http component (make bench-peers)")
-def test_a_wasi_http_component_answers_through_the_bridge(bridge: Any) -> None:
-    served = Served(bridge, HELLO_HTTP[0].read_bytes())
+def test_a_wasi_http_component_answers_through_the_bridge(bridge: Any, tmp_path: Path) -> None:
+    """The benchmark's hello guest (bench/guests/hello-http.wat), made a component by jco."""
+    served = Served(bridge, build_probe(tmp_path, (ROOT / "bench/guests/hello-http.wat").read_text()))
     try:
         for _ in range(3):  # a fresh store per request: nothing carries over
             state = exchange()
