@@ -417,8 +417,9 @@ def modules(data_dir: str | None, admin_url: str, admin_token: str | None) -> No
         grants = "".join(f"\t{label}: {', '.join(info.get(key) or [])}" for key, label in
                          (("allowed_hosts", "hosts"), ("key_value_stores", "kv"), ("secrets", "secrets"))
                          if info.get(key))
+        kind = "\tcomponent" if active.get("kind") == "component" else ""
         click.echo(f"{info['name']}\tv{info['active_version']}/{len(info['versions'])}\t{active['size']} bytes\t"
-                   f"sha256:{active['digest'][:12]}{grants}")
+                   f"sha256:{active['digest'][:12]}{kind}{grants}")
 
 
 @main.command()

@@ -47,6 +47,7 @@ class VersionInfo:
     size: int
     created: float
     compile_ms: float
+    kind: str = "module"  # "module" (ABI v1) or "component" (wasi:http)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,7 @@ class StagedVersion:
     fingerprint: str
     stack: int
     may_block: bool
+    kind: str = "module"  # "module" (ABI v1) or "component" (wasi:http)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +206,7 @@ class Host:
                 self.secrets.update(name, secrets)
             self.install(staged)
             record = self._store.add_version(name, staged.digest, staged.size, staged.compile_ms, staged.overrides,
-                                             staged.variables, allowed_hosts=staged.allowed_hosts,
+                                             staged.variables, staged.kind, allowed_hosts=staged.allowed_hosts,
                                              kv_stores=staged.kv_stores)
             self._limits[name] = staged.limits
             self._grants.pop(name, None)
@@ -249,7 +251,7 @@ class Host:
         digest = sha256(wasm)
         return StagedVersion(name, wasm, digest, len(wasm), compile_s * 1000, overrides, effective, variables, hosts,
                              stores, runtime.prepare(digest, module, shape), runtime.serialize(module),
-                             runtime.fingerprint, runtime.stack, shape.may_block)
+                             runtime.fingerprint, runtime.stack, shape.may_block, shape.kind)
 
     def install(self, staged: StagedVersion) -> None:
         """Store a staged version's bytes and artifact (content-addressed) and keep its code hot."""
@@ -682,7 +684,7 @@ def _engine_key(digest: str, stack_limit: int) -> str:
 
 
 def _version_info(name: str, v: VersionRecord) -> VersionInfo:
-    return VersionInfo(name, v.version, v.digest, v.size, v.created, v.compile_ms)
+    return VersionInfo(name, v.version, v.digest, v.size, v.created, v.compile_ms, v.kind)
 
 
 MAX_VARIABLE_NAME = 256

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 import wasmtime
+from conftest import HostFactory
+from live import ROOT
 
-from isolate import Host, InvalidModule
+from isolate import Host, InvalidModule, Request
 from isolate.engine import is_component
 
 
@@ -43,3 +48,42 @@ def test_a_malformed_component_is_invalid(host: Host) -> None:
     wasm = component('(import "wasi:io/error@0.2.0" (instance (export "error" (type (sub resource)))))')
     with pytest.raises(InvalidModule, match="invalid component"):
         host.deploy("c", wasm[:-3])
+
+
+@pytest.fixture(scope="module")
+def hello_http(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """bench/guests/hello-http.wat (the benchmark's hand-written wasi:http guest), made a component by jco."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: jco builds the component (make toolchains)")
+    out = tmp_path_factory.mktemp("hello-http") / "hello-http.wasm"
+    built = subprocess.run(["node", str(ROOT / "tests/components/build.mjs"), str(ROOT / "bench/guests/hello-http.wat"),
+                            str(out)], capture_output=True, text=True, timeout=120)
+    if built.returncode == 3:
+        pytest.skip(f"jco is not installed: {built.stderr.strip()}")
+    assert built.returncode == 0, built.stderr
+    return out.read_bytes()
+
+
+HELLO = b"Hello, world! (from C, region local, client in local)\n"
+
+
+def test_a_component_is_stored_versioned_and_reloaded_after_a_restart(make_host: HostFactory,
+                                                                      hello_http: bytes) -> None:
+    host = make_host()
+    module = host.deploy("greet", bytes(wasmtime.wat2wasm('''(module (memory (export "memory") 1)
+        (func (export "isolate_abi_v1")) (func (export "isolate_alloc") (param i32) (result i32) i32.const 0)
+        (func (export "isolate_handle") (param i32 i32) (result i64) unreachable))''')))
+    assert module.kind == "module"
+    info = host.deploy("greet", hello_http)
+    assert (info.version, info.kind) == (2, "component")
+    assert [v.kind for v in host.module("greet").versions] == ["module", "component"]
+    response = host.invoke("greet", Request(path="/"))
+    assert (response.status, response.body) == (200, HELLO)
+    assert response.info["version"] == 2
+    host.close()
+    again = make_host()  # a restart: the stored artifact is mapped, as a component
+    assert [v.kind for v in again.module("greet").versions] == ["module", "component"]
+    assert again.invoke("greet", Request(path="/")).body == HELLO
+    assert again.statistics().artifact_recompiles == 0
+    assert again.rollback("greet").active_version == 1  # versions of either kind roll back alike
+

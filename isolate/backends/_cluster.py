@@ -367,13 +367,14 @@ class Cluster:
                 uploaded.add(staged.digest)
             first = entry.next_version if isinstance(entry, _Tombstone) else self.host.first_version(name)
             record = with_version(previous, first, name, staged.digest, staged.size, staged.compile_ms,
-                                  staged.overrides, staged.variables, allowed_hosts=staged.allowed_hosts,
+                                  staged.overrides, staged.variables, staged.kind, allowed_hosts=staged.allowed_hosts,
                                   kv_stores=staged.kv_stores)
             return record.to_json()
 
         record = ModuleRecord.from_json(self._cas(f"module.{name}", compute))
         version = record.version()
-        return VersionInfo(name, version.version, version.digest, version.size, version.created, version.compile_ms)
+        return VersionInfo(name, version.version, version.digest, version.size, version.created, version.compile_ms,
+                           version.kind)
 
     def _upload(self, digest: str, wasm: bytes) -> None:
         try:

@@ -36,7 +36,7 @@ _KEY_SAFE = "!$&'()*+,-.:;=@_~/"  # printable ASCII that stays as it is in a lis
 
 def version_json(v: VersionInfo) -> dict[str, Any]:
     return {"name": v.name, "version": v.version, "digest": v.digest, "size": v.size, "created": v.created,
-            "compile_ms": v.compile_ms}
+            "compile_ms": v.compile_ms, "kind": v.kind}
 
 
 def module_json(info: ModuleInfo) -> dict[str, Any]:

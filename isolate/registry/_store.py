@@ -39,6 +39,7 @@ class VersionRecord:
     size: int
     created: float
     compile_ms: float
+    kind: str = "module"  # "module" (ABI v1) or "component" (wasi:http)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,7 @@ class ModuleRecord:
             "next_version": self.next_version,
             "versions": [
                 {"version": v.version, "digest": v.digest, "size": v.size, "created": v.created,
-                 "compile_ms": v.compile_ms}
+                 "compile_ms": v.compile_ms, **({"kind": v.kind} if v.kind != "module" else {})}
                 for v in self.versions
             ],
             "limits": dict(self.limits),
@@ -132,8 +133,12 @@ def _load_json(data: bytes) -> Any:
 
 
 def _version(raw: Any) -> VersionRecord:
-    if not isinstance(raw, dict) or set(raw) != {"version", "digest", "size", "created", "compile_ms"}:
-        raise ValueError("each version must have version, digest, size, created and compile_ms")
+    # "kind" is written for components only: a module's record reads the same to older versions
+    if not isinstance(raw, dict) or set(raw) - {"kind"} != {"version", "digest", "size", "created", "compile_ms"}:
+        raise ValueError("each version must have version, digest, size, created and compile_ms (and maybe kind)")
+    kind = raw.get("kind", "module")
+    if kind not in ("module", "component"):
+        raise ValueError(f"bad kind {kind!r} in version {raw['version']}")
     if not _is_count(raw["version"]) or not isinstance(raw["digest"], str) or not _DIGEST.fullmatch(raw["digest"]):
         raise ValueError(f"bad version entry {raw.get('version')!r}")
     if type(raw["size"]) is not int or raw["size"] < 0:
@@ -141,7 +146,8 @@ def _version(raw: Any) -> VersionRecord:
     for key in ("created", "compile_ms"):
         if type(raw[key]) not in (int, float) or not math.isfinite(raw[key]):
             raise ValueError(f"bad {key} in version {raw['version']}")
-    return VersionRecord(raw["version"], raw["digest"], raw["size"], float(raw["created"]), float(raw["compile_ms"]))
+    return VersionRecord(raw["version"], raw["digest"], raw["size"], float(raw["created"]), float(raw["compile_ms"]),
+                         kind)
 
 
 def _carry(new: tuple[str, ...] | None, old: tuple[str, ...]) -> tuple[str, ...]:
@@ -149,12 +155,12 @@ def _carry(new: tuple[str, ...] | None, old: tuple[str, ...]) -> tuple[str, ...]
 
 
 def with_version(old: ModuleRecord | None, first: int, name: str, digest: str, size: int, compile_ms: float,
-                 limits: Mapping[str, Any] | None, variables: Mapping[str, str] | None,
+                 limits: Mapping[str, Any] | None, variables: Mapping[str, str] | None, kind: str = "module",
                  **grants: tuple[str, ...] | None) -> ModuleRecord:
     """`old` (None: not deployed, numbering from `first`) with a new active version appended; settings
     given replace the module's, None keeps them. A pure function: the store and a cluster share it."""
     number = old.next_version if old else first
-    version = VersionRecord(number, digest, size, round(time.time(), 3), round(compile_ms, 3))
+    version = VersionRecord(number, digest, size, round(time.time(), 3), round(compile_ms, 3), kind)
     return ModuleRecord(
         name=name,
         active=number,
@@ -282,6 +288,7 @@ class ModuleStore:
         compile_ms: float,
         limits: Mapping[str, Any] | None,
         variables: Mapping[str, str] | None,
+        kind: str = "module",
         **grants: tuple[str, ...] | None,
     ) -> ModuleRecord:
         """Append a version and make it active; settings given replace the module's, None keeps them.
@@ -293,7 +300,7 @@ class ModuleStore:
             if old is None:
                 self._check_damage(name)
             record = with_version(old, self._retired.get(name, 1), name, digest, size, compile_ms, limits, variables,
-                                  **grants)
+                                  kind, **grants)
             return self._commit(record)
 
     def update(self, name: str, **changes: Any) -> ModuleRecord:
