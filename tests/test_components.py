@@ -10,7 +10,7 @@ import wasmtime
 from conftest import HostFactory
 from live import ROOT
 
-from isolate import Host, InvalidModule, Request
+from isolate import AbiViolation, Host, InvalidModule, Request
 from isolate.engine import is_component
 
 
@@ -87,3 +87,59 @@ def test_a_component_is_stored_versioned_and_reloaded_after_a_restart(make_host:
     assert again.statistics().artifact_recompiles == 0
     assert again.rollback("greet").active_version == 1  # versions of either kind roll back alike
 
+
+
+HANDLER_TYPES = '''(import "wasi:http/types@0.2.0" (instance $types
+     (export "incoming-request" (type (sub resource))) (export "response-outparam" (type (sub resource)))))
+  (alias export $types "incoming-request" (type $req))
+  (alias export $types "response-outparam" (type $out))'''
+
+
+def test_the_handle_export_must_have_the_wasi_signature(host: Host) -> None:
+    wasm = component('''(core module $m (func (export "h") (param i32) (result i32) local.get 0))
+      (core instance $i (instantiate $m))
+      (func $handle (param "x" u32) (result u32) (canon lift (core func $i "h")))
+      (instance $h (export "handle" (func $handle)))
+      (export "wasi:http/incoming-handler@0.2.0" (instance $h))''')
+    with pytest.raises(InvalidModule, match=r"must have a function `handle\(request: own<incoming-request>"):
+        host.deploy("c", wasm)
+
+
+def test_an_import_of_the_wrong_kind_fails_the_deploy_not_each_request(host: Host) -> None:
+    wasm = component(f'''{HANDLER_TYPES}
+      (import "wasi:cli/exit@0.2.0" (func $exit))
+      (core func $f (canon lower (func $exit)))
+      (core module $m (import "" "f" (func)) (func (export "h") (param i32 i32) unreachable))
+      (core instance $i (instantiate $m (with "" (instance (export "f" (func $f))))))
+      (func $handle (param "request" (own $req)) (param "response-out" (own $out)) (canon lift (core func $i "h")))
+      (instance $h (export "handle" (func $handle)))
+      (export "wasi:http/incoming-handler@0.2.0" (instance $h))''')
+    with pytest.raises(InvalidModule, match="component cannot be instantiated"):
+        host.deploy("c", wasm)
+    assert host.modules() == []
+
+
+def test_a_pre_release_wasi_version_is_not_0_2(host: Host) -> None:
+    wasm = component('(import "wasi:io/error@0.2.0-rc-2023-11-10" (instance (export "f" (func))))')
+    with pytest.raises(InvalidModule, match="wasi:io/error@0.2.0-rc-2023-11-10, which this host does not provide"):
+        host.deploy("c", wasm)
+
+
+def test_a_host_function_imported_with_other_types_is_the_guests_fault(host: Host) -> None:
+    """A guest declares the types of what it imports; the host converts by them, so a mismatch shows at the
+    call: an `abi` diagnostic naming the function, with no host detail in it."""
+    wasm = component(f'''{HANDLER_TYPES}
+      (import "wasi:random/random@0.2.0" (instance $r (export "get-random-u64" (func (result bool)))))
+      (core func $f (canon lower (func $r "get-random-u64")))
+      (core module $m (import "" "f" (func $f (result i32)))
+        (func (export "h") (param i32 i32) call $f drop unreachable))
+      (core instance $i (instantiate $m (with "" (instance (export "f" (func $f))))))
+      (func $handle (param "request" (own $req)) (param "response-out" (own $out)) (canon lift (core func $i "h")))
+      (instance $h (export "handle" (func $handle)))
+      (export "wasi:http/incoming-handler@0.2.0" (instance $h))''')
+    host.deploy("c", wasm)
+    with pytest.raises(AbiViolation, match="call to get-random-u64 failed: its import does not match") as caught:
+        host.invoke("c")
+    assert "TypeError" not in caught.value.detail and caught.value.status == 502
+    with pytest.raises(AbiViolation):  # the host keeps serving: the next request fails the same way
+        host.invoke("c")

@@ -21,7 +21,15 @@ from isolate.engine._wasi_http import (
     RESPONSE_OUTPARAM,
     Exchange,
 )
-from isolate.engine._wasip2 import MAX_HELD, MAX_RESOURCES, GuestExit
+from isolate.engine._wasip2 import (
+    ENTRY_OVERHEAD,
+    MAX_ENTRIES,
+    MAX_HANDED,
+    MAX_HELD,
+    MAX_RANDOM,
+    MAX_RESOURCES,
+    GuestExit,
+)
 from isolate.errors import AbiViolation, MemoryLimit, ResponseTooLarge, Timeout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -754,3 +762,24 @@ def test_an_outbound_call_through_a_real_guest_io() -> None:
         server.shutdown()
         server.server_close()
         outbound.close()
+
+
+def test_what_one_call_hands_the_guest_is_bounded() -> None:
+    """A list<u8> costs the host ~80 bytes per byte to hand over: reads return at most MAX_HANDED, random
+    bytes past MAX_RANDOM fail the request, and header entries count their overhead and their number."""
+    ex = exchange(b"x" * (3 * MAX_HANDED))
+    request = ex.handler_args()[0][1]
+    body = types("[method]incoming-request.consume", ex, request)[1]
+    stream = types("[method]incoming-body.stream", ex, body)[1]
+    ok, chunk = streams("[method]input-stream.blocking-read", ex, stream, 2**64 - 1)
+    assert ok == "ok" and len(chunk) == MAX_HANDED
+    assert streams("[method]input-stream.skip", ex, stream, 2**64 - 1) == ("ok", MAX_HANDED)
+    assert len(call("wasi:random/random", "get-random-bytes", ex, MAX_RANDOM)) == MAX_RANDOM
+    with pytest.raises(AbiViolation, match="random bytes"):
+        call("wasi:random/random", "get-random-bytes", ex, MAX_RANDOM + 1)
+    assert types("[static]fields.from-list", ex, [("a", b"")] * MAX_ENTRIES)[0] == "ok"
+    with pytest.raises(MemoryLimit, match=f"at most {MAX_ENTRIES}"):
+        types("[static]fields.from-list", ex, [("a", b"")] * (MAX_ENTRIES + 1))
+    with pytest.raises(MemoryLimit, match="hold more than"):  # empty entries count: each is host objects
+        for _ in range(MAX_HELD // (ENTRY_OVERHEAD * MAX_ENTRIES) + 1):
+            types("[static]fields.from-list", ex, [("a", b"")] * MAX_ENTRIES)

@@ -16,8 +16,10 @@ as a module, and failures go through the one translator of `_isolate`.
 from __future__ import annotations
 
 import ctypes
+import logging
 import re
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +29,7 @@ import wasmtime.component as wc
 
 from ..abi import LogRecord, Request, check_headers
 from ..config import Limits
-from ..errors import AbiViolation, GuestError, InternalError, InvalidModule, IsolateError, MemoryLimit, Trap
+from ..errors import AbiViolation, GuestError, InvalidModule, IsolateError, MemoryLimit, Trap
 from . import _output, _shutdown
 from ._isolate import _failure_from, _over_budget, _stopped
 
@@ -35,7 +37,8 @@ COMPONENT_VERSION = b"\x0d\x00\x01\x00"
 """Bytes 4..8 of a component binary (version 0xd, layer 1); a core module has 01 00 00 00."""
 HANDLER = "wasi:http/incoming-handler"
 OUTGOING = "wasi:http/outgoing-handler"
-_NAME = re.compile(r"(?P<base>[a-z][a-z0-9-]*:[a-z][a-z0-9-]*/[a-z][a-z0-9-]*)@(?P<version>\d+\.\d+\.\d+)(?:-[\w.]+)?")
+# A pre-release (`@0.2.0-rc-...`) is not 0.2.x: its interfaces differ, so it does not match.
+_NAME = re.compile(r"(?P<base>[a-z][a-z0-9-]*:[a-z][a-z0-9-]*/[a-z][a-z0-9-]*)@(?P<version>\d+\.\d+\.\d+)")
 _SUPPORTED = re.compile(r"0\.2\.\d+")
 TRAPPED_INTERFACES = frozenset({
     "wasi:filesystem/types", "wasi:filesystem/preopens",
@@ -46,6 +49,9 @@ TRAPPED_INTERFACES = frozenset({
 """Standard WASI 0.2 interfaces a guest may import but not use here: every call traps."""
 # What a guest's runtime writes to stderr when its allocator cannot grow memory (wasmtime's C API
 # offers no trap on a failed memory.grow, and a component's memories are not visible to the host).
+_log = logging.getLogger("isolate.engine")
+_FAILED_CALL = re.compile(r"host function (\S+) failed")
+_HOSTCALL_DATA = "fuel allocated for hostcalls has been exhausted"
 _UNCAUGHT = ("Error while running request handler:",)  # StarlingMonkey, before its own 500
 _OUT_OF_MEMORY = ("MemoryError", "out of memory", "memory allocation of", "allocation failed")
 
@@ -104,8 +110,21 @@ def inspect_component(component: wc.Component, engine: wasmtime.Engine) -> Compo
         exports = ", ".join(sorted(ty.exports(engine))) or "nothing"
         raise InvalidModule(f"component does not export {HANDLER}@0.2.x (it exports {exports}): this host "
                             "runs wasi:http proxy components", problems=[f"missing export {HANDLER}@0.2.x"])
+    _check_handle(handler, ty.exports(engine)[handler].ty, engine)
     return ComponentShape(handler, tuple(implemented), tuple(trapped),
                           any(name.startswith(OUTGOING + "@") for name in implemented))
+
+
+def _check_handle(handler: str, instance: Any, engine: wasmtime.Engine) -> None:
+    """`handle` must be `func(request: own<incoming-request>, response-out: own<response-outparam>)`:
+    a guest declaring another signature would fail every request at the call instead of at deploy."""
+    handle = instance.exports(engine).get("handle") if isinstance(instance, wc.ComponentInstanceType) else None
+    func = handle.ty if handle is not None else None
+    if not (isinstance(func, wc.FuncType) and func.result is None and len(func.params) == 2
+            and all(isinstance(ty, wc.OwnType) for _, ty in func.params)):
+        raise InvalidModule(f"component export {handler} must have a function `handle(request: own<incoming-request>, "
+                            "response-out: own<response-outparam>)` with no result",
+                            problems=[f"bad export {handler}#handle"])
 
 
 def _unsupported(name: str) -> InvalidModule:
@@ -145,14 +164,8 @@ class ComponentPlan:
         self.export_index = bridge.export_index(self.component_ptr, shape.handler, "handle")
         if not self.export_index:
             raise InvalidModule(f"component export {shape.handler} has no function `handle`")
-
-    def __del__(self) -> None:
-        index, self.export_index = getattr(self, "export_index", 0), 0
-        if index:
-            try:
-                _bridge().free_export_index(index)
-            except Exception:  # interpreter shutdown: the process frees everything anyway
-                pass
+        # Bound now: a finalizer that imported the bridge during interpreter teardown crashed there.
+        weakref.finalize(self, bridge.free_export_index, self.export_index)
 
 
 def _first(text: str) -> str:
@@ -204,7 +217,11 @@ def run_component(runtime: Any, plan: ComponentPlan, request: Request, environme
         error = _translate(status, message, exchange, capture, limits)
         if error is not None:
             raise error
-        response = exchange.response
+        try:
+            response = exchange.response
+        except Exception:  # the guest handed the host a resource of another kind where a response goes
+            _log.warning("component response unreadable", exc_info=True)
+            raise AbiViolation("component set a response the host cannot read", phase="handle") from None
         if response is None:
             raise AbiViolation(_no_response(exchange), phase="handle")
         code, raw_headers, body = response
@@ -248,10 +265,19 @@ def _translate(status: int, message: str | None, exchange: Any, capture: _output
         return Trap(f"guest called exit({'ok' if exit_code == 0 else 'err'})", trap_code="exit",
                     exit_code=exit_code, phase=phase)
     if error is not None and not getattr(capture, "interrupted", None):
-        return InternalError(f"host function failed: {type(error).__name__}: {error}", phase=phase)
+        # The guest declares the types of the host functions it imports; one that declared other types than
+        # WASI's gets values the host cannot convert. The detail goes to the host log, not to the client.
+        called = _FAILED_CALL.search(message or "")
+        name = called.group(1) if called else "a host function"
+        _log.warning("component call to %s failed", name, exc_info=error)
+        return AbiViolation(f"guest's call to {name} failed: its import does not match the WASI signature",
+                            phase=phase)
     if status == 3:
         return AbiViolation("component export `handle` is not a function", phase=phase)
     text = message or ""
+    if _HOSTCALL_DATA in text:
+        return AbiViolation("guest copied more data between itself and the host in one call than wasmtime allows",
+                            limit="hostcall_data", phase=phase)
     translated = _failure_from(text, capture, limits, phase, None)
     if type(translated) is Trap and _out_of_memory(capture):
         return MemoryLimit(f"guest ran out of memory under its limit of {limits.memory} bytes "
@@ -284,9 +310,17 @@ def _out_of_memory(capture: _output.Capture) -> bool:
 
 
 def instantiate_component(plan: ComponentPlan, runtime: Any, limits: Limits, ticks: int) -> None:
-    """Create a store, apply limits and deadline, instantiate the component, drop (for bench/)."""
+    """Create a store, apply limits and deadline, instantiate the component, drop (the deploy's trial, bench/)."""
+    from ._wasi_http import Exchange
+
     capture = _output.Capture(0)
-    status, message, _, _ = _bridge().run(runtime.engine_ptr, plan.linker_ptr, plan.component_ptr, 0, None,
+    started = time.perf_counter()
+    capture.wait_bounds(started, started + limits.timeout)
+    # What a start function may call finds a request, as at a request: an empty GET /.
+    state = Exchange(method="GET", scheme="http", authority="localhost", path_with_query="/", headers=[], body=b"",
+                     environment=[], capture=capture, deadline=started + limits.timeout, io=None,
+                     response_limit=limits.response_size)
+    status, message, _, _ = _bridge().run(runtime.engine_ptr, plan.linker_ptr, plan.component_ptr, 0, state,
                                           limits.memory, ticks, ())
     if status != 0:
         raise _failure_from(message or "", capture, limits, "instantiate", None)

@@ -1243,8 +1243,10 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     void *ctx = api.store_context(store);
     /* One linear memory: the store limit bounds each memory, and the host's memory budget reserves one
      * limit per request. Every toolchain's component defines one (its other core modules import it);
-     * a component that makes a second fails to instantiate instead of doubling what it may hold. */
-    api.store_limiter(store, memory, -1, 100, 100, 1);
+     * a component that makes a second fails to instantiate instead of doubling what it may hold.
+     * 20 core instances: each takes a slot of the shared pool (a module takes one), and componentize-py's
+     * output, the largest seen, needs 14 (fewer than 11 fail); componentize-js's needs fewer. */
+    api.store_limiter(store, memory, -1, 20, 100, 1);
     api.set_epoch_deadline(ctx, ticks);
     int64_t t0 = now_ns();
     wt_cinstance instance;

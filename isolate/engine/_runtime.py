@@ -19,10 +19,10 @@ import wasmtime
 import wasmtime.component as wc
 
 from ..config import MAX_STACK_CEILING, Config, GiB, KiB, MiB
-from ..errors import InvalidConfig, InvalidModule
+from ..errors import InvalidConfig, InvalidModule, IsolateError
 from . import _hostcalls, _native, _raw, _shutdown
 from ._budget import MemoryBudget, budget_for
-from ._component import ComponentPlan, inspect_component, is_component
+from ._component import ComponentPlan, inspect_component, instantiate_component, is_component
 from ._linker import ModuleShape, build_linker, inspect_module
 from ._ticker import EpochTicker
 
@@ -197,6 +197,12 @@ class Runtime:
         """Resolve imports once so each request only instantiates."""
         if isinstance(module, wc.Component):
             plan = ComponentPlan(self.engine, module, inspect_component(module, self.engine))
+            # Instantiated once here: an import of the wrong kind, or a start function that fails, is a deploy
+            # error, not a failure of every request (wasmtime checks kinds and resource types only then).
+            try:
+                instantiate_component(plan, self, self.config.limits, self.ticker.ticks_for(1.0))
+            except IsolateError as exc:
+                raise InvalidModule(f"component cannot be instantiated: {exc.detail}") from None
             return Prepared(self, digest, module, None, 0, shape or self.inspect(module), plan)
         shape = shape or inspect_module(module)
         try:

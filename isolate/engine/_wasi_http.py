@@ -8,10 +8,12 @@ from typing import Any
 
 import msgpack
 
-from ..errors import AbiViolation, ResponseTooLarge
+from ..errors import AbiViolation, MemoryLimit, ResponseTooLarge
 from . import _output
 from ._wasip2 import (
     CLOSED,
+    ENTRY_OVERHEAD,
+    MAX_ENTRIES,
     OK_NONE,
     InputStream,
     OutputStream,
@@ -117,8 +119,17 @@ def _fields_from_list(state: Resources, entries: list[tuple[str, bytes]]) -> tup
         if not _VALUE(value):
             return INVALID_SYNTAX
         checked.append((name.lower(), bytes(value)))
-    hold(state, sum(len(name) + len(value) for name, value in checked))
+    _hold_entries(state, checked, len(checked))
     return ("ok", state.add(Fields(checked, True)))
+
+
+def _hold_entries(state: Resources, added: list[tuple[str, bytes]], total: int) -> None:
+    """Count header entries the host keeps for the guest: bytes with a per-entry overhead, and at most
+    MAX_ENTRIES in one fields resource (wasmtime's HeaderMap limit)."""
+    if total > MAX_ENTRIES:
+        raise MemoryLimit(f"guest made a fields resource of {total} entries; at most {MAX_ENTRIES}",
+                          limit="host_memory")
+    hold(state, sum(len(name) + len(value) + ENTRY_OVERHEAD for name, value in added))
 
 
 def _fields_get(state: Resources, rep: int, name: str) -> list[bytes]:
@@ -142,9 +153,9 @@ def _fields_set(state: Resources, rep: int, name: str, values: list[bytes]) -> t
         return INVALID_SYNTAX
     if not fields.mutable:
         return IMMUTABLE
-    hold(state, sum(len(name) + len(value) for value in values))
     name = name.lower()
     entries = fields.entries
+    _hold_entries(state, [(name, value) for value in values], len(entries) + len(values))
     at = next((index for index, (key, _) in enumerate(entries) if key == name), len(entries))
     kept = [entry for entry in entries if entry[0] != name]
     # in place: a view of these fields sees the change; the values take the first old one's place
@@ -173,7 +184,7 @@ def _fields_append(state: Resources, rep: int, name: str, value: bytes) -> tuple
         return INVALID_SYNTAX
     if not fields.mutable:
         return IMMUTABLE
-    hold(state, len(name) + len(value))
+    _hold_entries(state, [(name, value)], len(fields.entries) + 1)
     fields.entries.append((name.lower(), bytes(value)))
     return OK_NONE
 
@@ -185,7 +196,7 @@ def _fields_entries(state: Resources, rep: int) -> list[tuple[str, bytes]]:
 
 def _fields_clone(state: Resources, rep: int) -> int:
     fields: Fields = get(state, rep)
-    hold(state, sum(len(name) + len(value) for name, value in fields.entries))
+    _hold_entries(state, fields.entries, len(fields.entries))
     return state.add(Fields(list(fields.entries), True))
 
 

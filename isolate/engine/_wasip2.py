@@ -33,8 +33,21 @@ MAX_HELD = 64 << 20
 """Bytes of headers and outbound bodies the host may hold for a request's guest, over its life
 (a guest's memory limit bounds what it holds itself, not what it can make the host keep)."""
 MAX_BYTES = 64 << 20
-"""The most one call may ask the host to make up (random bytes, zeroes): beyond any guest's memory,
-and a guest must not make the host allocate gigabytes."""
+"""The most one call may ask the host to make up (zeroes): beyond any guest's memory, and a guest must
+not make the host allocate gigabytes."""
+MAX_HANDED = 64 << 10
+"""The most one call hands the guest (a read, a skip): a list<u8> crosses the C API as one 32-byte
+value per byte, about 80 bytes of host memory per byte handed over and ~35 ns, so a read of a 10 MiB
+body at once held 800 MiB of host memory and ran past the deadline. wasmtime serve hands out frames of
+about this size too; a read may return fewer bytes than asked."""
+MAX_RANDOM = 1 << 20
+"""The most random bytes one call makes (get-random-bytes must return as many as asked: larger asks
+fail the request), for the same reason."""
+ENTRY_OVERHEAD = 96
+"""Bytes counted per header entry on top of its name and value: each entry is Python objects in the
+host, so 250,000 empty entries held 2 GB while counting as 16 MB."""
+MAX_ENTRIES = 32768
+"""Entries one fields resource may have: what wasmtime's HeaderMap allows."""
 
 Func = Callable[..., Any]
 Dtor = Callable[[Any, int], None]
@@ -227,13 +240,13 @@ class InputStream:
 
 def _read(state: Resources, rep: int, size: int) -> tuple[str, Any]:
     stream: InputStream = get(state, rep)
-    chunk = stream.take(size)
+    chunk = stream.take(min(size, MAX_HANDED))
     return CLOSED if chunk is None else ("ok", chunk)
 
 
 def _skip(state: Resources, rep: int, size: int) -> tuple[str, Any]:
     stream: InputStream = get(state, rep)
-    chunk = stream.take(size)
+    chunk = stream.take(min(size, MAX_HANDED))
     return CLOSED if chunk is None else ("ok", len(chunk))
 
 
@@ -394,8 +407,8 @@ def _wall_resolution(state: Resources) -> tuple[int, int]:
 
 
 def _checked_size(size: int) -> int:
-    if size > MAX_BYTES:
-        raise AbiViolation(f"asked for {size} random bytes, over the {MAX_BYTES}-byte limit of one call")
+    if size > MAX_RANDOM:
+        raise AbiViolation(f"asked for {size} random bytes, over the {MAX_RANDOM}-byte limit of one call")
     return size
 
 
