@@ -601,7 +601,7 @@ class AssemblyScript:
 
     def sources(self, project: Path) -> list[Path]:
         return _files(project, ["assembly/**/*.ts", "package.json"]) + _files(
-            sdk_root() / "assemblyscript", ["assembly/**/*.ts"])
+            sdk_root() / "assemblyscript", ["assembly/**/*.ts", "transform/*.js"])
 
     def recipe(self, project: Path, stack: int) -> dict[str, Any]:
         return {}  # AssemblyScript's stack is its own (the stub runtime keeps one page of memory)
@@ -621,10 +621,16 @@ class AssemblyScript:
         # Its internal name depends on whether the SDK came in as a package or by relative path.
         if (project / "node_modules" / "isolate-sdk").exists():
             abort = "~lib/isolate-sdk/assembly/index/abort"
+            package = project / "node_modules" / "isolate-sdk"
         else:
             abort = os.path.relpath(sdk / "assembly" / "index", project) + "/abort"
+            package = sdk
+        # The SDK's transform makes the stub runtime tell the host when memory.grow fails (memory_limit).
+        transform = (package / "transform" / "out-of-memory.js").resolve()
+        if not transform.is_file():  # an installed copy of the SDK from before the transform
+            transform = sdk / "transform" / "out-of-memory.js"
         result = _run("asc", [node, asc, "assembly/index.ts", "--outFile", output, "--runtime", "stub", "--optimize",
-                              "--use", f"abort={abort}"], cwd=project)
+                              "--use", f"abort={abort}", "--transform", str(transform)], cwd=project)
         version = json.loads((asc.parent.parent / "package.json").read_text()).get("version", "?")
         return Compiler("asc", str(asc), version, driver=f"node at {node}"), _split(result.stderr, self._header)
 

@@ -67,7 +67,9 @@ def test_wheel_name_and_contents(installed: Installed) -> None:
     sdk = {n.removeprefix("isolate/_guest_sdk/") for n in names if n.startswith("isolate/_guest_sdk/")}
     assert {"c/isolate.c", "c/isolate.h", "rust/Cargo.toml", "rust/src/lib.rs", "rust/src/msgpack.rs",
             "assemblyscript/package.json", "assemblyscript/package-lock.json",
-            "assemblyscript/assembly/index.ts", "ABI.md"} <= sdk
+            "assemblyscript/assembly/index.ts", "assemblyscript/transform/out-of-memory.js", "ABI.md",
+            "python/isolate_http.py", "javascript/package.json", "javascript/package-lock.json",
+            "javascript/componentize.mjs"} <= sdk
     assert not [n for n in names if "node_modules" in n or "/build/" in n or n.endswith((".wasm", ".rlib"))]
     assert "isolate/py.typed" in names
 

@@ -109,6 +109,7 @@ def test_todo_rust(server: LiveServer, edge: httpx.Client) -> None:
         ("/crash/abort", 500, "trap", {"trap_code": "unreachable"}),
         ("/crash/loop", 504, "timeout", {}),
         ("/crash/oom", 500, "memory_limit", {"limit": "memory"}),
+        ("/crash/malloc", 500, "memory_limit", {"limit": "memory", "requested_bytes": 1 << 30}),
         ("/crash/stack", 500, "stack_overflow", {}),
         ("/crash/shadow", 500, "trap", {"trap_code": "memory_out_of_bounds"}),
         ("/crash/null", 500, "trap", {"trap_code": "memory_out_of_bounds"}),

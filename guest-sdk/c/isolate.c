@@ -25,6 +25,7 @@ IMPORT("isolate", "kv_exists") int32_t __isolate_host_kv_exists(int32_t store, c
 IMPORT("isolate", "kv_list") int32_t __isolate_host_kv_list(int32_t store, const void *prefix, size_t prefix_len,
                                                           const void *cursor, size_t cursor_len, void *out,
                                                           size_t out_cap);
+IMPORT("isolate", "out_of_memory") void __isolate_host_out_of_memory(uint32_t requested);
 
 /* ---------- the heap: malloc, free and the rest ----------
  *
@@ -56,6 +57,16 @@ static heap_free *heap_small[HEAP_SMALL_MAX + 1];
 static heap_free *heap_large;
 
 static uint32_t *heap_header(void *payload) { return (uint32_t *)((uint8_t *)payload - HEAP_HEADER); }
+
+/* An allocation of n bytes failed: the memory limit refused to grow memory (or n could never fit).
+ * The host is told, so a failure that follows (a write through the NULL returned, an abort) is
+ * reported as memory_limit rather than as a bare trap; the caller still gets NULL and ENOMEM, as C
+ * expects, and may recover. */
+static void *heap_failed(size_t n) {
+    __isolate_host_out_of_memory(n > UINT32_MAX ? UINT32_MAX : (uint32_t)n);
+    errno = ENOMEM;
+    return NULL;
+}
 
 /* The size of the block that holds n bytes, header included; 0 when n is too large. */
 static size_t heap_block_size(size_t n) {
@@ -112,8 +123,7 @@ void *malloc(size_t n) {
         }
     }
     if (size) p = heap_bump(size, HEAP_ALIGN);
-    if (!p) errno = ENOMEM;
-    return p;
+    return p ? p : heap_failed(n);
 }
 
 void free(void *p) {
@@ -131,10 +141,7 @@ void free(void *p) {
 
 void *calloc(size_t count, size_t n) {
     size_t total;
-    if (__builtin_mul_overflow(count, n, &total)) {
-        errno = ENOMEM;
-        return NULL;
-    }
+    if (__builtin_mul_overflow(count, n, &total)) return heap_failed(SIZE_MAX);
     void *p = malloc(total);
     if (p) memset(p, 0, total);
     return p;
@@ -146,15 +153,9 @@ void *realloc(void *p, size_t n) {
     size_t have = *header - HEAP_HEADER;
     if (n <= have) return p;
     size_t size = heap_block_size(n);
-    if (!size) {
-        errno = ENOMEM;
-        return NULL;
-    }
+    if (!size) return heap_failed(n);
     if ((uintptr_t)header + *header == heap_top) { /* the top block grows where it is */
-        if (!heap_reserve((uint64_t)(uintptr_t)header + size)) {
-            errno = ENOMEM;
-            return NULL;
-        }
+        if (!heap_reserve((uint64_t)(uintptr_t)header + size)) return heap_failed(n);
         heap_top = (uintptr_t)header + size;
         *header = (uint32_t)size;
         return p;
@@ -168,19 +169,19 @@ void *realloc(void *p, size_t n) {
 
 void *reallocarray(void *p, size_t count, size_t n) {
     size_t total;
-    if (__builtin_mul_overflow(count, n, &total)) {
-        errno = ENOMEM;
-        return NULL;
-    }
+    if (__builtin_mul_overflow(count, n, &total)) return heap_failed(SIZE_MAX);
     return realloc(p, total);
 }
 
 void *aligned_alloc(size_t align, size_t n) {
     if (align <= HEAP_ALIGN) return malloc(n);
     size_t size = heap_block_size(n);
-    void *p = size && (align & (align - 1)) == 0 && align <= WASM_PAGE ? heap_bump(size, align) : NULL;
-    if (!p) errno = align & (align - 1) ? EINVAL : ENOMEM;
-    return p;
+    if ((align & (align - 1)) || align > WASM_PAGE) { /* not a power of two, or more than a page can align */
+        errno = align & (align - 1) ? EINVAL : ENOMEM;
+        return NULL;
+    }
+    void *p = size ? heap_bump(size, align) : NULL;
+    return p ? p : heap_failed(n);
 }
 
 void *memalign(size_t align, size_t n) { return aligned_alloc(align, n); }

@@ -1434,6 +1434,15 @@ static PyObject *layout(PyObject *self, PyObject *unused) {
                          (Py_ssize_t)sizeof(wt_func));
 }
 
+/* The capture of the request this thread runs, or None: for host functions written in Python that
+ * the native path runs without telling them the request (isolate.out_of_memory, a failure path). */
+static PyObject *current_capture(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    request_state *state = current;
+    return Py_NewRef(state != NULL ? state->capture : Py_None);
+}
+
 static PyMethodDef methods[] = {
     {"invoke", (PyCFunction)(void (*)(void))invoke, METH_FASTCALL, invoke_doc},
     {"instantiate", (PyCFunction)(void (*)(void))instantiate, METH_FASTCALL, instantiate_doc},
@@ -1451,6 +1460,7 @@ static PyMethodDef methods[] = {
     {"ticker_stop", ticker_stop, METH_O, "Stop a ticker and wait for its thread (idempotent)."},
     {"init", init, METH_VARARGS, init_doc},
     {"names", names, METH_NOARGS, "The C API functions `init` needs, by name."},
+    {"current_capture", current_capture, METH_NOARGS, "The capture of the request this thread runs, or None."},
     {"layout", layout, METH_NOARGS, "Sizes and offsets of the wasmtime structs this file declares."},
     {NULL, NULL, 0, NULL},
 };

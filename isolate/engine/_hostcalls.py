@@ -41,6 +41,7 @@ SIGNATURES: dict[str, tuple[int, int]] = {
     "kv_delete": (3, 1),  # (store, key, key_len) -> 0 | error
     "kv_exists": (3, 1),  # (store, key, key_len) -> 1 | 0 | error
     "kv_list": (7, 1),  # (store, prefix, prefix_len, cursor, cursor_len, out, out_cap) -> length | error
+    "out_of_memory": (1, 0),  # (requested): the guest's allocator could not get `requested` bytes
 }
 IO_FUNCTIONS = frozenset(name for name in SIGNATURES if name.startswith(("http_", "kv_")))
 """Host functions that reach outside the isolate and may wait: modules importing one run on a thread."""
@@ -248,10 +249,29 @@ def _kv_list(caller: int, store: int, prefix_ptr: int, prefix_len: int, cursor_p
     return len(page)
 
 
+def _out_of_memory(caller: int, requested: int) -> None:
+    """Note on the request that the guest's allocator failed; the guest goes on (C's malloc returns
+    NULL) or traps, and `_isolate._translate` reports a failure after this as `memory_limit`.
+
+    Called only when an allocation has already failed, so it stays here rather than in `_fastpath.c`,
+    and finds the request's capture the slow way on the native path (which tells only its own
+    functions)."""
+    capture = getattr(_output.current, "capture", None)
+    if capture is None and FASTPATH is not None:
+        capture = FASTPATH.current_capture()
+    if capture is None:
+        return
+    requested &= _U32
+    if getattr(capture, "out_of_memory", None) is None:  # the first failure is the one that matters
+        capture.out_of_memory = requested
+        capture.note("warn", f"guest allocator could not get {requested} bytes: the memory limit refused "
+                             "to grow memory")
+
+
 _IMPLEMENTATIONS: dict[str, Callable[..., int | None]] = {
     "log": _log, "cache_get": _cache_get, "cache_put": _cache_put, "http_send": _http_send,
     "http_take": _http_take, "kv_open": _kv_open, "kv_get": _kv_get, "kv_set": _kv_set,
-    "kv_delete": _kv_delete, "kv_exists": _kv_exists, "kv_list": _kv_list,
+    "kv_delete": _kv_delete, "kv_exists": _kv_exists, "kv_list": _kv_list, "out_of_memory": _out_of_memory,
 }
 
 

@@ -298,6 +298,19 @@ def _translate(code: wasmtime.TrapCode | None, text: str, exit_code: int | None,
         return Timeout(f"guest ran past its {ms:g} ms time limit{waiting}", limit="timeout", timeout_ms=ms, **where)
     if capture.abi_error:
         return AbiViolation(capture.abi_error, **where)
+    requested = getattr(capture, "out_of_memory", None)
+    if requested is not None:
+        # The guest's allocator told the host (isolate.out_of_memory) that memory.grow failed: whatever
+        # stopped the guest after that (Rust's alloc-error abort, AssemblyScript's `unreachable`, a
+        # C write through the NULL malloc returned, an exit) follows from it.
+        return MemoryLimit(
+            f"guest could not allocate {requested} bytes within its memory limit of {limits.memory} bytes "
+            f"and failed ({_cause(text, exit_code)})",
+            limit="memory",
+            memory_limit=limits.memory,
+            requested_bytes=requested,
+            **where,
+        )
     if exit_code is not None:
         return Trap(f"guest called proc_exit({exit_code})", trap_code="exit", exit_code=exit_code, **where)
     message = _first_line(text)
@@ -354,6 +367,11 @@ def _thread_too_small(stack: int, room: int) -> InternalError:
 def _memory_slack(limit: int) -> int:
     """How near the limit a trapping guest's memory must be to count as out of memory."""
     return max(1 << 20, limit // 16)
+
+
+def _cause(text: str, exit_code: int | None) -> str:
+    """What stopped the guest, in a few words: its proc_exit code or the trap's root cause."""
+    return f"proc_exit({exit_code})" if exit_code is not None else _first_line(text)
 
 
 def _first_line(text: str) -> str:

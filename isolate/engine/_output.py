@@ -23,11 +23,13 @@ class Capture:
 
     For modules that import WASI (the only host calls that can wait or run long), it also carries
     the request's start and deadline (`time.perf_counter()` values) and why a host call failed the
-    guest, if one did; other requests never pay for setting them.
+    guest, if one did; other requests never pay for setting them. `out_of_memory`, the size of the
+    first allocation the guest's allocator reported failing (`isolate.out_of_memory`), is set only
+    then: read it with getattr.
     """
 
     __slots__ = ("records", "limit", "max_records", "used", "full", "dropped", "dropped_records", "abi_error",
-                 "key", "interrupted", "started", "deadline")
+                 "key", "interrupted", "started", "deadline", "out_of_memory")
 
     def __init__(self, limit: int, max_records: int = 256) -> None:
         self.records: list[LogRecord] = []

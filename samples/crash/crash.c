@@ -2,6 +2,8 @@
  *   /crash/abort      abort()                       → 500 trap (unreachable)
  *   /crash/loop       an endless loop               → 504 timeout
  *   /crash/oom        malloc until it fails         → 500 memory_limit
+ *   /crash/malloc     malloc(1 GiB), unchecked, then writes through the NULL it returned
+ *                                                   → 500 memory_limit (malloc told the host it failed)
  *   /crash/stack      unbounded recursion           → 500 stack_overflow
  *   /crash/shadow     unbounded recursion with large locals in linear memory (clang's shadow stack,
  *                     64 KiB from the build)        → 500 trap (memory_out_of_bounds)
@@ -48,6 +50,10 @@ isolate_response *isolate_on_request(const isolate_request *req) {
             kept = p;
         }
     }
+    if (ends_with(req->path, "/malloc")) {
+        kept = malloc((size_t)1 << 30);
+        memset(kept, 1, (size_t)1 << 30); /* from address 0: runs off the end of memory */
+    }
     if (ends_with(req->path, "/stack")) recurse(0);
     if (ends_with(req->path, "/shadow")) recurse_shadow(0);
     if (ends_with(req->path, "/null")) *(volatile int *)(uintptr_t)0xfffffff0u = 1;
@@ -57,7 +63,7 @@ isolate_response *isolate_on_request(const isolate_request *req) {
         isolate_response_header(res, "x-evil", "a\r\nset-cookie: stolen=1");
         return res;
     }
-    isolate_response_body_str(res, "try /crash/abort, /crash/loop, /crash/oom, /crash/stack, /crash/shadow, "
-                                   "/crash/null, /crash/header or /crash/exit\n");
+    isolate_response_body_str(res, "try /crash/abort, /crash/loop, /crash/oom, /crash/malloc, /crash/stack, "
+                                   "/crash/shadow, /crash/null, /crash/header or /crash/exit\n");
     return res;
 }

@@ -30,6 +30,23 @@ extern "C" {
     static __heap_base: u8;
 }
 
+#[link(wasm_import_module = "isolate")]
+extern "C" {
+    /// Tells the host an allocation failed (ABI.md, "Out of memory").
+    #[link_name = "out_of_memory"]
+    fn host_out_of_memory(requested: u32);
+}
+
+/// An allocation of `size` bytes failed: the memory limit refused to grow memory (or `size` could
+/// never fit). The host is told before Rust's alloc-error handler aborts with a bare `unreachable`,
+/// so it reports `memory_limit` with the size; a `try_reserve` that recovers still answers (the host
+/// only logs the failure).
+#[cold]
+fn failed(size: usize) -> *mut u8 {
+    unsafe { host_out_of_memory(size.min(u32::MAX as usize) as u32) };
+    ptr::null_mut()
+}
+
 /// Free blocks keep their list's next pointer (0: none), large ones their size after it.
 struct State {
     top: usize,
@@ -89,7 +106,7 @@ unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let size = match block_size(layout.size()) {
             Some(size) => size,
-            None => return ptr::null_mut(),
+            None => return failed(layout.size()),
         };
         let s = state();
         if layout.align() <= ALIGN {
@@ -120,7 +137,11 @@ unsafe impl GlobalAlloc for Heap {
                 }
             }
         }
-        bump(size, layout.align().max(ALIGN))
+        let block = bump(size, layout.align().max(ALIGN));
+        if block.is_null() {
+            return failed(layout.size());
+        }
+        block
     }
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
@@ -146,7 +167,7 @@ unsafe impl GlobalAlloc for Heap {
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let (old, new) = match (block_size(layout.size()), block_size(new_size)) {
             (Some(old), Some(new)) => (old, new),
-            _ => return ptr::null_mut(),
+            _ => return failed(new_size),
         };
         if new == old {
             return block;
