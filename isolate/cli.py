@@ -19,6 +19,8 @@ from .build import LANGUAGES
 from .config import DEFAULT_ADMIN_PORT, DEFAULT_REGION, ServerConfig, parse_duration, parse_size, parse_workers
 from .errors import ClusterUnavailable, InvalidConfig
 from .http import load_or_create_token, token_path
+from .http._logs import log_formatter, logfmt_line
+from .http._tail import DEFAULT_LINES, RING_SIZE
 from .http._workers import SUPERVISOR_POOL
 from .registry import loads_json, validate_name
 from .registry._lock import DataDirLock
@@ -183,6 +185,9 @@ def main() -> None:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="Host log level.")
 @click.option("--no-access-log", is_flag=True, help="Do not log one line per request.")
+@click.option("--log-format", envvar="ISOLATE_LOG_FORMAT", default="logfmt", show_default=True,
+              type=click.Choice(["logfmt", "json"]), help="Log lines as logfmt or one JSON object each "
+                                                           "[env ISOLATE_LOG_FORMAT].")
 @click.option("--region", default=DEFAULT_REGION, show_default=True, help="The region this node serves.")
 @click.option("--node-name", default="", help="This node's name in forwarded requests [default: hostname:port].")
 @click.option("--no-cache", is_flag=True, help="Turn the edge response cache off.")
@@ -203,15 +208,17 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
           max_connections: int | None, admin_max_connections: int, workers: str, threads: int | None,
           io_threads: int | None,
           queue_limit: int,
-          log_level: str, no_access_log: bool, region: str, node_name: str, no_cache: bool, cache_size: str,
+          log_level: str, no_access_log: bool, log_format: str, region: str, node_name: str, no_cache: bool,
+          cache_size: str,
           module_cache_size: int | None, regions_file: str | None, simulate_regions: bool, cluster: str) -> None:
     """Run the edge and admin listeners until interrupted."""
     from . import manifest as manifests
     from .http import build, run
 
     node = "" if region == DEFAULT_REGION else f"[{region}] "  # tells simulated nodes' lines apart
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s {node}%(levelname)s %(name)s %(message)s")
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(log_formatter(log_format, node, {"region": region} if node else None))
+    logging.basicConfig(level=log_level.upper(), handlers=[stderr])
     admin_token = _admin_token(admin_token, admin_token_file)
     _warn_cluster_credentials(cluster)
     if simulate_regions:
@@ -224,6 +231,7 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
             host=host, port=port, admin_host=admin_host, admin_port=admin_port, admin_token=admin_token,
             cluster_secret=_cluster_secret(), cluster=cluster,
             max_body_size=parse_size(max_body_size), queue_limit=queue_limit, access_log=not no_access_log,
+            log_format=log_format,
             threads=threads or ServerConfig().threads, workers=parse_workers(workers),
             io_threads=io_threads or ServerConfig().io_threads,
             region=region, node_name=node_name, cache=not no_cache,
@@ -476,6 +484,32 @@ def stats(data_dir: str | None, admin_url: str, admin_token: str | None, as_json
 @data_dir_option
 @admin_url_option
 @admin_token_option
+@click.option("--since", help="Only the hours from the one holding this time on (unix time or ISO 8601); "
+              "default: everything since metering began.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def usage(data_dir: str | None, admin_url: str, admin_token: str | None, since: str | None, as_json: bool) -> None:
+    """Show what each module used: invocations, CPU and wall time, memory × time, I/O, stored bytes."""
+    body = Admin(admin_url, admin_token, data_dir).call("GET", "/v1/usage",
+                                                        params={"since": since} if since else None)
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    click.echo(f"usage from {body['from']} to {body['until']}" if body["from"] else
+               f"usage since metering began, to {body['until']}")
+    header = ("MODULE", "CALLS", "CPU MS", "WALL MS", "MIB·S", "OUT REQS", "OUT BYTES", "KV OPS", "STORED")
+    rows = [(m["module"] + ("" if m["deployed"] else " (deleted)"), str(m["invocations"]), f"{m['cpu_ms']:.1f}",
+             f"{m['wall_ms']:.1f}", f"{m['memory_mib_s']:.3f}", str(m["outbound_requests"]),
+             str(m["outbound_bytes"]), str(m["kv_operations"]), str(m["stored_bytes"])) for m in body["modules"]]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                             for i, (cell, width) in enumerate(zip(row, widths, strict=True))).rstrip())
+
+
+@main.command()
+@data_dir_option
+@admin_url_option
+@admin_token_option
 @click.option("--set", "table_file", type=click.Path(exists=True, dir_okay=False),
               help="Replace the region table with this JSON file (as GET /v1/regions prints it).")
 def regions(data_dir: str | None, admin_url: str, admin_token: str | None, table_file: str | None) -> None:
@@ -550,6 +584,41 @@ def delete(data_dir: str | None, admin_url: str, admin_token: str | None, name: 
     """Delete module NAME and all its versions."""
     Admin(admin_url, admin_token, data_dir).call("DELETE", _module_path(name))
     click.echo(f"deleted {name}")
+
+
+@main.command()
+@data_dir_option
+@admin_url_option
+@admin_token_option
+@click.option("--module", "-m", help="Only this module's lines.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing lines as they come, until interrupted.")
+@click.option("--lines", "-n", type=click.IntRange(0, RING_SIZE), default=DEFAULT_LINES, show_default=True,
+              help="Recent lines to print first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line, as `serve --log-format json`.")
+def logs(data_dir: str | None, admin_url: str, admin_token: str | None, module: str | None, follow: bool,
+         lines: int, as_json: bool) -> None:
+    """Print the server's recent access and guest lines (with request ids); --follow streams them."""
+    admin = Admin(admin_url, admin_token, data_dir)
+    params: dict[str, str | int] = {"lines": lines, **({"module": module} if module else {}),
+                                    **({"follow": 1} if follow else {})}
+    # A follower waits as long as no line comes: no read timeout then, only to connect.
+    timeout = httpx.Timeout(10.0, read=None) if follow else httpx.Timeout(60.0)
+    try:
+        with admin.client.stream("GET", "/v1/logs", params=params, timeout=timeout) as response:
+            if response.is_error:
+                response.read()
+                _json_of(response)  # fails with the diagnostic
+            for line in response.iter_lines():
+                if line:
+                    click.echo(line if as_json else logfmt_line(json.loads(line)))
+    except httpx.TransportError as exc:
+        _fail(f"lost the admin API at {admin.url} ({exc}); is `isolate serve` running?")
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `isolate logs -f | head`: the reader has had enough
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
 
 
 @main.group()

@@ -445,6 +445,10 @@ _ENV_FIELDS: dict[str, Any] = {
 """Every `Config` field read from an `ISOLATE_<NAME>` variable, and how its text is parsed."""
 
 
+LOG_FORMATS = ("logfmt", "json")
+"""How `isolate serve` writes log lines: logfmt (the default), or one JSON object a line."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """The HTTP side: two listeners (edge and admin), request bounds and the guest thread pool."""
@@ -487,6 +491,8 @@ class ServerConfig:
     inline_max_timeout: float = DEFAULT_INLINE_MAX_TIMEOUT
     """Only modules whose timeout is at most this may run on the event loop: the longest one freeze."""
     access_log: bool = True
+    log_format: str = "logfmt"
+    """How log lines are written (`--log-format`, ISOLATE_LOG_FORMAT): one of LOG_FORMATS."""
     region: str = DEFAULT_REGION
     """The region this node serves (`isolate serve --region`); must be in the region table, if any."""
     node_name: str = ""
@@ -515,6 +521,8 @@ class ServerConfig:
         if self.threads < 1 or self.queue_limit < 0:
             raise InvalidConfig("threads must be at least 1 and queue_limit not negative")
         _check_int("workers", self.workers, 1, 1024)
+        if self.log_format not in LOG_FORMATS:
+            raise InvalidConfig(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         _check_int("io_threads", self.io_threads, 1, 4096)
         _check_int("max_header_size", self.max_header_size, 1 * KiB, 1 * GiB)
         _check_number("head_timeout", self.head_timeout, 0.0, 3600.0, open_low=True)

@@ -31,8 +31,17 @@ from .config import Config, Limits
 from .engine import MemoryBudgetStatistics, Prepared, Runtime, is_stopping, run, run_component, wat_to_wasm
 from .engine import resume as engine_resume
 from .engine import shutdown as engine_shutdown
-from .errors import GuestError, InvalidConfig, InvalidModule, IsolateError, ModuleTooLarge, NotFound, StorageError
+from .errors import (
+    GuestError,
+    InvalidConfig,
+    InvalidModule,
+    IsolateError,
+    ModuleTooLarge,
+    NotFound,
+    StorageError,
+)
 from .registry import ModuleRecord, ModuleStore, VersionRecord, sha256, validate_name
+from .usage import CPU_CLOCK_FROM_US, ModuleUsage, Usage
 
 log = logging.getLogger("isolate.host")
 
@@ -113,7 +122,9 @@ class Host:
     Thread-safe: `invoke` may run on many threads at once (guests run with the GIL released).
     """
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, *, usage: Usage | None = None) -> None:
+        """`usage`: where per-module usage goes (default: kept in `<data_dir>/usage`; a worker of
+        `serve --workers` passes one without a directory, drained by its supervisor)."""
         self.config = config or Config()
         self._store = ModuleStore(self.config.data_dir)
         for problem in self._store.skipped:
@@ -154,6 +165,8 @@ class Host:
         for record in self._store.records():
             with contextlib.suppress(IsolateError):
                 self._runtime_for(self._effective(record.limits).stack)
+        # Last: its flusher thread starts here, and must not outlive a Host that failed to start.
+        self.usage = usage if usage is not None else Usage(self.config.data_dir / "usage")
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -164,6 +177,7 @@ class Host:
                 runtime.close()
             self.outbound.close()
             self.kv.close()
+            self.usage.close()
 
     def stop_guests(self) -> None:
         """Stop every guest of this process now (on SIGTERM): sleeping host calls wake and fail, running
@@ -457,6 +471,11 @@ class Host:
         """Run `request` through module `name`'s active version in a fresh isolate."""
         request = request or Request()
         started = time.perf_counter()
+        # The thread's CPU clock is a syscall pair (~1.2 µs, a sixth of a quick request): read only for
+        # modules whose last run was long; a short run's CPU time is taken as its wall time (an upper bound).
+        cpu_started = time.thread_time_ns() if name in self.usage.timed else 0
+        io: GuestIO | None = None
+        metered = False
         try:
             record = self._store.get(name)
             version = record.version()
@@ -467,6 +486,7 @@ class Host:
             secrets = self.secrets.values(name)
             variables = {**record.variables, **secrets} if secrets else record.variables
             io = self._guest_io(record, limits, request) if shape.uses_io else None
+            metered = True
             if prepared.plan is None:
                 # The engine's native envelope codec where it runs natively (abi's encoders otherwise, and
                 # wherever the native one declines: the Python ones are the reference and name every error).
@@ -502,15 +522,25 @@ class Host:
             next(self._invocations)
             with self._lock:
                 self._failures[exc.kind] += 1
+            if metered:  # a guest that failed used what it used; a request for no module used nothing
+                memory = exc.extra.get("memory_bytes")
+                self._meter(name, cpu_started, (time.perf_counter() - started) * 1e6,
+                            memory if isinstance(memory, int) else 0, io)
             raise
         next(self._invocations)
+        total_us = (time.perf_counter() - started) * 1e6
+        if cpu_started or io is not None or total_us >= CPU_CLOCK_FROM_US:
+            self._meter(name, cpu_started, total_us, memory_bytes, io)
+        else:  # the common case, inline: a quick run without I/O (its CPU time taken as its wall time)
+            wall_ns = int(total_us * 1000)
+            self.usage.record(name, wall_ns, wall_ns, memory_bytes)
         info = {
             "module": name,
             "version": version.version,
             "digest": version.digest,
             "instantiate_us": instantiate_us,
             "run_us": run_us,
-            "total_us": (time.perf_counter() - started) * 1e6,
+            "total_us": total_us,
             "memory_bytes": memory_bytes,
         }
         if codec is not None:  # every field given: skips the frozen __init__'s five object.__setattr__ calls
@@ -540,7 +570,35 @@ class Host:
             kv_operations=kv_operations,
         )
 
+    def usage_totals(self) -> dict[str, ModuleUsage]:
+        """Every metered module's usage since metering began (deleted modules included)."""
+        return self.usage.totals()
+
+    def stored_bytes(self) -> dict[str, int]:
+        """Bytes of module code each deployed module keeps stored: its versions' distinct `.wasm` files."""
+        return {record.name: sum({v.digest: v.size for v in record.versions}.values())
+                for record in self._store.records()}
+
+    def active_version(self, name: str) -> int | None:
+        record = self._store.find(name)
+        return record.active if record is not None else None
+
     # -- internals ----------------------------------------------------------------------------
+
+    def _meter(self, name: str, cpu_started: int, wall_us: float, memory_bytes: int, io: GuestIO | None) -> None:
+        """One request's usage: CPU from the thread's clock when it was read, else the wall time."""
+        usage = self.usage
+        wall_ns = int(wall_us * 1000)
+        cpu_ns = time.thread_time_ns() - cpu_started if cpu_started else wall_ns
+        if wall_us >= CPU_CLOCK_FROM_US:
+            usage.timed.add(name)
+        elif cpu_started:
+            usage.timed.discard(name)
+        if io is None:
+            usage.record(name, cpu_ns, wall_ns, memory_bytes)
+        else:
+            usage.record(name, cpu_ns, wall_ns, memory_bytes, sum(io.results.values()), io.outbound_bytes,
+                         io.kv_operations)
 
     def _count_io(self, name: str, io: GuestIO) -> None:
         with self._lock:

@@ -220,10 +220,11 @@ def test_metrics(admin: AsgiClient, edge: AsgiClient) -> None:
     edge.get("/")
     edge.get("/bad")
     text = admin.get("/metrics").text
-    assert 'isolate_requests_total{module="hello",status="200"} 2.0' in text
+    assert ('isolate_requests_total{method="GET",module="hello",region="local",route="/",status="200",version="1"} '
+            '2.0') in text
     assert 'isolate_failures_total{kind="trap",module="bad"} 1.0' in text
     assert 'isolate_instantiate_seconds_count{module="hello"} 2.0' in text
-    assert 'isolate_request_duration_seconds_count{module="hello"} 2.0' in text
+    assert 'isolate_request_duration_seconds_count{method="GET",module="hello",region="local",route="/"} 2.0' in text
     assert 'isolate_guest_memory_bytes{module="hello"} 65536.0' in text
     assert "isolate_module_cache_hits_total" in text and "isolate_module_cache_misses_total" in text
 

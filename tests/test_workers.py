@@ -101,7 +101,8 @@ def test_metrics_and_stats_cover_every_worker(server: LiveServer) -> None:
         admin.put("/v1/routes", json={"routes": [{"path": "/app", "module": "app"}]}).raise_for_status()
         bodies(server, "/app")
         metrics = admin.get("/metrics").text
-        assert f'isolate_requests_total{{module="app",status="200"}} {float(CONNECTIONS)}' in metrics
+        assert (f'isolate_requests_total{{method="GET",module="app",region="local",route="/app",status="200",'
+                f'version="1"}} {float(CONNECTIONS)}') in metrics
         assert "isolate_modules 1.0" in metrics  # the same view in each worker: not summed
         stats = admin.get("/v1/stats").json()
         assert stats["invocations"] == CONNECTIONS

@@ -47,7 +47,7 @@ def _codes(method: Callable[P, R]) -> Callable[P, R | int]:
 
 class GuestIO:
     __slots__ = ("_outbound", "_context", "_requests", "_max_requests", "_held", "_kv", "_stores", "_granted",
-                 "_ops", "_max_ops", "_kept", "note", "deadline", "results")
+                 "_ops", "_max_ops", "_kept", "note", "deadline", "results", "outbound_bytes")
 
     def __init__(self, *, outbound: _outbound.Outbound, kv: KeyValue, allowed_hosts: Sequence[AllowedHost],
                  stores: Sequence[str], outbound_requests: int, outbound_timeout: float,
@@ -69,6 +69,7 @@ class GuestIO:
         self.note = note  # (level, message): a host log record of this request
         self.deadline = deadline
         self.results: dict[str, int] = {}  # outbound calls by result ("ok" or an error name), for metrics
+        self.outbound_bytes = 0  # request and answer envelopes of outbound calls, for usage metering
 
     # -- outbound HTTP ------------------------------------------------------------------------
 
@@ -83,11 +84,15 @@ class GuestIO:
                                         f"{self._max_requests} (limit outbound_requests)", note=True)
             self._requests += 1
             self._held = self._outbound.send(call, self._context)
+            self.outbound_bytes += len(envelope) + len(self._held)
         except _outbound.Refused as exc:
             if exc.note:
                 self.note("warn", f"http_send: {exc}")
             self._count_result(_outbound.ERRORS[exc.code])
             return exc.code
+        except TimeoutError:  # the request's own deadline passed during the call: it fails, but was made
+            self._count_result("deadline")
+            raise
         self._count_result("ok")
         return len(self._held)
 

@@ -28,6 +28,8 @@ from ._auth import BearerAuth
 from ._errors import as_isolate_error, new_request_id, render, request_id_of, send_error
 from ._health import NodeHealth
 from ._metrics import Metrics
+from ._tail import logs_endpoint
+from ._usage import usage_endpoint
 
 LIMIT_QUERY = tuple(LIMIT_PARSERS)
 GRANT_QUERY = {"allow_host": "allowed_hosts", "kv_store": "key_value_stores"}
@@ -385,6 +387,8 @@ def build_admin_app(node: Node, metrics: Metrics, token: str, health: NodeHealth
         Route("/v1/regions", put_regions, methods=["PUT"]),
         Route("/v1/cache/purge", purge_cache, methods=["POST"]),
         Route("/v1/stats", stats, methods=["GET"]),
+        Route("/v1/logs", logs_endpoint(telemetry), methods=["GET"]),
+        Route("/v1/usage", usage_endpoint(host), methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={Exception: error, HTTPException: error, IsolateError: error})
     return RequestIds(BearerAuth(app, token))

@@ -142,6 +142,7 @@ class EdgeApp:
         method = scope["method"]
         path = scope["path"]
         module = "-"
+        route = "none"  # the route's pattern, once one matched: a metrics label
         try:
             if len(scope.get("raw_path") or path) + len(scope["query_string"]) > self.config.max_url_length:
                 raise UriTooLong(f"URL longer than {self.config.max_url_length} bytes",
@@ -158,6 +159,7 @@ class EdgeApp:
                                            allow=sorted(allowed))
                 raise NotFound(f"no route for {method} {host or '-'}{path}")
             module = match.route.module
+            route = match.route.path
             if declared is not None and declared > self.config.max_body_size:
                 raise PayloadTooLarge(f"request body of {declared} bytes exceeds the "
                                       f"{self.config.max_body_size}-byte limit", limit=self.config.max_body_size)
@@ -217,14 +219,16 @@ class EdgeApp:
                 entry, fresh = await cache.fetch(key, method, headers, invoke, module, match.route.path, url)
                 if entry is not None:
                     await self._reply_cached(send, entry, request_id, method, routed - started)
-                    self._done(module, entry.status, started, None, request_id, method, path, _HIT)
+                    self._done(module, entry.status, started, None, request_id, method, path, _HIT, route,
+                               client_region)
                     return
                 assert fresh is not None
                 response, queued, x_cache = fresh, waited[0], _MISS
         except (_Disconnected, RelayBroken):
             return
         except Exception as exc:  # an IsolateError, or a bug: either way the client gets the diagnostic
-            await self._fail(send, as_isolate_error(exc), request_id, module, method, path, started)
+            await self._fail(send, as_isolate_error(exc), request_id, module, method, path, started, route,
+                             client_region)
             return
         info = response.info
         await self._reply(send, response.status, response.headers, response.body, method, request_id, x_cache,
@@ -232,7 +236,8 @@ class EdgeApp:
                                              f"queue;dur={queued * 1000:.3f}, "
                                              f"instantiate;dur={info.get('instantiate_us', 0) / 1000:.3f}, "
                                              f"guest;dur={info.get('run_us', 0) / 1000:.3f}".encode()))
-        self._done(module, response.status, started, response, request_id, method, path, x_cache)
+        self._done(module, response.status, started, response, request_id, method, path, x_cache, route,
+                   client_region)
 
     def _hop(self, scope: Any, hop: bytes, forwarded_by: str, client_region: str,
              request_id: str) -> tuple[str, str, list[tuple[bytes, bytes]]]:
@@ -277,10 +282,10 @@ class EdgeApp:
         raise RegionUnavailable(f"no region could take the request for module {module!r}", module=module)
 
     def _done(self, module: str, status: int, started: float, response: Response | None, request_id: str,
-              method: str, path: str, x_cache: bytes) -> None:
+              method: str, path: str, x_cache: bytes, route: str = "none", region: str = "") -> None:
         elapsed = time.perf_counter() - started
         info = response.info if response is not None else None
-        self.metrics.observe(module, status, elapsed, info)
+        self.metrics.observe(module, status, elapsed, info, route, method, region, x_cache)
         if response is not None and response.logs:
             guest_lines(guest_log, request_id, module, response.logs)
         if self.config.access_log and access_log.isEnabledFor(logging.INFO):
@@ -319,12 +324,12 @@ class EdgeApp:
                           (b"server-timing", f'routing;dur={routing * 1000:.3f}, cache;desc="hit"'.encode()))
 
     async def _fail(self, send: Any, exc: IsolateError, request_id: str, module: str, method: str, path: str,
-                    started: float) -> None:
+                    started: float, route: str = "none", region: str = "") -> None:
         timing = f"total;dur={(time.perf_counter() - started) * 1000:.3f}".encode()
         await send_error(send, exc, request_id, head_only=method == "HEAD",
                          extra=(self._region_header, (b"server-timing", timing)))
         elapsed = time.perf_counter() - started
-        self.metrics.observe(module, exc.status, elapsed, None)
+        self.metrics.observe(module, exc.status, elapsed, None, route, method, region)
         self.metrics.failure(module, exc.kind)
         guest_lines(guest_log, request_id, module, getattr(exc, "logs", ()))
         if self.config.access_log and access_log.isEnabledFor(logging.INFO):

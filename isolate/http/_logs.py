@@ -10,15 +10,19 @@ the writer expands. When the queue is full, records are dropped and counted, nev
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 import logging.handlers
 import queue
+import re
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from ..abi import LogRecord as GuestRecord
 
@@ -44,6 +48,11 @@ _PAUSE = 0.0001  # seconds it then leaves the GIL to the loop
 # request (an access line each); once caught up it sleeps this long first, so a steady stream of
 # records wakes it about once per _LINGER, and a line reaches the output at most that much later.
 _LINGER = 0.002
+
+# A structured line is a template of `key=%<conversion>` tokens, guest lines ending in a bare `%s` (the
+# message): its fields are read from the template and the record's arguments, never parsed back out
+# of the formatted text, which a guest's message could forge.
+_FIELD = re.compile(r"(\w+)=(%[-#0-9.]*[sdfr])")
 
 _pipe: _Pipe | None = None  # the active route off the loop, if any
 _dropped = 0  # by every pipe this process ran, for `dropped_records()`
@@ -302,3 +311,111 @@ def logging_off_loop(capacity: int = MAX_QUEUED, stop_timeout: float = STOP_TIME
             root.removeHandler(forwarder)
             for handler in handlers:
                 root.addHandler(handler)
+
+
+# -- lines as fields: the JSON format, the ring of recent lines (`_tail`) and `isolate logs` ----------
+
+
+@functools.lru_cache(maxsize=256)
+def _template(msg: str) -> tuple[tuple[str, str], ...] | None:
+    """The (field, conversion) pairs of a structured message; None for any other message."""
+    tokens = msg.split(" ")
+    fields: list[tuple[str, str]] = []
+    for index, token in enumerate(tokens):
+        match = _FIELD.fullmatch(token)
+        if match is not None:
+            fields.append((match[1], match[2]))
+        elif token == "%s" and index == len(tokens) - 1:
+            fields.append(("msg", "%s"))
+        else:
+            return None
+    return tuple(fields)
+
+
+def _value(conversion: str, arg: object) -> object:
+    """A field's value as JSON should carry it: a number for %d and %f (rounded as formatted)."""
+    kind = conversion[-1]
+    if arg is None or isinstance(arg, bool):
+        return arg
+    if kind == "s":
+        return arg if type(arg) is str else str(arg)
+    if kind == "d":
+        return arg if type(arg) is int else int(conversion % (arg,))
+    return float(conversion % (arg,)) if kind == "f" else conversion % (arg,)
+
+
+def timestamp(created: float) -> str:
+    """UTC, fixed width (microseconds), so that lines from several processes sort as text."""
+    return datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def fields_of(record: logging.LogRecord, static: Mapping[str, object] | None = None) -> dict[str, Any]:
+    """A record as fields: `time`, `level`, `logger`, `static` (worker, region), then the `key=value`
+    fields of an access or guest line, or `msg` for any other line (with `exc`, a traceback)."""
+    fields = line_fields(record.created, record.levelname, record.name, record.msg, record.args, static)
+    if record.exc_info:
+        fields["exc"] = logging.Formatter().formatException(record.exc_info)
+    return fields
+
+
+def line_fields(created: float, level: str, name: str, msg: object, args: object,
+                static: Mapping[str, object] | None = None) -> dict[str, Any]:
+    """`fields_of` from a record's parts (what the ring of recent lines keeps)."""
+    fields: dict[str, Any] = {"time": timestamp(created), "level": level.lower(), "logger": name}
+    if static:
+        fields.update(static)
+    template = _template(msg) if isinstance(msg, str) and isinstance(args, tuple) else None
+    try:
+        if template is None or not isinstance(args, tuple) or len(template) != len(args):
+            raise ValueError
+        fields.update((key, _value(conversion, arg)) for (key, conversion), arg in zip(template, args, strict=True))
+    except (ValueError, TypeError):
+        fields["msg"] = str(msg) % args if args else str(msg)
+    return fields
+
+
+def field_of(msg: object, args: object, key: str) -> object:
+    """One field of a structured line (its module, say) without making the others; None if it has none."""
+    template = _template(msg) if isinstance(msg, str) and isinstance(args, tuple) else None
+    if template is None or not isinstance(args, tuple) or len(template) != len(args):
+        return None
+    for (name, _), arg in zip(template, args, strict=True):
+        if name == key:
+            return arg
+    return None
+
+
+class JsonFormatter(logging.Formatter):
+    """`--log-format json`: each line one JSON object, the fields of `fields_of`."""
+
+    def __init__(self, static: Mapping[str, object] | None = None) -> None:
+        super().__init__()
+        self.static = dict(static or {})
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(fields_of(record, self.static), ensure_ascii=False, default=str)
+
+
+def log_formatter(log_format: str, prefix: str = "", static: Mapping[str, object] | None = None) -> logging.Formatter:
+    """The formatter of `isolate serve`'s lines: logfmt after `prefix` (`[worker 1] `), or JSON with `static`."""
+    if log_format == "json":
+        return JsonFormatter(static)
+    return logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s %(message)s")
+
+
+def logfmt_line(fields: Mapping[str, Any]) -> str:
+    """A line of `isolate logs` (as JSON `fields`) the way `isolate serve` writes it in logfmt."""
+    head = [str(fields.get("time", "")), str(fields.get("level", "")).upper(), str(fields.get("logger", ""))]
+    if "worker" in fields:
+        head.insert(1, f"[worker {fields['worker']}]")
+    parts = [f"{key}={_logfmt_value(value)}" for key, value in fields.items()
+             if key not in ("time", "level", "logger", "worker", "msg", "exc")]
+    if "msg" in fields:
+        parts.append(clean(str(fields["msg"])))
+    line = " ".join(head + parts)
+    return f"{line}\n{fields['exc']}" if "exc" in fields else line
+
+
+def _logfmt_value(value: object) -> str:
+    text = clean(str(value))
+    return json.dumps(text) if not text or any(c in text for c in ' "=') else text

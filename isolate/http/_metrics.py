@@ -1,7 +1,10 @@
-"""Prometheus metrics for one server: requests, latency, instantiate time, failures, forwards, caches.
+"""Prometheus metrics for one server: requests, latency, instantiate time, failures, forwards, caches, usage.
 
 The edge records into plain dicts on the event loop thread (a few hundred nanoseconds a request)
-and a custom collector turns them into metric families when /metrics is scraped.
+and a custom collector turns them into metric families when /metrics is scraped. Labels stay
+bounded: `route` is a route's pattern (never the raw path), `method` one of `METHODS` or "other",
+`region` one of the region table's, `version` a module's deployed versions. A scrape first drops
+the series of modules that are no longer deployed.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from ..cache import ResponseCache
@@ -19,6 +22,9 @@ from ._logs import dropped_records
 
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 INSTANTIATE_BUCKETS = (0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.00025, 0.001, 0.01)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+NO_MODULE = "-"  # what the edge records for a request no route took
+_CACHE_RESULTS = {b"HIT": "hit", b"MISS": "miss", b"BYPASS": "bypass"}  # x-cache -> label, without a decode
 
 
 class _Histogram:
@@ -42,6 +48,18 @@ class _Histogram:
         return out
 
 
+class _Series:
+    """What one (module, route, method, region) saw: its latency, its requests by (version, status),
+    and its x-cache results; one lookup per request finds all three."""
+
+    __slots__ = ("latency", "requests", "cache")
+
+    def __init__(self) -> None:
+        self.latency = _Histogram(LATENCY_BUCKETS)
+        self.requests: dict[tuple[int | None, int], int] = {}
+        self.cache: dict[bytes, int] = {}
+
+
 def _cache_families(cache: str, what: str, counters: tuple[tuple[str, str, int], ...],
                     gauges: tuple[tuple[str, str, int], ...]) -> Iterator[Any]:
     """`isolate_<cache>_<name>` counters and gauges, documented as "<what> <doc>"."""
@@ -57,28 +75,39 @@ class Metrics:
     def __init__(self, host: Host, response_cache: ResponseCache | None = None) -> None:
         self._host = host
         self._responses = response_cache
-        self.requests: dict[tuple[str, int], int] = {}
+        self.series: dict[tuple[str, str, str, str], _Series] = {}  # (module, route, method, region)
         self.forwards: dict[tuple[str, int], int] = {}
         self.failures: dict[tuple[str, str], int] = {}
-        self.latency: dict[str, _Histogram] = {}
         self.instantiate: dict[str, _Histogram] = {}
         self.memory: dict[str, int] = {}
+        self.peak_memory: dict[str, int] = {}
         self.registry = CollectorRegistry()
         self.registry.register(self)
+        ProcessCollector(registry=self.registry)  # process_* (CPU, memory, open files, start time)
 
-    def observe(self, module: str, status: int, seconds: float, info: Any) -> None:
-        key = (module, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
-        latency = self.latency.get(module)
-        if latency is None:
-            latency = self.latency[module] = _Histogram(LATENCY_BUCKETS)
-        latency.observe(seconds)
+    def observe(self, module: str, status: int, seconds: float, info: Any, route: str = "none", method: str = "",
+                region: str = "", cache: bytes = b"") -> None:
+        if method not in METHODS:
+            method = "other"
+        where = (module, route, method, region)
+        series = self.series.get(where)
+        if series is None:
+            series = self.series[where] = _Series()
+        series.latency.observe(seconds)
+        # A cache hit or a failure has no info: the version serving now.
+        key = (info["version"] if info is not None else
+               self._host.active_version(module) if module != NO_MODULE else None, status)
+        series.requests[key] = series.requests.get(key, 0) + 1
+        if cache:
+            series.cache[cache] = series.cache.get(cache, 0) + 1
         if info is not None:
             instantiate = self.instantiate.get(module)
             if instantiate is None:
                 instantiate = self.instantiate[module] = _Histogram(INSTANTIATE_BUCKETS)
             instantiate.observe(info["instantiate_us"] / 1e6)
-            self.memory[module] = info["memory_bytes"]
+            memory = self.memory[module] = info["memory_bytes"]
+            if memory > self.peak_memory.get(module, 0):
+                self.peak_memory[module] = memory
 
     def forwarded(self, region: str, status: int) -> None:
         self.forwards[(region, status)] = self.forwards.get((region, status), 0) + 1
@@ -86,21 +115,71 @@ class Metrics:
     def failure(self, module: str, kind: str) -> None:
         self.failures[(module, kind)] = self.failures.get((module, kind), 0) + 1
 
+    def _prune(self, deployed: set[str]) -> None:
+        """Forget the series of modules no longer deployed (a deleted module's series go away)."""
+        tables: tuple[dict[Any, Any], ...] = (self.series, self.failures)
+        for table in tables:
+            for key in [k for k in list(table) if k[0] not in deployed and k[0] != NO_MODULE]:
+                table.pop(key, None)
+        per_module: tuple[dict[str, Any], ...] = (self.instantiate, self.memory, self.peak_memory)
+        for values in per_module:
+            for name in [m for m in list(values) if m not in deployed]:
+                values.pop(name, None)
+
     def collect(self) -> Iterator[Any]:
-        requests = CounterMetricFamily("isolate_requests", "Edge requests", labels=["module", "status"])
-        for (module, status), count in list(self.requests.items()):
-            requests.add_metric([module, str(status)], count)
+        deployed = set(self._host.module_names())
+        self._prune(deployed)
+        requests = CounterMetricFamily("isolate_requests", "Edge requests",
+                                       labels=["module", "version", "route", "method", "region", "status"])
+        results: dict[tuple[str, str], int] = {}
+        latency = HistogramMetricFamily("isolate_request_duration_seconds", "Edge request latency, end to end",
+                                        labels=["module", "route", "method", "region"])
+        for (module, route, method, region), series in list(self.series.items()):
+            for (version, status), count in list(series.requests.items()):
+                requests.add_metric([module, "" if version is None else str(version), route, method, region,
+                                     str(status)], count)
+            latency.add_metric([module, route, method, region], series.latency.cumulative(), series.latency.total)
+            for x_cache, count in list(series.cache.items()):
+                labels = (module, _CACHE_RESULTS.get(x_cache) or x_cache.decode().lower())
+                results[labels] = results.get(labels, 0) + count
         yield requests
+        versions = GaugeMetricFamily("isolate_module_active_version", "The version each module serves",
+                                     labels=["module"])
+        for module in sorted(deployed):
+            active = self._host.active_version(module)
+            if active is not None:
+                versions.add_metric([module], active)
+        yield versions
+        cached = CounterMetricFamily("isolate_response_cache_requests", "Edge requests by response cache result "
+                                     "(hit, miss, bypass)", labels=["module", "result"])
+        for (module, result), count in results.items():
+            cached.add_metric([module, result], count)
+        yield cached
         stats = self._host.statistics()  # once per scrape: it takes the host's lock and walks its tables
         outbound = CounterMetricFamily("isolate_outbound_requests", "Outbound HTTP calls of guests by result "
                                        "(ok or the error name)", labels=["module", "result"])
         for (module, result), count in stats.outbound.items():
-            outbound.add_metric([module, result], count)
+            if module in deployed:
+                outbound.add_metric([module, result], count)
         yield outbound
         kv = CounterMetricFamily("isolate_kv_operations", "Key-value calls of guests", labels=["module"])
         for module, count in stats.kv_operations.items():
-            kv.add_metric([module], count)
+            if module in deployed:
+                kv.add_metric([module], count)
         yield kv
+        guest_entries = GaugeMetricFamily("isolate_guest_cache_module_entries", "Guest cache entries a module "
+                                          "holds", labels=["module"])
+        guest_bytes = GaugeMetricFamily("isolate_guest_cache_module_bytes", "Guest cache bytes a module holds",
+                                        labels=["module"])
+        for module in sorted(deployed):
+            entries, held = self._host.guest_cache.usage(module)
+            if entries:
+                guest_entries.add_metric([module], entries)
+                guest_bytes.add_metric([module], held)
+        yield guest_entries
+        yield guest_bytes
+        if self._host.usage.directory is not None:  # else a worker's: its supervisor reports them
+            yield from usage_families(self._host)
         failures = CounterMetricFamily("isolate_failures", "Failed requests by error kind", labels=["module", "kind"])
         for (module, kind), count in list(self.failures.items()):
             failures.add_metric([module, kind], count)
@@ -110,19 +189,21 @@ class Metrics:
         for (region, status), count in list(self.forwards.items()):
             forwards.add_metric([region, str(status)], count)
         yield forwards
-        for name, doc, histograms in (
-            ("isolate_request_duration_seconds", "Edge request latency, end to end", self.latency),
-            ("isolate_instantiate_seconds", "Store + instantiate time per request", self.instantiate),
+        yield latency
+        instantiate = HistogramMetricFamily("isolate_instantiate_seconds", "Store + instantiate time per request",
+                                            labels=["module"])
+        for module, histogram in list(self.instantiate.items()):
+            instantiate.add_metric([module], histogram.cumulative(), histogram.total)
+        yield instantiate
+        for name, doc, values in (
+            ("isolate_guest_memory_bytes", "Guest linear memory at the end of its last request", self.memory),
+            ("isolate_guest_memory_peak_bytes", "Largest guest linear memory of any request since start",
+             self.peak_memory),
         ):
-            family = HistogramMetricFamily(name, doc, labels=["module"])
-            for module, histogram in list(histograms.items()):
-                family.add_metric([module], histogram.cumulative(), histogram.total)
-            yield family
-        memory = GaugeMetricFamily("isolate_guest_memory_bytes", "Guest linear memory at the end of its last request",
-                                   labels=["module"])
-        for module, value in list(self.memory.items()):
-            memory.add_metric([module], value)
-        yield memory
+            memory = GaugeMetricFamily(name, doc, labels=["module"])
+            for module, value in list(values.items()):
+                memory.add_metric([module], value)
+            yield memory
         cache = stats.module_cache
         yield CounterMetricFamily("isolate_module_cache_hits", "Pre-linked module cache hits", value=cache.hits)
         yield CounterMetricFamily("isolate_module_cache_misses", "Pre-linked module cache misses", value=cache.misses)
@@ -159,3 +240,50 @@ class Metrics:
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
+
+
+def usage_families(host: Host) -> Iterator[Any]:
+    """Per-module usage since metering began (persisted, so these counters survive restarts) and the
+    bytes of module code each keeps stored; deployed modules only."""
+    stored = host.stored_bytes()
+    totals = host.usage_totals()
+    families = [
+        (CounterMetricFamily("isolate_usage_invocations", "Guest invocations (usage)", labels=["module"]),
+         "invocations", 1.0),
+        (CounterMetricFamily("isolate_usage_cpu_seconds", "Guest thread CPU time (usage)", labels=["module"]),
+         "cpu_ms", 1e-3),
+        (CounterMetricFamily("isolate_usage_wall_seconds", "Guest invocation wall time (usage)", labels=["module"]),
+         "wall_ms", 1e-3),
+        (CounterMetricFamily("isolate_usage_memory_mib_seconds", "Peak guest memory × duration (usage)",
+                             labels=["module"]), "memory_mib_s", 1.0),
+        (CounterMetricFamily("isolate_usage_outbound_requests", "Outbound HTTP calls (usage)", labels=["module"]),
+         "outbound_requests", 1.0),
+        (CounterMetricFamily("isolate_usage_outbound_bytes", "Outbound request and answer bytes (usage)",
+                             labels=["module"]), "outbound_bytes", 1.0),
+        (CounterMetricFamily("isolate_usage_kv_operations", "Key-value calls (usage)", labels=["module"]),
+         "kv_operations", 1.0),
+    ]
+    for module in sorted(stored):
+        usage = totals.get(module)
+        if usage is not None:
+            for family, field, scale in families:
+                family.add_metric([module], getattr(usage, field) * scale)
+    yield from (family for family, _, _ in families)
+    stored_family = GaugeMetricFamily("isolate_usage_stored_bytes", "Bytes of module code stored (usage)",
+                                      labels=["module"])
+    for module, size in sorted(stored.items()):
+        stored_family.add_metric([module], size)
+    yield stored_family
+
+
+class UsageMetrics:
+    """The usage families alone: what the supervisor of `serve --workers` adds to its workers' metrics."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+
+    def collect(self) -> Iterator[Any]:
+        return usage_families(self._host)
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self))

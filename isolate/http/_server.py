@@ -37,9 +37,13 @@ from ._hops import HopSigner
 from ._logs import logging_off_loop
 from ._metrics import Metrics
 from ._protocol import Listener
+from ._tail import keep_recent, stop_following
 
 log = logging.getLogger("isolate.server")
 SHUTDOWN_GRACE = 0.5  # seconds requests in flight have after SIGTERM/SIGINT before their guests are stopped
+# Seconds connections have to finish after a stop, after which the server exits all the same: a
+# client that reads nothing (a stuck `isolate logs --follow`) would otherwise hold it forever.
+SHUTDOWN_TIMEOUT = 5
 
 
 class _Server(uvicorn.Server):
@@ -122,6 +126,8 @@ def _uvicorn_config(app: Any, host: str, port: int, listener: Listener | None = 
         lifespan="off",
         access_log=False,  # the edge writes its own structured access log
         log_level="warning",
+        log_config=None,  # its few lines go through the root logger: the host's format, written off the loop
+        timeout_graceful_shutdown=SHUTDOWN_TIMEOUT,
         server_header=False,
         # X-Forwarded-For from loopback would let a local client pick the address regions are
         # resolved from; the edge reads the real peer address.
@@ -215,6 +221,7 @@ async def serve_apps(apps: Apps, server: ServerConfig, edge_sock: socket.socket,
     def stop() -> None:
         for each in servers:
             each.should_exit = True
+        stop_following()  # the server waits for every connection to close, log followers' too
         # Requests in flight get a moment to finish; then guests still sleeping in host calls or
         # running wasm are stopped, so a server with sleeping guests exits promptly.
         loop.call_later(SHUTDOWN_GRACE, apps.host.stop_guests)
@@ -267,12 +274,13 @@ def run(apps: Apps, server: ServerConfig) -> None:
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run `main` on uvloop when available, with log output written off the loop."""
+    """Run `main` on uvloop when available, with log output written off the loop and recent lines kept
+    for `GET /v1/logs`."""
     try:
         import uvloop
 
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # pragma: no cover - uvicorn[standard] brings uvloop on Linux
         runner = asyncio.Runner()
-    with runner, logging_off_loop():
+    with runner, logging_off_loop(), keep_recent():
         runner.run(main)

@@ -11,6 +11,8 @@ Each worker is joined to the supervisor by a socket pair carrying one JSON line 
     supervisor -> worker   {"id": n, "op": "change", "change": {...}}   replay a Node change from disk
                            {"id": n, "op": "resync"}                    re-read everything (on joining)
                            {"id": n, "op": "metrics" | "stats"}         its /metrics text, its /v1/stats
+                           {"id": n, "op": "usage"}                     its usage since the last ask (`isolate.usage`)
+                           {"id": n, "op": "logs", "since": ...}        its recent log lines (`_tail`)
     worker -> supervisor   {"id": n, "ok": true, ...} or {"id": n, "ok": false, "error": "..."}
 
 A change reaches every worker before the admin call that made it answers: the Node announces it
@@ -45,9 +47,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ..config import Config, Limits, ServerConfig, default_memory_budget
 from ..errors import InvalidConfig, IsolateError
+from ..host import Host
 from ..node import Change
 from ..registry._lock import DataDirLock
+from ..usage import Usage
+from ._logs import log_formatter
+from ._metrics import UsageMetrics
 from ._server import Apps, bind, build, run_loop, serve_apps
+from ._tail import read_local, read_workers, stop_following
 
 log = logging.getLogger("isolate.server")
 
@@ -57,7 +64,9 @@ START_TIMEOUT = 120.0  # seconds a worker has from spawn to serving (imports, en
 RESTART_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)  # back-off for a worker that keeps dying at start
 STOP_TIMEOUT = 10.0
 # Gauges every worker reports the same view of: the fleet's value is the largest, not the sum.
-SHARED_GAUGES = frozenset({"isolate_modules", "isolate_engines", "isolate_guest_memory_bytes"})
+SHARED_GAUGES = frozenset({"isolate_modules", "isolate_engines", "isolate_guest_memory_bytes",
+                           "isolate_guest_memory_peak_bytes", "isolate_module_active_version",
+                           "process_start_time_seconds", "process_max_fds"})
 SHARED_STATS = frozenset({"modules", "engines"})
 SUPERVISOR_POOL = 4  # isolate slots of the supervisor's engines: it compiles, and runs no guest
 
@@ -146,6 +155,8 @@ class Fleet:
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="isolate-fleet", daemon=True)
         apps.node.subscribe(self.changed)
+        # The workers' usage is folded into the supervisor's, which alone writes the usage files.
+        apps.host.usage.add_source(self.usage)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -159,6 +170,8 @@ class Fleet:
 
     def stop(self) -> None:
         """Stop every worker: SIGTERM, then SIGKILL for any still running after STOP_TIMEOUT."""
+        with contextlib.suppress(Exception):  # their usage so far (what runs after this is lost)
+            self._apps.host.usage.fold()
         self._stopping.set()
         workers = [w for w in self._workers if w is not None]
         for worker in workers:
@@ -258,7 +271,11 @@ class Fleet:
 
     def metrics(self) -> bytes:
         texts = [answer["text"] for answer in self._ask({"op": "metrics"})]
-        return merge_metrics(texts)
+        return merge_metrics([*texts, UsageMetrics(self._apps.host).render().decode()])
+
+    def usage(self) -> list[dict[str, list[int]]]:
+        """Each worker's usage since the last ask (`Usage.drain`); an answer lost on the way is lost."""
+        return [answer["usage"] for answer in self._ask({"op": "usage"}) if isinstance(answer.get("usage"), dict)]
 
     def stats(self) -> dict[str, Any]:
         answers = [answer["stats"] for answer in self._ask({"op": "stats"})]
@@ -267,6 +284,10 @@ class Fleet:
             merged[key] = max(answer[key] for answer in answers)
         merged["workers"] = {"configured": self._count, "serving": len(answers)}
         return merged
+
+    def logs(self, cursor: Any, module: str | None, limit: int) -> tuple[list[dict[str, Any]], int, Any]:
+        """`GET /v1/logs` of the supervisor: the workers' recent lines (`_tail.read_workers`)."""
+        return read_workers(self._joined(), cursor, module, limit, QUERY_TIMEOUT)
 
     def _ask(self, message: Mapping[str, Any]) -> list[dict[str, Any]]:
         answers = []
@@ -374,6 +395,7 @@ async def _supervise(apps: Apps, server: ServerConfig, fleet: Fleet, admin_sock:
 
     def stop() -> None:
         admin.should_exit = True
+        stop_following()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -412,13 +434,14 @@ def _worker_main(argv: list[str] | None = None) -> int:
     channel = socket.socket(fileno=args.channel)
     settings = json.loads(_first_line(channel))
     config, server = _config_of(settings)
-    logging.basicConfig(level=settings.get("log_level", logging.INFO), stream=sys.stderr,
-                        format=f"%(asctime)s [worker {args.index}] %(levelname)s %(name)s %(message)s")
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(log_formatter(server.log_format, f"[worker {args.index}] ", {"worker": args.index}))
+    logging.basicConfig(level=settings.get("log_level", logging.INFO), handlers=[stderr])
     try:
         lock = DataDirLock.inherited(args.lock, config.data_dir)
         # The supervisor is the node's cluster member and relays its changes; a worker reaches the
         # cluster only for the guest key-value stores, which live there.
-        apps = build(config, replace(server, cluster=""))
+        apps = build(config, replace(server, cluster=""), host=Host(config, usage=Usage(None)))
         if server.cluster:
             from ..backends import use_cluster_key_value
 
@@ -497,6 +520,11 @@ async def _handle(apps: Apps, message: Mapping[str, Any]) -> dict[str, Any]:
         return {"ok": True, "text": apps.metrics.render().decode()}
     if op == "stats":
         return {"ok": True, "stats": stats_body(apps.node, apps.metrics)}
+    if op == "usage":
+        return {"ok": True, "usage": apps.host.usage.drain()}
+    if op == "logs":
+        lines = await asyncio.to_thread(read_local, message.get("since"), message.get("module"), int(message["limit"]))
+        return {"ok": True, **lines}
     raise InvalidConfig(f"unknown message {op!r}")
 
 
