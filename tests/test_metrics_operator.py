@@ -63,6 +63,8 @@ def test_caches_per_module_and_a_deleted_module_leaves_no_series(server: LiveSer
         assert 'isolate_response_cache_requests_total{module="cached",result="hit"} 2.0' in text
         assert 'isolate_response_cache_requests_total{module="visits",result="bypass"} 3.0' in text
         assert 'isolate_guest_cache_module_entries{module="visits"} 1.0' in text
+        assert 'isolate_guest_cache_module_requests_total{module="visits",result="miss"} 1.0' in text
+        assert 'isolate_guest_cache_module_requests_total{module="visits",result="hit"} 2.0' in text
         assert 'isolate_usage_invocations_total{module="visits"} 3.0' in text
         assert re.search(r'isolate_usage_stored_bytes\{module="visits"\} [1-9]', text)
 

@@ -94,6 +94,7 @@ class GuestCache:
         self.share_bytes = max(1, int(max_bytes * module_share))
         self._lock = threading.Lock()
         self.hits = self.misses = self.stores = self.share_evictions = 0
+        self._lookups: dict[str, list[int]] = {}  # module -> [hits, misses], for per-module metrics
 
     def _removed(self, key: _Key, value: _Value) -> None:
         space = self._spaces.get(key[0])
@@ -108,8 +109,10 @@ class GuestCache:
                 value = self._entries[(namespace, key)]
             except KeyError:  # absent or expired
                 self.misses += 1
+                self._lookups.setdefault(namespace, [0, 0])[1] += 1
                 return None
             self.hits += 1
+            self._lookups.setdefault(namespace, [0, 0])[0] += 1
             self._spaces[namespace].order.move_to_end(key)
             return value.data
 
@@ -137,12 +140,18 @@ class GuestCache:
     def clear(self, namespace: str) -> int:
         """Drop every entry of one module (used when a module is deleted); returns how many."""
         with self._lock:
+            self._lookups.pop(namespace, None)
             self._entries.expire()
             space = self._spaces.get(namespace)
             keys = list(space.order) if space is not None else []
             for key in keys:
                 self._entries.pop((namespace, key), None)
             return len(keys)
+
+    def lookups(self) -> dict[str, tuple[int, int]]:
+        """(hits, misses) of each module's gets since it was first looked up (or last cleared)."""
+        with self._lock:
+            return {namespace: (hits, misses) for namespace, (hits, misses) in self._lookups.items()}
 
     def usage(self, namespace: str) -> tuple[int, int]:
         """(entries, bytes) one module holds, expired entries not yet swept included."""

@@ -178,6 +178,13 @@ class Metrics:
                 guest_bytes.add_metric([module], held)
         yield guest_entries
         yield guest_bytes
+        lookups = CounterMetricFamily("isolate_guest_cache_module_requests", "Guest cache gets of a module, by "
+                                      "result", labels=["module", "result"])
+        for module, (hits, misses) in sorted(self._host.guest_cache.lookups().items()):
+            if module in deployed:
+                lookups.add_metric([module, "hit"], hits)
+                lookups.add_metric([module, "miss"], misses)
+        yield lookups
         if self._host.usage.directory is not None:  # else a worker's: its supervisor reports them
             yield from usage_families(self._host)
         failures = CounterMetricFamily("isolate_failures", "Failed requests by error kind", labels=["module", "kind"])
