@@ -607,3 +607,25 @@ def test_a_region_table_without_a_nodes_region_is_refused_there_and_reported(tri
             assert sorted(apps.node.state.regions.regions) == ["far", "local"]
             restored = {key: value for key, value in before.items() if key not in ("local_region", "health")}
             assert api.put("/v1/regions", json=restored).status_code == 200
+
+
+def test_a_change_through_a_node_the_deploy_has_not_reached_yet(trio: Trio, tmp_path: Path) -> None:
+    """Deployed through one node, configured through another before its watcher applied the deploy:
+    the cluster's record counts (it was a 404), and the bytes are fetched before the change applies."""
+    with member(trio, tmp_path / "data", "late") as apps:
+        node, cluster = apps.node, apps.node.cluster
+        assert cluster is not None
+        gate = threading.Event()
+        cluster._applier.submit(gate.wait)  # type: ignore[attr-defined]  # the watcher, behind
+        try:
+            with admin(trio.nodes[0]) as api:
+                assert api.put("/v1/modules/late", content=answering(b"late")).status_code == 201
+            assert "late" not in node.host.module_names()
+            info = node.configure("late", variables={"colour": "red"})
+            assert dict(info.variables) == {"colour": "red"}
+            assert node.host.invoke("late").body == b"late"
+        finally:
+            gate.set()
+        with admin(trio.nodes[1]) as api:
+            eventually(lambda: api.get("/v1/modules/late").json().get("variables") == {"colour": "red"},
+                       what="the change made through the late node")

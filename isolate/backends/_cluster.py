@@ -332,6 +332,9 @@ class Cluster:
                 if getattr(exc, "err_code", None) == 10071 or "wrong last sequence" in str(exc):
                     continue
                 raise ClusterUnavailable(f"NATS refused the change of {key}: {exc}", cluster=self.shown) from None
+            # Applied here before the caller answers, its bytes fetched first if this node lacks them (a
+            # rollback or a PATCH through a node the deploy has not reached yet).
+            self._fetch(key, value)
             self.node.apply_remote(functools.partial(self._adopt_if_new, key, value, int(new), False), announce=False)
             return value
         raise ClusterUnavailable(f"{key} kept changing under this write ({ATTEMPTS} attempts); try again",
@@ -395,7 +398,9 @@ class Cluster:
             return self.host.reconfigured(record, limits=limits, variables=variables, allowed_hosts=allowed_hosts,
                                           kv_stores=kv_stores, secrets=secrets).to_json()
 
-        local = self.host.record(name)
+        # A module deployed through another node a moment ago may not have reached this one yet: the
+        # cluster's record is the one that counts (a PATCH right after a deploy elsewhere was a 404).
+        local = self.host.record(name) or self._record_in_cluster(name)
         if local is None:
             raise NotFound(f"no module named {name!r}", module=name)
         if secrets:  # checked with the other settings before anything is written
@@ -496,6 +501,15 @@ class Cluster:
         body = json.dumps({"origin": self.name, "selector": dict(selector)}, default=str).encode()
         with _suppress():
             self.connection.call(client.publish(PURGE_SUBJECT, body), TIMEOUT)
+
+    def _record_in_cluster(self, name: str) -> ModuleRecord | None:
+        """`name`'s record as the cluster has it now (None: not deployed, or deleted)."""
+        try:
+            entry = self.connection.call(self._control.get(f"module.{name}"), TIMEOUT)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        record = _module_entry(entry.value) if entry.value else None
+        return record if isinstance(record, ModuleRecord) else None
 
     def _live(self, name: str, current: bytes | None) -> ModuleRecord:
         entry = _module_entry(current) if current else None
