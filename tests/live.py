@@ -25,8 +25,11 @@ def free_port() -> int:
 class LiveServer:
     """Starts on enter (waiting for /readyz), stops with SIGTERM on exit; `restart()` keeps the data."""
 
-    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None,
+                 ready_within: float = 60) -> None:
+        """`ready_within`: seconds a start may take (compiling what the manifest deploys included)."""
         self.data_dir = data_dir
+        self.ready_within = ready_within
         self.args = list(args)
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.port = free_port()
@@ -54,7 +57,7 @@ class LiveServer:
                    "--port", str(self.port), "--admin-port", str(self.admin_port), *self.args]
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=log, env=self.env, cwd=ROOT)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.ready_within
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
@@ -64,7 +67,7 @@ class LiveServer:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"server not ready after 60 s:\n{self.log()}")
+        raise RuntimeError(f"server not ready after {self.ready_within:g} s:\n{self.log()}")
 
     def stop(self) -> int:
         assert self.process is not None

@@ -19,7 +19,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     for sample in SAMPLES:  # built (or found up to date) before the server starts
         build(ROOT / "samples" / sample)
     where = tmp_path_factory.mktemp("samples")
-    live = LiveServer(where / "data", "--manifest", str(where / "isolate.toml"))
+    # Its first start compiles the Python and JavaScript components (an interpreter each: ~10 s of a core
+    # apiece on a quiet machine), so it may take longer than other servers to be ready.
+    live = LiveServer(where / "data", "--manifest", str(where / "isolate.toml"), ready_within=240)
     repository_manifest(live, where / "isolate.toml", components=True)
     with live:
         yield live
