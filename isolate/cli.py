@@ -1,5 +1,5 @@
-"""The `isolate` command: `serve` runs the host; other commands talk to it through the admin API,
-except `invoke` (one request in-process) and `token` (read from the data directory)."""
+"""The `isolate` command: `serve` (and `dev`, rebuilding on save) runs the host; other commands talk to it
+through the admin API, except `invoke` (one request in-process) and `token` (read from the data directory)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import httpx
 from . import Config, Host, IsolateError, Request
 from .build import LANGUAGES
 from .config import DEFAULT_ADMIN_PORT, DEFAULT_REGION, ServerConfig, parse_duration, parse_size, parse_workers
+from .dev import DEFAULT_DATA_DIR as DEV_DATA_DIR
 from .errors import ClusterUnavailable, InvalidConfig
 from .http import load_or_create_token, token_path
 from .http._logs import log_formatter, logfmt_line
@@ -191,6 +192,9 @@ def main() -> None:
 @click.option("--region", default=DEFAULT_REGION, show_default=True, help="The region this node serves.")
 @click.option("--node-name", default="", help="This node's name in forwarded requests [default: hostname:port].")
 @click.option("--no-cache", is_flag=True, help="Turn the edge response cache off.")
+@click.option("--dev", is_flag=True, envvar="ISOLATE_DEV",
+              help="Dev mode: a guest failure's answer also carries the guest's own message and a backtrace "
+                   "[env ISOLATE_DEV].")
 @click.option("--cache-size", default="64MiB", show_default=True, help="Bytes of responses the edge cache keeps.")
 @click.option("--module-cache-size", type=int, default=None,
               help="Pre-linked modules kept hot [env ISOLATE_MODULE_CACHE_SIZE; default 1024].")
@@ -210,7 +214,8 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
           queue_limit: int,
           log_level: str, no_access_log: bool, log_format: str, region: str, node_name: str, no_cache: bool,
           cache_size: str,
-          module_cache_size: int | None, regions_file: str | None, simulate_regions: bool, cluster: str) -> None:
+          module_cache_size: int | None, regions_file: str | None, simulate_regions: bool, cluster: str,
+          dev: bool) -> None:
     """Run the edge and admin listeners until interrupted."""
     from . import manifest as manifests
     from .http import build, run
@@ -238,6 +243,7 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
             cache_bytes=parse_size(cache_size), max_url_length=parse_size(max_url_length),
             max_header_size=parse_size(max_header_size), head_timeout=parse_duration(head_timeout),
             max_connections=max_connections, admin_max_connections=admin_max_connections,
+            dev=dev,
         )
         loaded = manifests.load(Path(manifest)) if manifest else None
         if loaded is not None and loaded.cluster and not server.cluster:
@@ -280,6 +286,69 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
     except IsolateError as exc:
         _fail(f"{exc.kind}: {exc.detail}")
     finally:
+        lock.close()
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
+@click.option("--data-dir", envvar="ISOLATE_DEV_DATA_DIR", default=str(DEV_DATA_DIR), show_default=True,
+              help="Data directory of the dev server [env ISOLATE_DEV_DATA_DIR]; not `isolate serve`'s.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Edge listener address.")
+@click.option("--port", default=8787, show_default=True, type=int, help="Edge listener port.")
+@click.option("--admin-host", default="127.0.0.1", show_default=True, help="Admin listener address.")
+@click.option("--admin-port", default=DEFAULT_ADMIN_PORT, show_default=True, type=int, help="Admin listener port.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--log-format", default="logfmt", show_default=True, type=click.Choice(["logfmt", "json"]))
+@click.option("--no-cache", is_flag=True, help="Turn the edge response cache off.")
+def dev(paths: tuple[str, ...], data_dir: str, host: str, port: int, admin_host: str, admin_port: int,
+        log_level: str, log_format: str, no_cache: bool) -> None:
+    """Serve PATHs (project directories or manifests; default ./isolate.toml, else this directory),
+    rebuilding and redeploying on every save.
+
+    A project directory is deployed under its name on every path (/...). Builds keep function names;
+    a build that fails is printed here, and its module's requests answer 503 `build_broken` with the
+    compiler's message until it builds again.
+    """
+    import threading
+
+    from .dev import DevLoop
+    from .http import build as build_apps
+    from .http import run
+
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(log_formatter(log_format, "", None))
+    logging.basicConfig(level=log_level.upper(), handlers=[stderr])
+    targets = [Path(p) for p in paths] or [Path("isolate.toml") if Path("isolate.toml").is_file() else Path(".")]
+    config = _config(data_dir)
+    try:
+        server = ServerConfig(host=host, port=port, admin_host=admin_host, admin_port=admin_port, dev=True,
+                              cache=not no_cache, log_format=log_format)
+        lock = DataDirLock.acquire(config.data_dir)
+    except IsolateError as exc:
+        _fail(f"{exc.kind}: {exc.detail}")
+    try:
+        apps = build_apps(config, server)
+    except IsolateError as exc:
+        lock.close()
+        _fail(f"{exc.kind}: {exc.detail}")
+    try:
+        loop = DevLoop(apps.node, targets)
+        loop.start()  # a build that fails is reported and waits for a fix; the server starts all the same
+    except IsolateError as exc:
+        apps.close()
+        lock.close()
+        _fail(f"{exc.kind}: {exc.detail}")
+    stop = threading.Event()
+    watcher = threading.Thread(target=loop.watch, args=(stop,), name="isolate-dev-watch", daemon=True)
+    watcher.start()
+    try:
+        run(apps, server)
+    except IsolateError as exc:
+        _fail(f"{exc.kind}: {exc.detail}")
+    finally:
+        stop.set()
+        watcher.join(timeout=5)  # bounded: the watcher looks at `stop` every POLL_MS
         lock.close()
 
 

@@ -499,6 +499,10 @@ class ServerConfig:
     """How this node names itself in `x-isolate-forwarded-by` and health answers; default host:port."""
     cache: bool = True
     """The edge response cache (routes can still opt out with `cache = false`)."""
+    dev: bool = False
+    """Dev mode (`isolate dev`): a guest failure's diagnostic also carries the guest's own message
+    (`guest_message`) and its wasm `backtrace`, for every kind of failure. Off, clients get neither
+    beyond a trap's frames; the server log has them in both modes."""
     cache_entries: int = DEFAULT_CACHE_ENTRIES
     cache_bytes: int = DEFAULT_CACHE_BYTES
     health_interval: float = DEFAULT_HEALTH_INTERVAL

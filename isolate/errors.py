@@ -17,6 +17,7 @@
     ├── HeadersTooLarge               headers_too_large  431   request head over ServerConfig.max_header_size
     ├── InvalidModule                 invalid_module     422   not valid wasm, or breaks ABI v1 (imports/exports)
     ├── BuildError                    build_failed       422   a guest's toolchain failed (`isolate build`)
+    ├── BrokenBuild                   build_broken       503   `isolate dev`: the module's sources fail to build
     ├── GuestError                                             the guest failed while serving a request
     │   ├── Timeout                   timeout            504   ran past limits.timeout (epoch deadline)
     │   ├── MemoryLimit               memory_limit       500   needed more than limits.memory
@@ -139,8 +140,17 @@ class BuildError(IsolateError):
     status = 422
 
 
+class BrokenBuild(IsolateError):
+    """`isolate dev`: the module's sources no longer build; its requests get the compiler's message
+    (`detail`) until a build succeeds, rather than the last good version's answers."""
+
+    kind = "build_broken"
+    status = 503
+
+
 class GuestError(IsolateError):
-    """The guest failed during a request; `logs` holds what it wrote before failing."""
+    """The guest failed during a request; `logs` holds what it wrote before failing, `backtrace` the
+    wasm frames it was in (innermost first), which only a dev-mode diagnostic shows for every kind."""
 
     kind = "guest"
     status = 500
@@ -148,6 +158,7 @@ class GuestError(IsolateError):
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail, **extra)
         self.logs: tuple[Any, ...] = ()
+        self.backtrace: tuple[str, ...] = ()
 
 
 class Timeout(GuestError):
@@ -255,6 +266,7 @@ ERRORS: tuple[type[IsolateError], ...] = (
     HeadersTooLarge,
     InvalidModule,
     BuildError,
+    BrokenBuild,
     Timeout,
     MemoryLimit,
     StackOverflow,

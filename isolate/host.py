@@ -32,6 +32,7 @@ from .engine import MemoryBudgetStatistics, Prepared, Runtime, is_stopping, run,
 from .engine import resume as engine_resume
 from .engine import shutdown as engine_shutdown
 from .errors import (
+    BrokenBuild,
     GuestError,
     InvalidConfig,
     InvalidModule,
@@ -159,6 +160,9 @@ class Host:
         self._kv_operations: Counter[str] = Counter()
         self._recompiles = 0
         self._closed = False
+        # `isolate dev`: modules whose sources fail to build -> the compiler's message, answered (503)
+        # instead of the last good version, so the developer sees the error. Empty outside dev.
+        self._broken: dict[str, str] = {}
         # Every engine the stored modules need, made now: made on a module's first request instead,
         # its epoch ticker thread would inherit the lowered priority of the guest worker thread
         # that happened to make it (see isolate.http._dispatch), and timeouts would fire late.
@@ -438,6 +442,13 @@ class Host:
         if record is None:
             self.guest_cache.clear(name)
 
+    def set_broken(self, name: str, message: str | None) -> None:
+        """Answer `name`'s requests with `BrokenBuild(message)` from now on (None: serve it again)."""
+        if message is None:
+            self._broken.pop(name, None)
+        else:
+            self._broken[name] = message
+
     def stored_names(self) -> list[str]:
         """Every module name known here or written to the data directory (by another process)."""
         return sorted(set(self._store.names()) | set(self._store.names_on_disk()))
@@ -477,6 +488,8 @@ class Host:
         io: GuestIO | None = None
         metered = False
         try:
+            if self._broken and name in self._broken:  # dev only; a falsy dict costs nothing otherwise
+                raise BrokenBuild(self._broken[name], module=name)
             record = self._store.get(name)
             version = record.version()
             limits = self._limits.get(name) or self._limits_for(record)

@@ -247,6 +247,13 @@ class Node:
             self.purge(module=name)
             return names
 
+    def set_build_error(self, name: str, message: str | None) -> None:
+        """`isolate dev`: `name`'s sources fail to build with `message` (None: they build again). Until
+        then its requests answer 503 `build_broken` with that message, never a cached or older answer."""
+        with self._lock:
+            self.host.set_broken(name, message)
+            self.purge(module=name)
+
     # -- key-value stores (the operators' view of what guests store) ---------------------------
 
     def kv_get(self, store: str, key: bytes) -> bytes:

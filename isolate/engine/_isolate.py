@@ -286,6 +286,16 @@ def _failure_from(text: str, capture: _output.Capture, limits: Limits, phase: st
 def _translate(code: wasmtime.TrapCode | None, text: str, exit_code: int | None, capture: _output.Capture,
                limits: Limits, phase: str, memory: int | None) -> IsolateError:
     """Translate whatever stopped the guest into the error tree (the one place that does)."""
+    error = _classify(code, text, exit_code, capture, limits, phase, memory)
+    if isinstance(error, GuestError):
+        # Every guest failure keeps its frames (a stack overflow's or an out-of-memory abort's too, not
+        # only a trap's): dev mode shows them, symbolised when the module kept its name section.
+        error.backtrace = _dev_backtrace(text)
+    return error
+
+
+def _classify(code: wasmtime.TrapCode | None, text: str, exit_code: int | None, capture: _output.Capture,
+              limits: Limits, phase: str, memory: int | None) -> IsolateError:
     where = {"phase": phase}
     if memory is not None:
         where["memory_bytes"] = memory  # type: ignore[assignment]
@@ -394,6 +404,26 @@ def _backtrace(text: str) -> list[str]:
     """The numbered wasm frames of a trap message, innermost first, at most 16."""
     frames = [line.strip() for line in text.splitlines() if line.strip()[:1].isdigit() and " - " in line]
     return frames[:16]
+
+
+_FRAME = re.compile(r"\s*\d+:\s+\S")
+_RUST_HASH = re.compile(r"::h[0-9a-f]{16}\b")
+_DEV_FRAMES = (24, 8)
+"""Frames a dev-mode backtrace keeps: the innermost and the outermost, so a deep recursion still shows
+both where it overflowed and the handler that started it."""
+
+
+def _dev_backtrace(text: str) -> tuple[str, ...]:
+    """All the wasm frames of a failure's message, innermost first, with the middle of a long one elided."""
+    # `N: name` as well as `N: 0xOFFSET - name`: wasmtime gives a stack overflow's innermost frame no offset.
+    # Rust symbols keep their hash (`echo::echo::h5baf66b5bc636a9d`), and a module without a name of its
+    # own is `<unknown>!`: noise to a reader, dropped.
+    frames = [_RUST_HASH.sub("", line.strip()).replace(" - <unknown>!", " - ") for line in text.splitlines()
+              if _FRAME.match(line)]
+    inner, outer = _DEV_FRAMES
+    if len(frames) > inner + outer:
+        frames[inner:-outer] = [f"... {len(frames) - inner - outer} frames elided ..."]
+    return tuple(frames)
 
 
 def instantiate_once(prepared: Prepared, limits: Limits) -> None:

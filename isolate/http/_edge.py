@@ -327,7 +327,7 @@ class EdgeApp:
                     started: float, route: str = "none", region: str = "") -> None:
         timing = f"total;dur={(time.perf_counter() - started) * 1000:.3f}".encode()
         await send_error(send, exc, request_id, head_only=method == "HEAD",
-                         extra=(self._region_header, (b"server-timing", timing)))
+                         extra=(self._region_header, (b"server-timing", timing)), dev=self.config.dev)
         elapsed = time.perf_counter() - started
         self.metrics.observe(module, exc.status, elapsed, None, route, method, region)
         self.metrics.failure(module, exc.kind)

@@ -15,7 +15,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import InternalError, IsolateError, MethodNotAllowed, Unauthorized
+from ..errors import GuestError, InternalError, IsolateError, MethodNotAllowed, Unauthorized
+from ._logs import defer_log
 
 log = logging.getLogger("isolate.server")
 
@@ -48,16 +49,65 @@ def as_isolate_error(exc: BaseException) -> IsolateError:
     return InternalError(f"internal error ({type(exc).__name__}); the server log has the traceback")
 
 
-def diagnostic(exc: IsolateError, request_id: str) -> bytes:
+_GUEST_MESSAGE_LINES = 24
+"""At most this many trailing lines of a guest's stderr make its `guest_message` (a C assert, a Python
+traceback, a JavaScript stack)."""
+
+
+def guest_message(logs: Iterable[Any]) -> str | None:
+    """The guest's own words about its failure, from what it wrote before failing (None: it said nothing).
+
+    The SDKs say it as their last error-level log record (the Rust SDK's panic hook, the
+    AssemblyScript SDK's `abort`); WASI guests write it to stderr (wasi-libc's `assert`), a write per
+    record, so the trailing stderr writes are kept together. Failing both, the guest's last line. The
+    host's own notes (a refused call, truncated output) are not the guest's words.
+    """
+    records = [r for r in logs if r.stream != "host" and str(r.message).strip()]
+    if not records:
+        return None
+    last = len(records)
+    while last and not (records[last - 1].stream == "stderr" or records[last - 1].level == "error"):
+        last -= 1
+    if not last:
+        return str(records[-1].message).strip()
+    first = last - 1
+    while first and records[first].stream == records[first - 1].stream == "stderr":
+        first -= 1
+    lines = "".join(str(r.message) for r in records[first:last]).strip().splitlines()
+    return "\n".join(lines[-_GUEST_MESSAGE_LINES:])
+
+
+def diagnostic(exc: IsolateError, request_id: str, *, dev: bool = False) -> bytes:
     body: dict[str, Any] = {"error": exc.kind, "detail": exc.detail, "request_id": request_id}
     body.update((k, v) for k, v in exc.extra.items() if k not in body)
+    if dev and isinstance(exc, GuestError):
+        # Dev mode only: a production client learns no more of a guest's internals than it did
+        # (the server log has both either way, see `log_guest_failure`).
+        message = guest_message(exc.logs)
+        if message is not None:
+            body["guest_message"] = message
+        if exc.backtrace:
+            body["backtrace"] = list(exc.backtrace)
     return json.dumps(body, default=str).encode()
 
 
+def log_guest_failure(exc: IsolateError, request_id: str) -> None:
+    """Write a failed guest's diagnostic and frames to the server log, in every mode (its log lines are
+    written beside, by the edge)."""
+    if isinstance(exc, GuestError) and log.isEnabledFor(logging.WARNING):
+        defer_log(log, logging.WARNING, "request_id=%s module=%s guest failed: error=%s detail=%s backtrace=%s",
+                  request_id, exc.extra.get("module", ""), exc.kind, json.dumps(exc.detail),
+                  json.dumps(list(exc.backtrace)))
+
+
 def render(exc: IsolateError, request_id: str, *, head_only: bool = False,
-           extra: Iterable[Header] = ()) -> tuple[int, list[Header], bytes]:
-    """Status, headers and body of the diagnostic for `exc` (no body for HEAD, but its length)."""
-    body = diagnostic(exc, request_id)
+           extra: Iterable[Header] = (), dev: bool = False) -> tuple[int, list[Header], bytes]:
+    """Status, headers and body of the diagnostic for `exc` (no body for HEAD, but its length).
+
+    `dev` (ServerConfig.dev): a guest failure's diagnostic also carries `guest_message` and a
+    `backtrace` of every kind.
+    """
+    body = diagnostic(exc, request_id, dev=dev)
     headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode())]
     if exc.status in (503, 429):
         headers.append((b"retry-after", b"1"))
@@ -70,9 +120,10 @@ def render(exc: IsolateError, request_id: str, *, head_only: bool = False,
 
 
 async def send_error(send: Any, exc: IsolateError, request_id: str, *, head_only: bool = False,
-                     extra: Iterable[Header] = ()) -> None:
+                     extra: Iterable[Header] = (), dev: bool = False) -> None:
     """Send the diagnostic through an ASGI `send`."""
-    status, headers, body = render(exc, request_id, head_only=head_only, extra=extra)
+    log_guest_failure(exc, request_id)
+    status, headers, body = render(exc, request_id, head_only=head_only, extra=extra, dev=dev)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
