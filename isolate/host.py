@@ -13,8 +13,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import tracing
 from .abi import Request, Response, decode_response, encode_request
 from .cache import CacheStatistics, GuestCache, GuestCacheStatistics, ModuleCache
 from .capabilities import (
@@ -43,6 +44,9 @@ from .errors import (
 )
 from .registry import ModuleRecord, ModuleStore, VersionRecord, sha256, validate_name
 from .usage import CPU_CLOCK_FROM_US, ModuleUsage, Usage
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("isolate.host")
 
@@ -478,8 +482,11 @@ class Host:
 
     # -- data plane ---------------------------------------------------------------------------
 
-    def invoke(self, name: str, request: Request | None = None) -> Response:
-        """Run `request` through module `name`'s active version in a fresh isolate."""
+    def invoke(self, name: str, request: Request | None = None, trace: Span | None = None) -> Response:
+        """Run `request` through module `name`'s active version in a fresh isolate.
+
+        `trace`: the request's span when traces are on (`isolate.tracing`): the `guest` span and the
+        guest's `outbound` spans become its children."""
         request = request or Request()
         started = time.perf_counter()
         # The thread's CPU clock is a syscall pair (~1.2 µs, a sixth of a quick request): read only for
@@ -487,6 +494,7 @@ class Host:
         cpu_started = time.thread_time_ns() if name in self.usage.timed else 0
         io: GuestIO | None = None
         metered = False
+        guest: Span | None = None
         try:
             if self._broken and name in self._broken:  # dev only; a falsy dict costs nothing otherwise
                 raise BrokenBuild(self._broken[name], module=name)
@@ -498,7 +506,9 @@ class Host:
             self._blocking[name] = self._waits[name] = shape.may_block
             secrets = self.secrets.values(name)
             variables = {**record.variables, **secrets} if secrets else record.variables
-            io = self._guest_io(record, limits, request) if shape.uses_io else None
+            if trace is not None:
+                guest, guest_start = tracing.guest(trace, name)
+            io = self._guest_io(record, limits, request, guest) if shape.uses_io else None
             metered = True
             if prepared.plan is None:
                 # The engine's native envelope codec where it runs natively (abi's encoders otherwise, and
@@ -532,6 +542,8 @@ class Host:
                         self._count_io(name, io)
         except IsolateError as exc:
             exc.extra.setdefault("module", name)
+            if guest is not None:
+                tracing.fail(guest, exc.kind)
             next(self._invocations)
             with self._lock:
                 self._failures[exc.kind] += 1
@@ -541,6 +553,8 @@ class Host:
                             memory if isinstance(memory, int) else 0, io)
             raise
         next(self._invocations)
+        if guest is not None:
+            tracing.guest_done(guest, guest_start, version.version, instantiate_us, status)
         total_us = (time.perf_counter() - started) * 1e6
         if cpu_started or io is not None or total_us >= CPU_CLOCK_FROM_US:
             self._meter(name, cpu_started, total_us, memory_bytes, io)
@@ -620,7 +634,7 @@ class Host:
             if io.kv_operations:
                 self._kv_operations[name] += io.kv_operations
 
-    def _guest_io(self, record: ModuleRecord, limits: Limits, request: Request) -> GuestIO:
+    def _guest_io(self, record: ModuleRecord, limits: Limits, request: Request, span: Span | None = None) -> GuestIO:
         """What this request's guest may reach: the module's grants, limits and the request's ids."""
         hosts = self._grants.get(record.name)
         if hosts is None:
@@ -636,7 +650,7 @@ class Host:
                      outbound_response_size=limits.outbound_response_size, kv_operations=limits.kv_operations,
                      deadline=time.perf_counter() + limits.timeout, request_id=request.request_id,
                      traceparent=trace.get("traceparent"), tracestate=trace.get("tracestate"),
-                     stopping=is_stopping, note=_no_note, module=record.name)
+                     stopping=is_stopping, note=_no_note, module=record.name, trace=span)
 
     def _check_names(self, name: str, variables: Mapping[str, str] | None,
                      secrets: Mapping[str, str | None] | None) -> None:

@@ -3,6 +3,7 @@ redirects, limits, and the answer envelope. ABI.md, "Outbound HTTP", is the cont
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
 import ssl
@@ -10,11 +11,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 import msgpack
 
+from .. import tracing
 from ._client import Answer, Deadlines, OriginError, Pool
 from ._policy import AllowedHost, Target, allowed, is_internal, names_exactly, parse_url
 
@@ -43,6 +45,9 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
 LOOKUPS_PER_MODULE = 8
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 
 class Refused(Exception):
@@ -79,6 +84,7 @@ class Context:
     tracestate: str | None
     stopping: Callable[[], bool]
     module: str = ""  # whose name lookups these are: each module may have only so many waiting
+    trace: Span | None = None  # the guest's span when traces are on: each call gets a child span
 
 
 def decode_call(data: bytes) -> Call:
@@ -173,6 +179,29 @@ class Outbound:
         Raises `Refused` for a guest-visible error, TimeoutError when the request's deadline passes,
         InterruptedError when the host is stopping.
         """
+        if context.trace is not None:
+            return self._traced(call, context, context.trace)
+        return encode_answer(*self._send(call, context))
+
+    def _traced(self, call: Call, context: Context, parent: Span) -> bytes:
+        """`send` within an `outbound` span, whose id the call's `traceparent` carries."""
+        target = call.target
+        span, traceparent, tracestate = tracing.outbound(
+            parent, call.method, f"{target.scheme}://{target.authority}{target.target.split('?')[0]}", target.host)
+        context = dataclasses.replace(context, traceparent=traceparent, tracestate=tracestate, trace=None)
+        try:
+            answer, url = self._send(call, context)
+        except Refused as exc:
+            span.set_attribute("isolate.outbound.result", ERRORS[exc.code])
+            tracing.fail(span, ERRORS[exc.code])
+            raise
+        except BaseException as exc:  # the request's deadline, or the host stopping
+            tracing.fail(span, "deadline" if isinstance(exc, TimeoutError) else type(exc).__name__)
+            raise
+        tracing.outbound_done(span, answer.status)
+        return encode_answer(answer, url)
+
+    def _send(self, call: Call, context: Context) -> tuple[Answer, str]:
         started = time.perf_counter()
         budget = context.timeout if call.timeout is None else min(call.timeout, context.timeout)
         deadlines = Deadlines(started + budget, context.deadline, context.stopping)
@@ -182,7 +211,7 @@ class Outbound:
             answer = self._one(method, target, headers, body, context, deadlines)
             location = next((v for n, v in answer.headers if n == b"location"), None)
             if answer.status not in _REDIRECTS or location is None or call.redirects == 0:
-                return encode_answer(answer, target.url)
+                return answer, target.url
             if hops >= call.redirects:
                 raise Refused(TOO_MANY_REDIRECTS, f"more than {call.redirects} redirects from {call.target.url}")
             hops += 1

@@ -11,12 +11,15 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from ..errors import InvalidRequest, StorageError, StoreFull
 from . import _kv, _outbound
 from ._kv import KeyValue
 from ._policy import AllowedHost
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("isolate.capabilities")
 T = TypeVar("T")
@@ -53,10 +56,11 @@ class GuestIO:
                  stores: Sequence[str], outbound_requests: int, outbound_timeout: float,
                  outbound_response_size: int, kv_operations: int, deadline: float, request_id: str,
                  traceparent: str | None, tracestate: str | None, stopping: Callable[[], bool],
-                 note: Callable[[str, str], None], module: str = "") -> None:
+                 note: Callable[[str, str], None], module: str = "", trace: Span | None = None) -> None:
+        """`trace`: the guest's span when traces are on; each outbound call gets a child span."""
         self._outbound = outbound
         self._context = _outbound.Context(allowed_hosts, outbound_timeout, outbound_response_size, deadline,
-                                          request_id, traceparent, tracestate, stopping, module)
+                                          request_id, traceparent, tracestate, stopping, module, trace)
         self._requests = 0
         self._max_requests = outbound_requests
         self._held: bytes | None = None

@@ -12,6 +12,7 @@ import re
 import time
 from typing import Any
 
+from .. import tracing
 from ..abi import Request, Response
 from ..cache import Entry, ResponseCache
 from ..config import ServerConfig
@@ -98,6 +99,7 @@ class EdgeApp:
         self.region = state.local_region
         self._region_header = (b"x-isolate-region", self.region.encode())
         self._health_body = json.dumps({"status": "ok", "region": self.region, "node": config.node_name}).encode()
+        self.tracing = tracing.enabled()  # read once: when off, a request costs one check of this
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -139,6 +141,9 @@ class EdgeApp:
             request_id = new_request_id()
         if hop is not None:  # trusted only when signed by a node of this cluster, else the request is a client's
             forwarded_by, client_region, headers = self._hop(scope, hop, forwarded_by, client_region, request_id)
+        span = None
+        if self.tracing and scope["path"] != HEALTH_PATH:  # nodes check each other every second: not traced
+            span, send = tracing.request(scope, request_id, started, send)
         method = scope["method"]
         path = scope["path"]
         module = "-"
@@ -186,9 +191,12 @@ class EdgeApp:
                 else:
                     client = scope.get("client")
                     client_region = (regions.region_of(client[0]) if client else None) or self.region
-                if await self._route_elsewhere(scope, receive, send, module, client_region, request_id, started):
+                if await self._route_elsewhere(scope, receive, send, module, client_region, request_id, started,
+                                               span, route):
                     return
             routed = _now()
+            if span is not None:
+                tracing.routed(span, started, module, route, self.region, client_region)
             # Read before the cache: a request that leads a coalesced miss must not wait on its client.
             body = await _read_body(receive, self.config.max_body_size)
             raw_query = scope["query_string"]
@@ -205,18 +213,27 @@ class EdgeApp:
                     or not match.route.options.get("cache", True):
                 if cache is not None:
                     cache.bypass()
-                response, queued = await self.dispatcher.run(module, self.host.invoke, module, request())
+                response, queued = await self.dispatcher.run(module, self.host.invoke, module, request(), span)
                 x_cache = _BYPASS
             else:
                 waited = [0.0]
 
                 async def invoke() -> Response:
-                    response, waited[0] = await self.dispatcher.run(module, self.host.invoke, module, request())
+                    response, waited[0] = await self.dispatcher.run(module, self.host.invoke, module, request(),
+                                                                    span)
                     return response
 
                 url = f"{path}?{query}" if query else path
                 key = cache.key(host, path, query, client_region)
-                entry, fresh = await cache.fetch(key, method, headers, invoke, module, match.route.path, url)
+                lookup = tracing.cache(span) if span is not None else None
+                try:
+                    entry, fresh = await cache.fetch(key, method, headers, invoke, module, match.route.path, url)
+                except BaseException:
+                    if lookup is not None:  # a miss whose guest failed (its own span says how)
+                        tracing.cached(lookup, False)
+                    raise
+                if lookup is not None:
+                    tracing.cached(lookup, entry is not None)
                 if entry is not None:
                     await self._reply_cached(send, entry, request_id, method, routed - started)
                     self._done(module, entry.status, started, None, request_id, method, path, _HIT, route,
@@ -225,6 +242,8 @@ class EdgeApp:
                 assert fresh is not None
                 response, queued, x_cache = fresh, waited[0], _MISS
         except (_Disconnected, RelayBroken):
+            if span is not None:
+                tracing.fail(span, "disconnected")
             return
         except Exception as exc:  # an IsolateError, or a bug: either way the client gets the diagnostic
             await self._fail(send, as_isolate_error(exc), request_id, module, method, path, started, route,
@@ -256,7 +275,7 @@ class EdgeApp:
         return "", "", headers
 
     async def _route_elsewhere(self, scope: Any, receive: Any, send: Any, module: str, client_region: str,
-                               request_id: str, started: float) -> bool:
+                               request_id: str, started: float, span: Any = None, route: str = "") -> bool:
         """Forward the request if it should run in another region; False if it runs here."""
         forwarder = self.forwarder
         if forwarder is None:
@@ -266,13 +285,25 @@ class EdgeApp:
             decision = self.state.regions.decide(module, client_region, self.region, forwarder.health.healthy)
             if decision.local:
                 return False
+            hop = trace = None
+            if span is not None:
+                tracing.routed(span, started, module, route, decision.region, client_region, forwarded=True)
+                hop, trace = tracing.forward(span, decision.region)
             try:
                 status = await forwarder.forward(scope, body, send, decision.nodes, decision.region, request_id,
-                                                 client_region, started)
+                                                 client_region, started, trace)
             except ForwardFailed as exc:
+                if hop is not None:
+                    tracing.fail(hop, exc.kind)
                 if exc.extra.get("reached") is False and not body.started:
                     continue  # every node of that region refused to connect and is now marked down
                 raise
+            except BaseException:
+                if hop is not None:
+                    tracing.fail(hop, "forward_failed")
+                raise
+            if hop is not None:
+                tracing.forwarded(hop, status)
             self.metrics.forwarded(decision.region, status)
             if self.config.access_log and access_log.isEnabledFor(logging.INFO):
                 defer_log(access_log, logging.INFO, "request_id=%s method=%s path=%s module=%s status=%d "

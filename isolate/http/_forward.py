@@ -98,8 +98,12 @@ class Forwarder:
         return Body(receive, self.max_body_size)
 
     async def forward(self, scope: dict[str, Any], body: Body, send: Send, nodes: tuple[str, ...],
-                      region: str, request_id: str, client_region: str, started: float) -> int:
+                      region: str, request_id: str, client_region: str, started: float,
+                      trace: tuple[bytes, bytes | None] | None = None) -> int:
         """Send the request to the first reachable of `nodes`, relay the answer; returns its status.
+
+        `trace`: the `traceparent` and `tracestate` naming this hop's span, in place of the client's
+        (which, without tracing, go on as they came, like any other header).
 
         Raises ForwardFailed with `reached=False` when no node could be connected to, so the caller
         may choose another region (as long as `body.started` is false), and ForwardingLoop when the
@@ -113,6 +117,11 @@ class Forwarder:
         named = {t.strip().lower().encode() for k, v in scope["headers"] if k == b"connection"
                  for t in v.decode("latin-1").split(",")}  # headers the client marked hop-by-hop
         headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP and k not in named]
+        if trace is not None:
+            headers = [(k, v) for k, v in headers if k != b"traceparent" and k != b"tracestate"]
+            headers.append((b"traceparent", trace[0]))
+            if trace[1]:
+                headers.append((b"tracestate", trace[1]))
         client = scope.get("client")
         forwarded_for = [v for k, v in headers if k == b"x-forwarded-for"]
         headers = [(k, v) for k, v in headers if k != b"x-forwarded-for"]

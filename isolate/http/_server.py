@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from .. import tracing
 from ..backends import join_cluster, leave_cluster
 from ..cache import ResponseCache
 from ..config import (
@@ -76,6 +78,7 @@ class Apps:
         leave_cluster(self.node)
         self.dispatcher.close()
         self.host.close()
+        tracing.shutdown()  # after the guests: their last spans go too
 
 
 def build(config: Config, server: ServerConfig, host: Host | None = None,
@@ -98,6 +101,9 @@ def build(config: Config, server: ServerConfig, host: Host | None = None,
     health = NodeHealth(lambda: state.regions, server.region, server.health_interval, server.health_timeout)
     forwarder = Forwarder(server.node_name, health, server.max_body_size, config.max_timeout + 5,
                           HopSigner(server.cluster_secret or load_or_create_cluster_secret(config.data_dir)))
+    # Before the edge, which reads once whether traces are on; the process's environment is where
+    # OpenTelemetry's standard variables live (OTEL_*: see isolate.tracing.enabled_by).
+    tracing.setup(os.environ, region=server.region, node=server.node_name)
     edge = EdgeApp(host, state, server, metrics, dispatcher, cache, forwarder)
     node = Node(host, state, cache)
     if server.cluster:  # connected and caught up (or degraded) before the manifest and the listeners
