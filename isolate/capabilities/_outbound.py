@@ -186,8 +186,10 @@ class Outbound:
     def _traced(self, call: Call, context: Context, parent: Span) -> bytes:
         """`send` within an `outbound` span, whose id the call's `traceparent` carries."""
         target = call.target
+        # The origin only, not the path: paths carry secrets too (API tokens in them are common), and a
+        # trace collector is not where a module's secrets go.
         span, traceparent, tracestate = tracing.outbound(
-            parent, call.method, f"{target.scheme}://{target.authority}{target.target.split('?')[0]}", target.host)
+            parent, call.method, f"{target.scheme}://{target.authority}/", target.host)
         context = dataclasses.replace(context, traceparent=traceparent, tracestate=tracestate, trace=None)
         try:
             answer, url = self._send(call, context)
