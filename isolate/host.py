@@ -463,6 +463,10 @@ class Host:
     def module_names(self) -> list[str]:
         return self._store.names()
 
+    def describe(self, record: ModuleRecord) -> ModuleInfo:
+        """What `module` says of a record this host has not applied (yet): another node's, say."""
+        return self._info(record)
+
     def module(self, name: str) -> ModuleInfo:
         return self._info(self._store.get(name))
 

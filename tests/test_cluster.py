@@ -612,20 +612,44 @@ def test_a_region_table_without_a_nodes_region_is_refused_there_and_reported(tri
 def test_a_change_through_a_node_the_deploy_has_not_reached_yet(trio: Trio, tmp_path: Path) -> None:
     """Deployed through one node, configured through another before its watcher applied the deploy:
     the cluster's record counts (it was a 404), and the bytes are fetched before the change applies."""
+    from isolate.errors import StorageError
+
     with member(trio, tmp_path / "data", "late") as apps:
         node, cluster = apps.node, apps.node.cluster
         assert cluster is not None
+        eventually(lambda: cluster.status()["synced"], what="the new node caught up")
         gate = threading.Event()
         cluster._applier.submit(gate.wait)  # type: ignore[attr-defined]  # the watcher, behind
         try:
             with admin(trio.nodes[0]) as api:
-                assert api.put("/v1/modules/late", content=answering(b"late")).status_code == 201
-            assert "late" not in node.host.module_names()
-            info = node.configure("late", variables={"colour": "red"})
+                assert api.put("/v1/modules/lagging", content=answering(b"late")).status_code == 201
+            assert "lagging" not in node.host.module_names()
+            info = node.configure("lagging", variables={"colour": "red"})
             assert dict(info.variables) == {"colour": "red"}
-            assert node.host.invoke("late").body == b"late"
+            assert node.host.invoke("lagging").body == b"late"
         finally:
             gate.set()
         with admin(trio.nodes[1]) as api:
-            eventually(lambda: api.get("/v1/modules/late").json().get("variables") == {"colour": "red"},
+            eventually(lambda: api.get("/v1/modules/lagging").json().get("variables") == {"colour": "red"},
                        what="the change made through the late node")
+
+        # The change is committed once written: failing to apply it here (the bytes do not arrive)
+        # answers it all the same, and the watcher applies it when it can.
+        real, gate = apps.host.receive, threading.Event()
+
+        def failing(*args: Any) -> None:
+            raise StorageError("the bytes did not arrive")
+
+        apps.host.receive = failing  # type: ignore[method-assign]
+        cluster._applier.submit(gate.wait)  # type: ignore[attr-defined]
+        try:
+            with admin(trio.nodes[0]) as api:
+                assert api.put("/v1/modules/lagging2", content=answering(b"later")).status_code == 201
+            info = node.configure("lagging2", variables={"colour": "green"})
+            assert dict(info.variables) == {"colour": "green"} and "lagging2" not in node.host.module_names()
+        finally:
+            apps.host.receive = real  # type: ignore[method-assign]
+            gate.set()
+        eventually(lambda: "lagging2" in node.host.module_names()
+                   and dict(node.host.module("lagging2").variables) == {"colour": "green"},
+                   what="the late node applying the change it wrote")

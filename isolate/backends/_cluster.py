@@ -333,9 +333,16 @@ class Cluster:
                     continue
                 raise ClusterUnavailable(f"NATS refused the change of {key}: {exc}", cluster=self.shown) from None
             # Applied here before the caller answers, its bytes fetched first if this node lacks them (a
-            # rollback or a PATCH through a node the deploy has not reached yet).
-            self._fetch(key, value)
-            self.node.apply_remote(functools.partial(self._adopt_if_new, key, value, int(new), False), announce=False)
+            # rollback or a PATCH through a node the deploy has not reached yet). The change is committed
+            # now: failing to apply it here is not failing it (a client retrying a rollback would roll
+            # back twice). The watcher applies it, with its retries, and status() says until it has.
+            try:
+                self._fetch(key, value)
+                self.node.apply_remote(functools.partial(self._adopt_if_new, key, value, int(new), False),
+                                       announce=False)
+            except Exception as exc:
+                detail = exc.detail if isinstance(exc, IsolateError) else repr(exc)
+                log.warning("cluster: %s is written (revision %d) but not applied here yet: %s", key, int(new), detail)
             return value
         raise ClusterUnavailable(f"{key} kept changing under this write ({ATTEMPTS} attempts); try again",
                                  cluster=self.shown)
@@ -407,8 +414,7 @@ class Cluster:
             self.host.reconfigured(local, limits=limits, variables=variables, allowed_hosts=allowed_hosts,
                                    kv_stores=kv_stores, secrets=secrets)
             self.set_secrets(name, secrets)
-        self._cas(f"module.{name}", compute)
-        return self.host.module(name)
+        return self._info_of(name, self._cas(f"module.{name}", compute))
 
     def set_secrets(self, name: str, secrets: Mapping[str, str | None]) -> list[str]:
         validate_name(name)
@@ -433,8 +439,15 @@ class Cluster:
         return sorted(json.loads(self._cas(f"secrets.{name}", compute)))
 
     def rollback(self, name: str, version: int | None = None) -> ModuleInfo:
-        self._cas(f"module.{name}", lambda current: Host.rolled_back(self._live(name, current), version).to_json())
-        return self.host.module(name)
+        return self._info_of(name, self._cas(
+            f"module.{name}", lambda current: Host.rolled_back(self._live(name, current), version).to_json()))
+
+    def _info_of(self, name: str, written: bytes) -> ModuleInfo:
+        """The module as this node now serves it, or as written if it is not applied here yet."""
+        try:
+            return self.host.module(name)
+        except NotFound:
+            return self.host.describe(self._live(name, written))
 
     def delete(self, name: str) -> None:
         def compute(current: bytes | None) -> bytes:
