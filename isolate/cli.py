@@ -903,7 +903,10 @@ def invoke(data_dir: str | None, name: str, method: str, path: str, body: str, h
     request = Request(method=method.upper(), path=path_only, query=query, body=body.encode(),
                       headers=[(k.lower(), v) for k, v in pairs], params=params)
     try:
-        with Host(config) as host:
+        from .usage import Usage
+
+        # No usage directory: a serve may own this data directory, and its current hour's file.
+        with Host(config, usage=Usage(None)) as host:
             response = host.invoke(name, request)
     except IsolateError as exc:
         for record in getattr(exc, "logs", ()):

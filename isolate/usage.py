@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -41,6 +42,10 @@ FIELDS = ("invocations", "cpu_ns", "wall_ns", "memory_byte_ns", "outbound_reques
           "kv_operations")
 _WIDTH = len(FIELDS)
 _HOUR = 3600
+# The largest figure a file may hold: far above any real total (memory × time passes 2**63 after
+# ~100 requests of 100 MiB × 1 s, so not that), far below where float() of it overflows (ModuleUsage.of).
+_MAX_FIGURE = 1 << 127
+_SINCE_SPAN = 100 * 366 * 86400  # `since` further than this from now is a mistake, not a question
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,20 +67,52 @@ class ModuleUsage:
 
 
 def parse_since(text: str) -> float:
-    """`since` as a unix time: seconds since the epoch, or ISO 8601 (UTC unless it names a zone)."""
+    """`since` as a unix time: seconds since the epoch, or ISO 8601 (UTC unless it names a zone).
+
+    ValueError when it is neither, or not within about a hundred years of now (inf and nan included)."""
     text = text.strip()
     try:
-        return float(text)
+        when = float(text)
     except ValueError:
-        pass
-    stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))  # ValueError when it is neither
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return stamp.timestamp()
+        try:
+            stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=UTC)
+            when = stamp.timestamp()
+        except (ArithmeticError, OSError) as exc:  # ValueError passes through as it is
+            raise ValueError(str(exc)) from None
+    if not (math.isfinite(when) and abs(when - time.time()) <= _SINCE_SPAN):
+        raise ValueError(f"{text[:64]!r} is not within a hundred years of now")
+    return when
 
 
 def _hour_name(hour: int) -> str:
     return datetime.fromtimestamp(hour * _HOUR, UTC).strftime("%Y-%m-%dT%H")
+
+
+def _figure(value: Any) -> int:
+    """A count read from a file: an integer (a float only if whole), 0 <= value < _MAX_FIGURE."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not 0 <= value < _MAX_FIGURE:
+        raise ValueError(f"not a count: {str(value)[:32]}")
+    return value
+
+
+def _rows(table: Any) -> dict[str, list[int]]:
+    if not isinstance(table, dict):
+        raise ValueError("not an object of rows")
+    rows = {}
+    for module, row in table.items():
+        if not isinstance(row, list) or len(row) != _WIDTH:
+            raise ValueError(f"row of {str(module)[:64]!r} is not {_WIDTH} figures")
+        rows[str(module)] = [_figure(v) for v in row]
+    return rows
+
+
+def _valid_row(row: Any) -> bool:
+    return (isinstance(row, list) and len(row) == _WIDTH
+            and all(type(v) is int and 0 <= v < _MAX_FIGURE for v in row))
 
 
 def _add(into: dict[str, list[int]], module: str, figures: Iterable[int]) -> None:
@@ -95,13 +132,15 @@ class Usage:
         self._clock = clock
         self._retention = retention_hours
         self._local = threading.local()  # .rows: this thread's running sums per module (record)
-        self._lock = threading.Lock()  # the tables below; never taken on the request path
+        self._lock = threading.Lock()  # the tables below; never taken on the request path, nor held on disk
+        self._write_lock = threading.Lock()  # one flush writes at a time: a later snapshot lands last
         self._threads: list[tuple[threading.Thread, dict[str, list[int]]]] = []  # every thread's sums
         self._seen: dict[int, dict[str, list[int]]] = {}  # id(sums) -> their values at the last fold
         self._totals: dict[str, list[int]] = {}
         self._hours: dict[int, dict[str, list[int]]] = {}
         self._drained: dict[str, list[int]] = {}  # folded but not yet drained (a worker's Usage)
         self._dirty: set[int] = set()
+        self._expired: set[str] = set()  # names of files of expired hours, removed once the totals are written
         self._sequence = 0  # written into each file: the newest write's totals are the totals
         self._failed = ""  # the last write error, logged once until a write succeeds
         self.timed: set[str] = set()  # modules whose next run reads the CPU clock (CPU_CLOCK_FROM_US)
@@ -201,7 +240,7 @@ class Usage:
             hour = int(self._clock()) // _HOUR
             bucket = self._hours.setdefault(hour, {})
             for module, row in figures.items():
-                if isinstance(row, list) and len(row) == _WIDTH and all(isinstance(v, int) for v in row):
+                if _valid_row(row):
                     _add(self._totals, module, row)
                     _add(bucket, module, row)
             self._dirty.add(hour)
@@ -231,37 +270,61 @@ class Usage:
     # -- persistence ------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Fold, then write the hours that changed (each file with the totals as of now)."""
+        """Fold, then write the hours that changed (each file with the totals as of now).
+
+        The tables are copied under the lock and written outside it: readers (totals() for /metrics,
+        on the event loop) never wait on the disk. Flushes write one at a time, each taking its copy
+        once the one before has written, so the newest totals are always written last."""
         if self.directory is None:
             return
         self.fold()
-        with self._lock:
-            now_hour = int(self._clock()) // _HOUR
-            for hour in [h for h in self._hours if h < now_hour - self._retention]:
-                del self._hours[hour]
-                with contextlib.suppress(OSError):
-                    (self.directory / f"{_hour_name(hour)}.json").unlink()
-            writes = []
-            for hour in sorted(self._dirty):
-                if hour in self._hours:
+        with self._write_lock:
+            with self._lock:
+                now_hour = int(self._clock()) // _HOUR
+                for hour in [h for h in self._hours if h < now_hour - self._retention]:
+                    del self._hours[hour]
+                    self._dirty.discard(hour)
+                    with contextlib.suppress(ArithmeticError, ValueError, OSError):
+                        self._expired.add(f"{_hour_name(hour)}.json")
+                if self._expired and not self._dirty:
+                    # The expired files may hold the only copy of the totals: write them in this hour's first.
+                    self._hours.setdefault(now_hour, {})
+                    self._dirty.add(now_hour)
+                writes = []
+                for hour in sorted(self._dirty):
+                    if hour not in self._hours:
+                        continue
+                    try:
+                        name = f"{_hour_name(hour)}.json"
+                    except (ArithmeticError, ValueError, OSError) as exc:  # one bad hour never blocks the rest
+                        log.error("usage: dropping hour %r: %s", hour, exc)
+                        del self._hours[hour]
+                        continue
                     self._sequence += 1
-                    writes.append((hour, json.dumps({
+                    writes.append((hour, name, json.dumps({
                         "hour": hour * _HOUR, "sequence": self._sequence, "fields": FIELDS,
                         "modules": self._hours[hour], "totals": self._totals,
                     }, separators=(",", ":")).encode()))
-            self._dirty.clear()
-            # Written under the lock: a later flush must not overwrite this one's totals with older ones.
+                self._dirty.clear()
+                expired = set(self._expired)
             try:
                 self.directory.mkdir(exist_ok=True)  # not its parents: a data directory that went away stays away
-                for hour, data in writes:
-                    atomic_write(self.directory / f"{_hour_name(hour)}.json", data)
+                for _, name, data in writes:
+                    atomic_write(self.directory / name, data)
             except OSError as exc:
-                self._dirty.update(hour for hour, _ in writes)  # tried again at the next flush
+                with self._lock:
+                    self._dirty.update(hour for hour, _, _ in writes)  # tried again at the next flush
                 if str(exc) != self._failed:
                     log.error("usage: cannot write %s: %s", self.directory, exc)
                 self._failed = str(exc)
-            else:
-                self._failed = ""
+                return
+            self._failed = ""
+            written = {name for _, name, _ in writes}
+            for name in expired - written:
+                with contextlib.suppress(OSError):
+                    (self.directory / name).unlink()
+            with self._lock:
+                self._expired -= expired
 
     def close(self) -> None:
         """Stop the flusher and write everything (a clean stop loses nothing)."""
@@ -279,23 +342,36 @@ class Usage:
                 log.exception("usage: flush failed")
 
     def _load(self, directory: Path) -> None:
+        """Read the hours kept. A damaged file (bad JSON, a figure that is no count, an hour that is not
+        its name's or is not within the retention of now) is logged and skipped: it loses that
+        hour, never the process (the totals come from another file). Files of hours past the
+        retention give their totals, and are removed at the first flush."""
         if directory.is_dir():
             remove_temporaries(directory)  # a write a crash interrupted
+        now_hour = int(self._clock()) // _HOUR
         newest = -1
         for path in sorted(directory.glob("*.json")):
             try:
                 data: Any = loads_json(path.read_bytes())
-                hour = int(data["hour"]) // _HOUR
-                modules = {str(m): [int(v) for v in row] for m, row in data["modules"].items()}
-                totals = {str(m): [int(v) for v in row] for m, row in data["totals"].items()}
-                sequence = int(data["sequence"])
-                if any(len(row) != _WIDTH for row in (*modules.values(), *totals.values())):
-                    raise ValueError("rows of the wrong width")
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                if not isinstance(data, dict):
+                    raise ValueError("not an object")
+                stamp = _figure(data["hour"])
+                hour = stamp // _HOUR
+                if stamp % _HOUR or f"{_hour_name(hour)}.json" != path.name:
+                    raise ValueError(f"hour {stamp} is not the hour of the file's name")
+                if hour > now_hour + self._retention:
+                    raise ValueError(f"hour {path.stem} is further ahead of now than the retention")
+                modules = _rows(data["modules"])
+                totals = _rows(data["totals"])
+                sequence = _figure(data["sequence"])
+            except (OSError, ArithmeticError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 # A damaged hour loses that hour, never the process (its totals come from another file).
                 log.error("usage: skipping %s: %s", path, exc)
                 continue
-            self._hours[hour] = modules
+            if hour < now_hour - self._retention:
+                self._expired.add(path.name)
+            else:
+                self._hours[hour] = modules
             if sequence > newest:
                 newest, self._totals = sequence, totals
         self._sequence = max(newest, 0)

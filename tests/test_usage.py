@@ -83,13 +83,106 @@ def test_a_damaged_hour_is_skipped_and_old_hours_expire(tmp_path: Path) -> None:
     assert Usage(tmp_path, clock=clock).totals()["a"].invocations == 3
 
 
+BIG = "1" + "0" * 400
+DAMAGED = {  # file body -> why it is skipped
+    '{"hour": 1e999, "sequence": 9, "modules": {}, "totals": {}}': "infinite hour",
+    '{"hour": -100000000000000000000, "sequence": 9, "modules": {}, "totals": {}}': "negative hour",
+    '{"hour": 100000000000000000000, "sequence": 9, "modules": {}, "totals": {}}': "hour past year 9999",
+    '{"hour": 1800003600, "sequence": 9, "modules": {}, "totals": {}}': "not the hour of its name",
+    '{"hour": 1800000001, "sequence": 9, "modules": {}, "totals": {}}': "not a whole hour",
+    '{"hour": 1800000000, "sequence": 9, "modules": {"m": [1e999, 0, 0, 0, 0, 0, 0]}, "totals": {}}': "inf",
+    '{"hour": 1800000000, "sequence": 9, "modules": {}, "totals": {"m": [1, ' + BIG + ', 0, 0, 0, 0, 0]}}': "huge",
+    '{"hour": 1800000000, "sequence": 9, "modules": {}, "totals": {"m": [-1, 0, 0, 0, 0, 0, 0]}}': "negative",
+    '{"hour": 1800000000, "sequence": 9, "modules": {}, "totals": {"m": [0.5, 0, 0, 0, 0, 0, 0]}}': "fraction",
+    '{"hour": 1800000000, "sequence": 9, "modules": {"m": "1234567"}, "totals": {}}': "a string row",
+    '{"hour": 1800000000, "sequence": NaN, "modules": {}, "totals": {}}': "nan sequence",
+    '{"hour": 1800000000, "sequence": 9, "modules": [], "totals": {}}': "modules not an object",
+    '[1, 2]': "not an object",
+}
+
+
+@pytest.mark.parametrize("body", list(DAMAGED), ids=list(DAMAGED.values()))
+def test_a_damaged_number_skips_the_file_and_later_flushes_persist(tmp_path: Path, body: str,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    directory = tmp_path / "data" / "usage"
+    directory.mkdir(parents=True)
+    (directory / "2027-01-15T08.json").write_text(body)
+    with caplog.at_level("ERROR", logger="isolate.usage"):
+        usage = Usage(directory, flush_interval=3600, clock=clock)  # starts: the file is logged and skipped
+    assert "skipping" in caplog.text and "2027-01-15T08.json" in caplog.text
+    assert usage.totals() == {} and usage.since(0.0)[1] == {}
+    for _ in range(2):  # every flush writes: the bad hour never blocks one
+        clock.now += HOUR
+        usage.record("a", 1, 1, 1)
+        usage.flush()
+    usage.close()
+    again = Usage(directory, flush_interval=3600, clock=clock)
+    try:
+        assert again.totals()["a"].invocations == 2
+    finally:
+        again.close()
+    fresh = tmp_path / "fresh"
+    (fresh / "usage").mkdir(parents=True)
+    (fresh / "usage" / "2027-01-15T08.json").write_text(body)
+    with Host(Config(data_dir=fresh)) as host:  # a server with the damaged file starts, and writes
+        host.usage.record("a", 1, 1, 1)
+        host.usage.flush()
+    assert len(list((fresh / "usage").iterdir())) == 2
+
+
+def test_files_past_the_retention_keep_their_totals(tmp_path: Path) -> None:
+    clock = Clock()
+    usage = Usage(tmp_path, flush_interval=3600, retention_hours=2, clock=clock)
+    usage.record("a", 1, 1, 1)
+    usage.close()
+    clock.now += 10 * HOUR  # stopped longer than the retention: the hours expire, the totals stay
+    again = Usage(tmp_path, flush_interval=3600, retention_hours=2, clock=clock)
+    assert again.since(0.0)[1] == {} and again.totals()["a"].invocations == 1
+    again.close()  # nothing recorded: the totals are written in this hour's file before the old one goes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2027-01-15T18.json"]
+    assert Usage(tmp_path, clock=clock).totals()["a"].invocations == 1
+
+
+def test_readers_never_wait_on_a_flush_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import isolate.usage as usage_module
+
+    usage = Usage(tmp_path, flush_interval=3600)
+    writing, release = threading.Event(), threading.Event()
+    real_write = usage_module.atomic_write
+
+    def slow_write(path: Path, data: bytes) -> None:  # an fsync that takes its time
+        writing.set()
+        assert release.wait(10)
+        real_write(path, data)
+
+    monkeypatch.setattr(usage_module, "atomic_write", slow_write)
+    usage.record("a", 1, 1, 1)
+    first = threading.Thread(target=usage.flush)
+    first.start()
+    assert writing.wait(10)
+    usage.record("a", 1, 1, 1)
+    done = threading.Event()
+    reader = threading.Thread(target=lambda: (usage.totals(), usage.since(0.0), done.set()))
+    reader.start()
+    assert done.wait(5), "totals() waited on the disk"
+    second = threading.Thread(target=usage.flush)  # waits for the first write, then writes the newer totals
+    second.start()
+    release.set()
+    first.join(10)
+    second.join(10)
+    usage.close()
+    assert Usage(tmp_path).totals()["a"].invocations == 2
+
+
 def test_since_takes_unix_and_iso_times() -> None:
     assert parse_since("1800000000") == T0
     assert parse_since("2027-01-15T08:00:00Z") == T0
     assert parse_since("2027-01-15T09:00:00+01:00") == T0
     assert parse_since("2027-01-15T08:00:00") == T0  # UTC when no zone is named
-    with pytest.raises(ValueError):
-        parse_since("yesterday")
+    for bad in ("yesterday", "inf", "-inf", "nan", "1e18", "-1e18", "1e999", "0001-01-01", "9999-12-31T23:00Z"):
+        with pytest.raises(ValueError):
+            parse_since(bad)
 
 
 def test_host_meters_requests_failures_outbound_and_kv(tmp_path: Path) -> None:
@@ -123,6 +216,19 @@ def test_host_meters_requests_failures_outbound_and_kv(tmp_path: Path) -> None:
         assert again.usage_totals() == totals
 
 
+def test_cli_invoke_leaves_the_usage_files_to_the_server(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with Host(Config(data_dir=data)) as host:
+        host.deploy("hello", HELLO)
+        host.invoke("hello", Request())
+    (written,) = (data / "usage").iterdir()
+    before = written.read_bytes()
+    result = subprocess.run([sys.executable, "-m", "isolate.cli", "invoke", "hello", "--data-dir", str(data)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and "HTTP 200" in result.stdout, result.stderr
+    assert list((data / "usage").iterdir()) == [written] and written.read_bytes() == before
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> LiveServer:
     with LiveServer(tmp_path / "data") as live:
@@ -144,8 +250,9 @@ def test_usage_over_the_admin_api_and_the_cli_survives_a_restart(server: LiveSer
         assert recent["modules"][0]["invocations"] == 5 and recent["from"].endswith("Z")
         future = admin.get("/v1/usage", params={"since": str(4_000_000_000)}).json()
         assert future["modules"][0]["invocations"] == 0  # still listed: it is deployed
-        bad = admin.get("/v1/usage", params={"since": "soon"})
-        assert bad.status_code == 400 and bad.json()["error"] == "invalid_request"
+        for since in ("soon", "inf", "nan", "1e18", "-1e18"):
+            bad = admin.get("/v1/usage", params={"since": since})
+            assert bad.status_code == 400 and bad.json()["error"] == "invalid_request", since
         assert admin.get("/v1/usage", headers={"authorization": "Bearer wrong"}).status_code == 401
     server.restart()  # SIGTERM: everything is written at close
     with server.admin() as admin:
