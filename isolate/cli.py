@@ -342,13 +342,19 @@ def dev(paths: tuple[str, ...], data_dir: str, host: str, port: int, admin_host:
     stop = threading.Event()
     watcher = threading.Thread(target=loop.watch, args=(stop,), name="isolate-dev-watch", daemon=True)
     watcher.start()
+
+    def stop_watching() -> None:
+        # Before the apps close (run calls it then): a round in progress must not deploy to a closed host.
+        # No timeout: a round ends (builds are bounded), then the watcher sees `stop` within POLL_MS.
+        stop.set()
+        watcher.join()
+
     try:
-        run(apps, server)
+        run(apps, server, before_close=stop_watching)
     except IsolateError as exc:
         _fail(f"{exc.kind}: {exc.detail}")
     finally:
-        stop.set()
-        watcher.join(timeout=5)  # bounded: the watcher looks at `stop` every POLL_MS
+        stop_watching()  # done already unless run failed early; the lock outlives the watcher in any case
         lock.close()
 
 

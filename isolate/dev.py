@@ -27,6 +27,8 @@ it, the paths under /NAME)."""
 STEP_MS, DEBOUNCE_MS = 30, 400
 # How often the watcher looks at its stop event: the bound on how long `isolate dev` takes to exit.
 POLL_MS = 200
+WATCH_RETRY_S = 1.0
+"""The wait before watching again after watchfiles failed (the stop event cuts it short)."""
 _NOT_SOURCES = frozenset({"build", "target", "node_modules", "__pycache__"})
 """Directories of a project that hold outputs, not sources: a build writing there must not retrigger."""
 
@@ -104,7 +106,7 @@ class DevLoop:
     def affected(self, paths: Iterable[Path]) -> tuple[set[str], bool, bool]:
         """(projects whose sources changed, whether a module file changed, whether a manifest did)."""
         projects = self.projects()
-        manifest_files = {t for t in self.targets if not t.is_dir()}
+        manifest_files = {t for t in self.targets if t.suffix == ".toml" and not t.is_dir()}  # not a dir gone
         module_files = {spec.path for spec in self.manifest.modules if not spec.path.is_dir()}
         changed: set[str] = set()
         files = manifest = False
@@ -112,7 +114,8 @@ class DevLoop:
             manifest |= path in manifest_files
             files |= path in module_files
             for name, root in projects.items():
-                if path.is_relative_to(root) and _is_source(path.relative_to(root)):
+                # The root itself: a project directory back after it was deleted.
+                if path == root or (path.is_relative_to(root) and _is_source(path.relative_to(root))):
                     changed.add(name)
         return changed, files, manifest
 
@@ -224,25 +227,57 @@ class DevLoop:
     # -- watching -------------------------------------------------------------------------------
 
     def watch(self, stop: threading.Event) -> None:
-        """Rebuild and redeploy on every change until `stop` is set (run it on a thread of its own)."""
+        """Rebuild and redeploy on every change until `stop` is set (run it on a thread of its own).
+
+        Only paths that exist are watched (watchfiles refuses a missing one): a path deleted is said so
+        here and watched again, and rebuilt, once it exists again; a watch that fails is retried."""
         import watchfiles
 
-        shown: list[Path] = []
+        shown: tuple[list[Path], list[Path]] | None = None
+        gone: set[Path] = set()  # watch paths missing at the last look
+        back: set[Path] = set()  # watch paths that came back, for the next round
+        failure = ""
         while not stop.is_set():
-            paths = self.watch_paths()
-            if paths != shown:
-                self.report(f"isolate dev: watching {', '.join(str(p) for p in paths)}")
-                shown = paths
-            for changes in watchfiles.watch(*paths, stop_event=stop, step=STEP_MS, debounce=DEBOUNCE_MS,
-                                            rust_timeout=POLL_MS, raise_interrupt=False,
-                                            watch_filter=_watched):
-                try:
-                    result = self.changed(Path(path) for _, path in changes)
-                except Exception as exc:  # the watcher must outlive any one round: say what broke
-                    self.report(f"isolate dev: rebuild failed unexpectedly: {type(exc).__name__}: {exc}")
-                    continue
-                if result.rewatch:
-                    break
+            wanted = self.watch_paths()
+            present = {p for p in wanted if p.exists()}
+            paths = [p for p in wanted if p in present]
+            back |= gone & present
+            gone = set(wanted) - present
+            if shown != (paths, sorted(gone)):
+                shown = (paths, sorted(gone))
+                if paths:
+                    self.report(f"isolate dev: watching {', '.join(str(p) for p in paths)}")
+                if gone:
+                    self.report(f"isolate dev: {', '.join(str(p) for p in sorted(gone))} not found: "
+                                "watched again once it exists")
+            if not paths:
+                stop.wait(POLL_MS / 1000)
+                continue
+            try:
+                # A timeout yields nothing: the moment to look for paths gone or back, and for `back`'s round.
+                for changes in watchfiles.watch(*paths, stop_event=stop, step=STEP_MS, debounce=DEBOUNCE_MS,
+                                                rust_timeout=POLL_MS, yield_on_timeout=True,
+                                                raise_interrupt=False, watch_filter=_watched):
+                    failure = ""
+                    changed, back = {Path(path) for _, path in changes} | back, set()
+                    if changed and self._changed_safely(changed):
+                        break
+                    if any(not p.exists() for p in paths) or any(p.exists() for p in gone):
+                        break
+            except Exception as exc:  # the watch itself (a path removed meanwhile, inotify's limits): retry
+                message = f"{type(exc).__name__}: {exc}"
+                if message != failure:
+                    self.report(f"isolate dev: watching failed: {message} (retrying)")
+                    failure = message
+                stop.wait(WATCH_RETRY_S)
+
+    def _changed_safely(self, paths: set[Path]) -> bool:
+        """`changed(paths)`; whether to watch anew. The watcher outlives any one round."""
+        try:
+            return self.changed(paths).rewatch
+        except Exception as exc:
+            self.report(f"isolate dev: rebuild failed unexpectedly: {type(exc).__name__}: {exc}")
+            return False
 
 
 def _dirs(manifest: Manifest) -> dict[str, Path]:

@@ -500,8 +500,10 @@ class Host:
         metered = False
         guest: Span | None = None
         try:
-            if self._broken and name in self._broken:  # dev only; a falsy dict costs nothing otherwise
-                raise BrokenBuild(self._broken[name], module=name)
+            # dev only (a falsy dict costs nothing otherwise); one get: the dev watcher may pop it meanwhile
+            broken = self._broken.get(name) if self._broken else None
+            if broken is not None:
+                raise BrokenBuild(broken, module=name)
             record = self._store.get(name)
             version = record.version()
             limits = self._limits.get(name) or self._limits_for(record)

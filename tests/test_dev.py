@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from guests import module, response_bytes
 from live import ROOT, free_port
 
 from isolate.dev import _is_source
@@ -48,8 +50,10 @@ def until(check: Callable[[], Any], what: str, log: Path) -> Any:
 class Dev:
     """`isolate dev PROJECT` on free ports, with its own data directory."""
 
-    def __init__(self, tmp: Path, project: Path) -> None:
+    def __init__(self, tmp: Path, project: Path, target: Path | None = None) -> None:
         self.project = project
+        self.target = target or project
+        """What `isolate dev` is given: the project, or a manifest naming it."""
         self.port, self.admin_port = free_port(), free_port()
         self.data_dir = tmp / "dev-data"
         self.log = tmp / "dev.log"
@@ -57,7 +61,7 @@ class Dev:
         self.edge = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
 
     def __enter__(self) -> Dev:
-        command = [sys.executable, "-m", "isolate.cli", "dev", str(self.project), "--data-dir", str(self.data_dir),
+        command = [sys.executable, "-m", "isolate.cli", "dev", str(self.target), "--data-dir", str(self.data_dir),
                    "--port", str(self.port), "--admin-port", str(self.admin_port)]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log, cwd=ROOT)
@@ -81,6 +85,10 @@ class Dev:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=20)
+            raise AssertionError(f"isolate dev did not exit on SIGTERM:\n{self.log.read_text()}") from None
+        if exc[0] is None:  # a clean stop: the watcher stopped before the host closed, nothing raised
+            assert self.process.returncode == 0, self.log.read_text()
+            assert "Traceback" not in self.log.read_text()
 
     def version(self) -> int:
         token = (self.data_dir / "admin-token").read_text().strip()
@@ -135,6 +143,54 @@ def test_an_unchanged_save_redeploys_nothing(dev: Dev) -> None:
     write(dev.project, "three")  # a later change still goes through
     until(dev.answers("three"), "the new answer", dev.log)
     assert dev.version() == before + 1
+
+
+def test_a_stop_during_a_rebuild_lets_it_finish_then_exits_cleanly(tmp_path: Path) -> None:
+    project = tmp_path / "devapp"
+    project.mkdir()
+    write(project, "one")
+    with Dev(tmp_path, project) as dev:
+        write(project, "two")
+        until(lambda: "watchfiles.main" in dev.log.read_text(), "the change seen", dev.log)  # the round began
+    # __exit__ sent SIGTERM and checked a clean exit; the round ran against an open host
+    assert "rebuild failed unexpectedly" not in dev.log.read_text()
+
+
+def test_a_project_directory_deleted_then_recreated_is_watched_and_rebuilt_again(dev: Dev) -> None:
+    shutil.rmtree(dev.project)  # watchfiles refuses a missing path: the watcher must not die of it
+    until(lambda: f"{dev.project} not found: watched again once it exists" in dev.log.read_text(),
+          "the missing directory reported", dev.log)
+    dev.project.mkdir()
+    write(dev.project, "back")
+    until(dev.answers("back"), "the recreated project's answer", dev.log)
+    version = dev.version()
+    write(dev.project, "edited")  # and it is watched again
+    until(dev.answers("edited"), "the edit's answer", dev.log)
+    assert dev.version() == version + 1
+    assert "Traceback" not in dev.log.read_text()
+
+
+def test_a_module_file_deleted_then_recreated_is_watched_and_deployed_again(tmp_path: Path) -> None:
+    project, static, manifest = tmp_path / "devapp", tmp_path / "static.wat", tmp_path / "isolate.toml"
+    project.mkdir()
+    write(project, "one")
+    static.write_text(module(response=response_bytes(body=b"first")))
+    manifest.write_text(f'[modules.devapp]\npath = "{project}"\n\n[modules.static]\npath = "{static}"\n\n'
+                        '[[routes]]\npath = "/static"\nmodule = "static"\n\n'
+                        '[[routes]]\npath = "/app/..."\nmodule = "devapp"\n')
+    with Dev(tmp_path, project, manifest) as dev:
+        def static_answers(text: str) -> Callable[[], bool]:
+            return lambda: dev._alive() and dev.edge.get("/static").text == text
+
+        until(static_answers("first"), "the module file's answer", dev.log)
+        static.unlink()
+        until(lambda: f"{static} not found: watched again once it exists" in dev.log.read_text(),
+              "the missing file reported", dev.log)
+        static.write_text(module(response=response_bytes(body=b"second")))
+        until(static_answers("second"), "the recreated file's answer", dev.log)
+        write(project, "two")  # the rest is watched still
+        until(lambda: dev._alive() and dev.edge.get("/app/x").text == "two", "the project's new answer", dev.log)
+        assert "Traceback" not in dev.log.read_text()
 
 
 @pytest.mark.parametrize(("path", "source"), [

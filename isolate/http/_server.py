@@ -263,19 +263,30 @@ async def serve_apps(apps: Apps, server: ServerConfig, edge_sock: socket.socket,
         apps.host.resume_guests()  # the process may serve again (in-process embedders and tests)
 
 
-def run(apps: Apps, server: ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM, on uvloop when available."""
+def run(apps: Apps, server: ServerConfig, before_close: Callable[[], None] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, on uvloop when available.
+
+    `before_close`: called once serving ended (or failed to start), before the apps close: what else
+    uses them (`isolate dev`'s watcher) stops there."""
     try:
         edge_sock = bind(server.host, server.port)
         admin_sock = bind(server.admin_host, server.admin_port)
     except BaseException:
-        apps.close()
+        _close(apps, before_close)
         raise
     try:
         run_loop(serve_apps(apps, server, edge_sock, admin_sock))
     finally:
         edge_sock.close()
         admin_sock.close()
+        _close(apps, before_close)
+
+
+def _close(apps: Apps, before_close: Callable[[], None] | None) -> None:
+    try:
+        if before_close is not None:
+            before_close()
+    finally:
         apps.close()
 
 
