@@ -29,6 +29,7 @@ AssemblyScript compiler, for an installed wheel) go to ISOLATE_CACHE_DIR or ~/.c
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -636,11 +637,18 @@ class AssemblyScript:
         node = shutil.which("node")
         if node is None:
             raise BuildError("node is not installed: install Node.js and npm (Debian: apt-get install nodejs npm)")
-        if (project / "package.json").is_file() and not (project / "node_modules").is_dir():
-            npm = shutil.which("npm")
-            if npm is None:
-                raise BuildError("npm is not installed: install Node.js and npm (Debian: apt-get install nodejs npm)")
-            _run("npm install", [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=project)
+        if (project / "package.json").is_file():
+            # One install per project at a time: a second build (a debug and a release one together)
+            # would see the node_modules the first is still filling, skip the install, and not find the SDK.
+            (project / "build").mkdir(exist_ok=True)
+            with open(project / "build" / ".npm-install.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not (project / "node_modules").is_dir():
+                    npm = shutil.which("npm")
+                    if npm is None:
+                        raise BuildError("npm is not installed: install Node.js and npm (Debian: apt-get install "
+                                         "nodejs npm)")
+                    _run("npm install", [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=project)
         asc = find_asc(project)
         # AssemblyScript imports `env.abort` unless told otherwise; the SDK's abort logs, then traps.
         # Its internal name depends on whether the SDK came in as a package or by relative path.

@@ -50,7 +50,14 @@ def _debug_build(tmp_path: Path, sample: str | None = None, source: str | None =
     """The wasm of a debug build of a copy of `samples/<sample>` (or of a one-file C project)."""
     project = tmp_path / (sample or "asserts")
     if sample is not None:
-        shutil.copytree(ROOT / "samples" / sample, project, ignore=shutil.ignore_patterns("build"))
+        original = ROOT / "samples" / sample
+        shutil.copytree(original, project, ignore=shutil.ignore_patterns("build", "node_modules"))
+        if (original / "package.json").is_file():
+            # The sample's own install (its package.json names the SDK by a path relative to it, which a
+            # copy elsewhere cannot resolve): made by building it, then shared by a link.
+            if not (original / "node_modules").is_dir():
+                build(original, force=True)  # an up-to-date build would not install
+            (project / "node_modules").symlink_to(original / "node_modules", target_is_directory=True)
     else:
         project.mkdir(parents=True)
         (project / "asserts.c").write_text(source or "")
