@@ -23,8 +23,19 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from test_logs import capped_logger
 
-from isolate.http._logs import JsonFormatter, fields_of, logfmt_line
-from isolate.http._tail import MAX_FOLLOWERS, RING_SIZE, LogRing, keep_recent, logs_endpoint
+from isolate.http._logs import JsonFormatter, clean, fields_of, logfmt_line
+from isolate.http._tail import (
+    BATCH,
+    BATCH_BYTES,
+    LINE_BYTES,
+    MAX_FOLLOWERS,
+    RING_BYTES,
+    RING_SIZE,
+    LogRing,
+    keep_recent,
+    logs_endpoint,
+    read_workers,
+)
 
 ACCESS = ("request_id=%s method=%s path=%s module=%s version=%s status=%d isolate_us=%.1f bytes=%d cache=%s "
           "duration_us=%.1f")
@@ -72,6 +83,90 @@ def test_the_ring_keeps_the_last_lines_and_counts_what_a_reader_missed() -> None
     lines, missed, position = ring.read(19, "b", 100)
     assert [f["msg"] for f in lines] == ["line 20", "line 22", "line 24"] and (missed, position) == (0, 25)
     assert ring.read(25, None, 100) == ([], 0, 25)
+
+
+def test_long_guest_lines_are_cut_and_the_ring_stays_within_its_bytes() -> None:
+    ring = LogRing()
+    at_the_cap = clean("\x00" * (64 * 1024 - 64))  # a record filling the default log_limit, escaped 4x
+    for i in range(RING_SIZE):
+        ring.emit(record("isolate.guest", GUEST, f"r-{i}", "m", "stdout", at_the_cap))
+        assert ring.bytes <= RING_BYTES
+    assert RING_BYTES - 2 * LINE_BYTES < ring.bytes and len(ring) < RING_SIZE  # bytes, not lines, bound it
+    recent, _, position = ring.read(None, None, RING_SIZE)  # `GET /v1/logs?lines=5000`: the ring, no more
+    assert len(recent) == len(ring) and position == RING_SIZE
+    cut = len(at_the_cap) - (LINE_BYTES - len("r-4999mstdout"))
+    assert recent[-1]["msg"] == f"{at_the_cap[:LINE_BYTES - len('r-4999mstdout')]}... ({cut} bytes cut)"
+    assert recent[-1]["request_id"] == "r-4999" and recent[-1]["module"] == "m"  # the fields stay whole
+    assert sum(len(json.dumps(fields)) for fields in recent) < 2 * RING_BYTES
+    # the lines that left for want of room are counted like any others a reader missed
+    lines, missed, position = ring.read(0, None, RING_SIZE)
+    assert missed == RING_SIZE - len(ring) and lines[0]["request_id"] == f"r-{missed}"
+    # a follower's read is bounded in bytes too, and goes on where it stopped
+    assert len(lines) < BATCH and len(lines) * LINE_BYTES <= BATCH_BYTES and position == missed + len(lines)
+    _, _, _, more = ring.read_more(missed, None, BATCH)
+    assert more and not ring.read_more(RING_SIZE - 1, None, BATCH)[3]
+
+
+def test_lines_are_cut_to_whole_characters_and_short_ones_kept_as_they_are() -> None:
+    ring = LogRing(line_bytes=200)
+    ring.emit(record("isolate.guest", GUEST, "r-1", "m", "log", "é" * 200))  # 2 bytes each in UTF-8
+    ring.emit(record("isolate.guest", GUEST, "r-2", "m", "log", "short é"))
+    ring.emit(record("isolate.access", ACCESS, "r-3", "GET", "/" + "p" * 300, "m", None, 200, 1.0, 5, "MISS", 2.0))
+    ring.emit(record("isolate.other", "%s and %r", ["a", "list"], {"a": "dict"}))  # kept formatted
+    ring.emit(record("isolate.other", "x" * 300))
+    cut, short, access, other, long = ring.read(None, None, 10)[0]
+    left = 200 - len("r-1mlog")  # the template is not counted: only what was logged
+    assert cut["msg"] == "é" * (left // 2) + f"... ({400 - left // 2 * 2} bytes cut)"
+    assert (cut["request_id"], cut["module"], cut["stream"]) == ("r-1", "m", "log")
+    assert short["msg"] == "short é"
+    left = 200 - len("r-3GETmMISS")  # the short fields whole, the long one cut
+    assert access["path"] == ("/" + "p" * 300)[:left] + f"... ({301 - left} bytes cut)"
+    assert (access["module"], access["version"], access["status"], access["cache"]) == ("m", None, 200, "MISS")
+    assert other["msg"] == "['a', 'list'] and {'a': 'dict'}"
+    assert long["msg"] == "x" * 200 + "... (100 bytes cut)"
+
+
+class FakeWorker:
+    """A worker's channel as `read_workers` uses it: each `call` answers the next of `answers` (an
+    exception is raised)."""
+
+    def __init__(self, index: int, *answers: object) -> None:
+        self.index = index
+        self.answers = list(answers)
+        self.calls: list[Any] = []
+
+    def call(self, message: Any, timeout: float) -> dict[str, Any]:
+        self.calls.append(message["since"])
+        answer = self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        assert isinstance(answer, dict)
+        return answer
+
+
+def answer(pid: int, *ids: str, next: int = 1) -> dict[str, Any]:
+    return {"lines": [{"time": f"t-{i}", "level": "info", "logger": "isolate.access", "request_id": i}
+                      for i in ids], "missed": 0, "next": next, "pid": pid}
+
+
+def test_a_worker_that_fails_or_answers_badly_gives_no_lines_that_round_and_never_an_error() -> None:
+    cursor = {"0": [100, 5], "1": [101, 5], "2": [102, 5], "3": [103, 5], "4": [104, 5]}
+    workers = [
+        FakeWorker(0, answer(100, "a", next=6)),  # as usual
+        FakeWorker(1, answer(201, "old"), ConnectionError("restarting")),  # restarted, then gone again
+        FakeWorker(2, TimeoutError("slow")),
+        FakeWorker(3, {"lines": "nope", "pid": 103, "missed": 0, "next": 6}),  # malformed answers
+        FakeWorker(4, {"lines": [], "missed": 0}),
+        FakeWorker(5, answer(205, "new", next=1)),  # started since: read from its start
+    ]
+    lines, missed, marks = read_workers(workers, cursor, None, 100, 1.0)
+    assert [(f["worker"], f["request_id"]) for f in lines] == [(0, "a"), (5, "new")] and missed == 0
+    assert [w.calls for w in workers] == [[5], [5, 0], [5], [5], [5], [0]]
+    # the workers without an answer keep their marks: a successor (another pid) is read from its start
+    assert marks == {**cursor, "0": [100, 6], "5": [205, 1]}
+    workers[1].answers = [answer(201, "b"), answer(201, "b", "c", next=2)]
+    lines, _, marks = read_workers(workers[1:2], marks, None, 100, 1.0)
+    assert [f["request_id"] for f in lines] == ["b", "c"] and marks["1"] == [201, 2]
 
 
 def test_a_follower_that_reads_too_slowly_is_told_what_it_missed() -> None:
