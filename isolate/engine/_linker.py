@@ -122,14 +122,9 @@ def _poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int,
 def _wait_until(capture: _output.Capture | None, due: float) -> None:
     """Sleep until `due` (perf_counter time), but never past the request's deadline."""
     deadline: float = getattr(capture, "deadline", -math.inf)  # no request: nothing to wait for
-    while True:
-        remaining = min(due, deadline) - time.perf_counter()
-        if remaining <= 0:
-            break
-        if _shutdown.wait(remaining):
-            _interrupt(capture, "shutdown")
-    if due > deadline:
-        _interrupt(capture, "timeout")
+    why = _shutdown.sleep_until(due, deadline)
+    if why is not None:
+        _interrupt(capture, why)
 
 
 def _interrupt(capture: _output.Capture | None, why: str) -> None:

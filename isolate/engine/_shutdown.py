@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from typing import Protocol
 
@@ -50,6 +51,19 @@ def resume() -> None:
 def wait(seconds: float) -> bool:
     """Sleep up to `seconds`; True if `shutdown()` ended the wait (or had already been called)."""
     return _wake.wait(seconds)
+
+
+def sleep_until(due: float, deadline: float) -> str | None:
+    """Sleep until `due` (a `time.perf_counter()` value), never past `deadline`: None once `due` came,
+    else why the wait was cut ("shutdown", or "timeout" when `due` lies past the deadline). The one
+    wait of every host call that sleeps for a guest (WASI poll_oneoff, wasi:io pollables)."""
+    while True:
+        remaining = min(due, deadline) - time.perf_counter()
+        if remaining <= 0:
+            break
+        if wait(remaining):
+            return "shutdown"
+    return "timeout" if due > deadline else None
 
 
 def is_stopping() -> bool:

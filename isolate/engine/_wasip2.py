@@ -135,16 +135,10 @@ def interrupt(state: Resources, why: str) -> NoReturn:
 
 def wait_until(state: Resources, due: float) -> None:
     """Sleep until `due` (a perf_counter time), but never past the request's deadline."""
-    deadline = state.deadline
     state.waited = True
-    while True:
-        remaining = min(due, deadline) - time.perf_counter()
-        if remaining <= 0:
-            break
-        if _shutdown.wait(remaining):
-            interrupt(state, "shutdown")
-    if due > deadline:
-        interrupt(state, "timeout")
+    why = _shutdown.sleep_until(due, state.deadline)
+    if why is not None:
+        interrupt(state, why)
 
 
 # -- wasi:io/error and wasi:io/poll -------------------------------------------------------------
