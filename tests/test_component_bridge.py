@@ -468,11 +468,12 @@ def test_instantiation_failure_and_non_function_exports(world: World) -> None:
 
 
 @pytest.mark.parametrize("func", ["bench-nop", "bench-bytes", "bench-string"])
-def test_host_call_cost(world: World, func: str) -> None:
-    best = min(world.run(func, State(VALUES_A))[3] for _ in range(3))
-    per_call_us = best / BENCH_CALLS / 1000
-    print(f"{func}: {per_call_us:.2f} µs per host call")
-    assert per_call_us < 50  # generous: a regression to wasmtime-py's per-call cost would show here
+def test_many_host_calls_in_a_row(world: World, func: str) -> None:
+    """BENCH_CALLS calls of one shape from one guest call all go through. The cost per call is printed
+    (`pytest -s`) for whoever wants the figure; tests never assert timings."""
+    status, message, _, run_ns = world.run(func, State(VALUES_A))
+    assert (status, message) == (0, None)
+    print(f"{func}: {run_ns / BENCH_CALLS / 1000:.2f} µs per host call")
 
 
 def test_a_second_linear_memory_is_refused(world: World) -> None:

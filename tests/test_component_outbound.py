@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -193,21 +192,18 @@ def test_outbound_requests_zero_is_connection_limit_reached(host: Host, origin: 
 
 
 def test_the_modules_outbound_timeout_is_http_response_timeout(host: Host, origin: Origin) -> None:
-    started = time.perf_counter()
+    """The origin answers after 1.5 s, well within the request's 5 s: only the module's 0.3 s
+    outbound_timeout can turn that answer into an error-code."""
     response = fetch(host, "short-outbound", authority(origin), "/slow?s=1.5")
-    elapsed = time.perf_counter() - started
     assert refused(response) == "HTTP-response-timeout"
-    assert 0.25 <= elapsed < 1.2, elapsed  # the 0.3 s outbound_timeout, not the origin's 1.5 s
     assert outbound(host, "short-outbound").get("timeout", 0) >= 1
 
 
 def test_the_guests_first_byte_timeout_is_http_response_timeout(host: Host, origin: Origin) -> None:
-    """request-options' first-byte timeout bounds the call below the module's outbound_timeout (10 s)."""
-    started = time.perf_counter()
+    """request-options' first-byte timeout bounds the call below the module's outbound_timeout (10 s):
+    without it the origin's answer after 1.5 s would come back (as the next test shows)."""
     response = fetch(host, "granted", authority(origin), "/slow?s=1.5", timeout_ms=200)
-    elapsed = time.perf_counter() - started
     assert refused(response) == "HTTP-response-timeout"
-    assert 0.15 <= elapsed < 1.2, elapsed
 
 
 def test_a_first_byte_timeout_longer_than_the_call_lets_it_answer(host: Host, origin: Origin) -> None:
