@@ -603,18 +603,26 @@ def find_asc(project: Path) -> Path:
     lock = json.loads((sdk / "package-lock.json").read_text())
     pinned = lock["packages"]["node_modules/assemblyscript"]["version"]
     home = cache_dir() / f"assemblyscript-{pinned}"
-    found = _asc_in(home)
+    return _cached_npm_install(
+        sdk, home, _asc_in, "assemblyscript compiler",
+        f"the AssemblyScript compiler is not installed, and npm is missing to install it: install Node.js and npm "
+        f"(Debian: apt-get install nodejs npm) and build again, which runs `npm ci` for assemblyscript {pinned} in "
+        f"{home}; or run `npm install` in {project}")
+
+
+def _cached_npm_install(sdk: Path, home: Path, probe: Callable[[Path], Path | None], what: str,
+                        without_npm: str) -> Path:
+    """What `probe` finds in `home`, a cache directory `npm ci` fills from `sdk`'s lock on first use."""
+    found = probe(home)
     if found:
         return found
     npm = shutil.which("npm")
     if npm is None:
-        raise BuildError(f"the AssemblyScript compiler is not installed, and npm is missing to install it: install "
-                         f"Node.js and npm (Debian: apt-get install nodejs npm) and build again, which runs `npm ci` "
-                         f"for assemblyscript {pinned} in {home}; or run `npm install` in {project}")
+        raise BuildError(without_npm)
     _npm_ci_into(sdk, home, npm)
-    found = _asc_in(home)
+    found = probe(home)
     if found is None:
-        raise BuildError(f"npm ci in {home} installed no assemblyscript compiler")
+        raise BuildError(f"npm ci in {home} installed no {what}")
     return found
 
 
@@ -712,19 +720,11 @@ def find_js_toolchain() -> Path:
     componentize_js, jco = (_pinned(lock, f"@bytecodealliance/{name}") for name in ("componentize-js", "jco"))
     pins = f"componentize-js {componentize_js} and jco {jco}"
     home = cache_dir() / f"javascript-{componentize_js}-{jco}"
-    found = _js_toolchain_in(home)
-    if found:
-        return found
-    npm = shutil.which("npm")
-    if npm is None:
-        raise BuildError(f"the component toolchain ({pins}, from npm) is not installed, and npm is missing to "
-                         f"install it: install Node.js and npm (Debian: apt-get install nodejs npm) and build again, "
-                         f"which runs `npm ci` in {home}; or run `make toolchains` in a checkout")
-    _npm_ci_into(sdk, home, npm)
-    found = _js_toolchain_in(home)
-    if found is None:
-        raise BuildError(f"npm ci in {home} installed no componentize-js or jco")
-    return found
+    return _cached_npm_install(
+        sdk, home, _js_toolchain_in, "componentize-js or jco",
+        f"the component toolchain ({pins}, from npm) is not installed, and npm is missing to install it: install "
+        f"Node.js and npm (Debian: apt-get install nodejs npm) and build again, which runs `npm ci` in {home}; or "
+        f"run `make toolchains` in a checkout")
 
 
 def wasi_wit(version: str, into: Path) -> Path:
