@@ -214,7 +214,7 @@ def run_component(runtime: Any, plan: ComponentPlan, request: Request, environme
             runtime.engine_ptr, plan.linker_ptr, plan.component_ptr, plan.export_index, exchange, limits.memory,
             ticks, exchange.handler_args())
         exchange.flush_output()  # the last line a guest wrote without a newline (e.g. before it trapped)
-        error = _translate(status, message, exchange, capture, limits)
+        error = _failure_of_run(status, message, exchange, capture, limits)
         if error is not None:
             raise error
         try:
@@ -249,8 +249,8 @@ def _no_response(exchange: Any) -> str:
     return "component returned without setting a response (response-outparam.set was not called)"
 
 
-def _translate(status: int, message: str | None, exchange: Any, capture: _output.Capture,
-               limits: Limits) -> IsolateError | None:
+def _failure_of_run(status: int, message: str | None, exchange: Any, capture: _output.Capture,
+                    limits: Limits) -> IsolateError | None:
     """The error for a run that failed, or None: host-function errors first, then the trap."""
     if status == 0 and exchange.error is None and not getattr(capture, "interrupted", None):
         return None
