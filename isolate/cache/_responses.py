@@ -159,6 +159,31 @@ class ResponseCache:
         self.stores += 1
         return True
 
+    def fetch_now(
+        self, key: str, method: str, headers: Headers, run: Callable[[], Response] | None, module: str,
+        route: str, url: str,
+    ) -> tuple[Entry | None, Response | None] | None:
+        """`fetch` for a guest run on the event loop (`run` returns at once; None: only a hit is wanted).
+        None, without running it, on a miss when `run` is None or a miss for `key` is in progress,
+        since this request should then wait for that one (`fetch`)."""
+        entry = self.lookup(key, headers)
+        if entry is not None:
+            self.hits += 1
+            return entry, None
+        if run is None or (key not in self._pass and key in self._inflight):
+            return None
+        self.misses += 1
+        generation = self._generation
+        try:
+            response = run()
+        except BaseException:
+            if method == "GET":
+                self._mark_pass(key)
+            raise
+        if method == "GET" and generation == self._generation:
+            self.store(key, headers, response, module, route, url)
+        return None, response
+
     async def fetch(
         self, key: str, method: str, headers: Headers, run: Callable[[], Awaitable[Response]],
         module: str, route: str, url: str,

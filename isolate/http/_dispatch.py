@@ -248,19 +248,23 @@ class Dispatcher:
                 self._needed[module] = min(self._needed.get(module, PROMOTE_AFTER) * 8, MAX_NEEDED)
             self._streak[module] = 0
 
+    def run_inline(self, module: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on the loop, for a module `is_inline` allows, and learn from how long it took."""
+        started = _wall()
+        if started - self._mark_wall > CPU_MARK_EVERY or self._mark_thread != threading.get_ident():
+            self._mark(started)
+        try:
+            return fn(*args)
+        finally:
+            self.record(module, self._cpu_bound(started), inline=True)
+
     async def run(self, module: str, fn: Callable[..., T], *args: Any) -> tuple[T, float]:
         """Run `fn(*args)` (one guest invocation) inline or on the pool, and learn from how long it took.
 
         Returns its result and the seconds it waited for a worker (0 inline).
         """
         if self._streak.get(module, 0) >= self._needed.get(module, PROMOTE_AFTER) and self._may_inline(module):
-            started = _wall()
-            if started - self._mark_wall > CPU_MARK_EVERY or self._mark_thread != threading.get_ident():
-                self._mark(started)
-            try:
-                return fn(*args), 0.0
-            finally:
-                self.record(module, self._cpu_bound(started), inline=True)
+            return self.run_inline(module, fn, *args), 0.0
         if self._may_wait(module):
             return await self._io.run(fn, args)  # such modules never run inline: nothing to learn
         took = [0.0]

@@ -21,6 +21,8 @@ from ._logs import defer_log
 log = logging.getLogger("isolate.server")
 
 Header = tuple[bytes, bytes]
+Reply = tuple[int, list[Header], bytes]
+"""An answer as the edge makes it: status, headers (with the length) and body; the protocol frames it."""
 _JSON = (b"content-type", b"application/json")
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 """A client's `x-request-id` is kept when it matches this (raw header bytes), else one is generated."""
@@ -101,7 +103,7 @@ def log_guest_failure(exc: IsolateError, request_id: str) -> None:
 
 
 def render(exc: IsolateError, request_id: str, *, head_only: bool = False,
-           extra: Iterable[Header] = (), dev: bool = False) -> tuple[int, list[Header], bytes]:
+           extra: Iterable[Header] = (), dev: bool = False) -> Reply:
     """Status, headers and body of the diagnostic for `exc` (no body for HEAD, but its length).
 
     `dev` (ServerConfig.dev): a guest failure's diagnostic also carries `guest_message` and a

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -32,7 +33,7 @@ from ..errors import (
     RequestTimeout,
     UriTooLong,
 )
-from ._errors import new_request_id, raw_response, request_id_of, send_error
+from ._errors import Reply, new_request_id, raw_response, request_id_of, send_error
 
 log = logging.getLogger("isolate.server")
 
@@ -158,6 +159,39 @@ class _CycleTransport:
         return getattr(self._conn.transport, name)
 
 
+def _head(status_code: int, headers: Any) -> tuple[list[bytes], int | None, bool, bool]:
+    """The status line and header lines of an answer, checked as uvicorn checks them: (its lines, the
+    Content-Length or None, whether Transfer-Encoding is chunked, whether Connection says close).
+
+    Header names and values are checked with one regex search for all names and one for all values
+    (each pattern is a character class, so a search over the concatenation finds a forbidden
+    character exactly when one of the parts has it).
+    """
+    content = [STATUS_LINE[status_code]]
+    names = []
+    values = []
+    length: int | None = None
+    chunked = close = False
+    for name, value in headers:
+        names.append(name)
+        values.append(value)
+        name = name.lower()
+        if name == b"content-length":
+            if length is None:
+                length = int(value.decode())
+        elif name == b"transfer-encoding" and value.lower() == b"chunked":
+            chunked = True
+        elif name == b"connection":
+            if b"close" in [token.lower().strip() for token in value.split(b",")]:
+                close = True
+        content.extend((name, b": ", value, b"\r\n"))
+    if HEADER_RE.search(b"".join(names)):
+        raise RuntimeError("Invalid HTTP header name.")
+    if HEADER_VALUE_RE.search(b"".join(values)):
+        raise RuntimeError("Invalid HTTP header value.")
+    return content, length, chunked, close
+
+
 class _Cycle(RequestResponseCycle):
     """uvicorn's request/response cycle, with its 500 (app raised, or returned without answering) as
     JSON, and one write per response where uvicorn makes two.
@@ -165,9 +199,7 @@ class _Cycle(RequestResponseCycle):
     A head that declares its Content-Length is held until the first body message and written with
     it: one syscall and one TCP segment instead of two (on loopback, each write also runs the
     receiver's TCP path). A head without a length (chunked, a stream) is written at once as before.
-    Header names and values are checked as uvicorn checks them, one regex search for all names and
-    one for all values (each pattern is a character class, so a search over the concatenation finds
-    a forbidden character exactly when one of the parts has it).
+    `_head` makes the head and checks its fields as uvicorn does.
     """
 
     conn: HttpProtocol  # the connection: every write goes through it, in order
@@ -191,30 +223,15 @@ class _Cycle(RequestResponseCycle):
                 self.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(self.scope), self.scope["method"],
                                         get_path_with_query_string(self.scope), self.scope["http_version"],
                                         status_code)
-            content = [STATUS_LINE[status_code]]
-            names = []
-            values = []
-            has_connection_close = False
-            for name, value in headers:
-                names.append(name)
-                values.append(value)
-                name = name.lower()
-                if name == b"content-length" and self.chunked_encoding is None:
-                    self.expected_content_length = int(value.decode())
-                    self.chunked_encoding = False
-                elif name == b"transfer-encoding" and value.lower() == b"chunked":
-                    self.expected_content_length = 0
-                    self.chunked_encoding = True
-                elif name == b"connection":
-                    connection = [token.lower().strip() for token in value.split(b",")]
-                    if b"close" in connection:
-                        self.keep_alive = False
-                        has_connection_close = True
-                content.extend((name, b": ", value, b"\r\n"))
-            if HEADER_RE.search(b"".join(names)):
-                raise RuntimeError("Invalid HTTP header name.")
-            if HEADER_VALUE_RE.search(b"".join(values)):
-                raise RuntimeError("Invalid HTTP header value.")
+            content, length, chunked, has_connection_close = _head(status_code, headers)
+            if chunked:
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif length is not None:
+                self.expected_content_length = length
+                self.chunked_encoding = False
+            if has_connection_close:
+                self.keep_alive = False
             if not self.keep_alive and not has_connection_close:
                 content.append(b"connection: close\r\n")
             if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status_code not in (204, 304):
@@ -338,6 +355,9 @@ class HttpProtocol(HttpToolsProtocol):
         self._hosts = 0
         self._host = b""
         self._transfer_encoding = False
+        self._has_body = False  # the head declares a Content-Length other than 0
+        # The app's synchronous entry (`EdgeApp.answer_now`), for requests without a body; None: ASGI only.
+        self._answer_now: Callable[[Any], Reply | None] | None = getattr(self.app, "answer_now", None)
         self._refused = False  # turned away at the cap: never set up
         self._closing = False  # an error answer is written or due: further bytes are dropped
         self._pending: bytes | None = None  # that answer, when earlier pipelined answers go first
@@ -370,13 +390,14 @@ class HttpProtocol(HttpToolsProtocol):
 
     # Writing answers
 
-    def answer(self, data: bytes) -> None:
-        """Write a whole answer: now if this is the listener's only request in progress, else at its
-        next flush, which runs once the loop has run what is ready now (one per iteration)."""
+    def answer(self, data: bytes, hold: bool = False) -> None:
+        """Write a whole answer: now if this is the listener's only request in progress and `hold` is
+        not set, else at its next flush, which runs once the loop has run what is ready now (one per
+        iteration)."""
         out = self._out
         if out is not None:
             out.append(data)
-        elif len(self.tasks) > 1:
+        elif hold or len(self.tasks) > 1:
             self._out = [data]
             self.listener.cork(self)
         else:
@@ -545,7 +566,7 @@ class HttpProtocol(HttpToolsProtocol):
         if self._busy:  # a pipelined head: its deadline runs from when it began
             self._since = self.loop.time()
         self._header_bytes = self._hosts = 0
-        self._transfer_encoding = False
+        self._transfer_encoding = self._has_body = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -565,6 +586,8 @@ class HttpProtocol(HttpToolsProtocol):
             self.expect_100_continue = value.lower() == b"100-continue"
         elif name == b"transfer-encoding":
             self._transfer_encoding = True
+        elif name == b"content-length":
+            self._has_body = value != b"0"
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -602,6 +625,11 @@ class HttpProtocol(HttpToolsProtocol):
         ):
             app = _overloaded
         existing_cycle = self.cycle
+        keep_alive = version != "1.0" and parser.should_keep_alive()
+        idle = existing_cycle is None or existing_cycle.response_complete
+        if (idle and keep_alive and self._answer_now is not None and app is self.app and not self._has_body
+                and not self._transfer_encoding and self._answered_now()):
+            return
         self.cycle = _Cycle(
             scope=self.scope,
             transport=self._cycle_transport,  # type: ignore[arg-type]
@@ -612,7 +640,7 @@ class HttpProtocol(HttpToolsProtocol):
             default_headers=self.server_state.default_headers,
             message_event=asyncio.Event(),
             expect_100_continue=self.expect_100_continue,
-            keep_alive=version != "1.0" and parser.should_keep_alive(),
+            keep_alive=keep_alive,
             on_response=self.on_response_complete,
         )
         self.cycle.conn = self
@@ -621,6 +649,42 @@ class HttpProtocol(HttpToolsProtocol):
         else:  # pipelined: answered in order
             self.flow.pause_reading()
             self.pipeline.appendleft((self.cycle, app))
+
+    def _answered_now(self) -> bool:
+        """Answer a request without a body through the app's `answer_now`, if it can answer at once;
+        False: it could not, and the request becomes an ASGI cycle (a Task) as usual.
+
+        Such a request is complete once its head is, so the answer is written before the parser
+        moves on. It is framed as `_Cycle` frames an answer (`_head`, the server's default headers
+        first), and a failure of the app is uvicorn's 500, as for a Task that raises.
+        """
+        assert self._answer_now is not None
+        scope = self.scope
+        try:
+            reply = self._answer_now(scope)
+            if reply is None:
+                return False
+            status, headers, body = reply
+            default = self.server_state.default_headers
+            content, length, chunked, close = _head(status, [*default, *headers] if default else headers)
+            if chunked or close or not (length == len(body) or not body and (
+                    scope["method"] == "HEAD" or length is None and status in (204, 304))):
+                raise RuntimeError("answer_now gave an answer that is not framed by its Content-Length")
+        except Exception:
+            self.logger.error("Exception in ASGI application\n", exc_info=True)
+            self._closing = True
+            self.write(raw_response(InternalError("internal error: the application failed; the server log has "
+                                                  "the traceback"), request_id_of(self.headers)))
+            self.transport.close()
+            return True
+        content.append(b"\r\n")
+        if body:
+            content.append(body)
+        # Held to the end of the iteration: the loop may be about to read other connections' requests,
+        # whose answers then leave together (see the class doc); a lone one waits a few µs.
+        self.answer(b"".join(content), hold=True)
+        self.on_response_complete()
+        return True
 
     def _check_head(self, version: str, url: bytes) -> URL:
         """The slow path of on_headers_complete: the error in a head, or its target if it is valid."""
@@ -670,7 +734,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._room = self._budget
         self._slack = 0
         cycle = self.cycle
-        if not cycle.response_complete:
+        if cycle is not None and not cycle.response_complete:  # None: answered at once (`_answered_now`)
             cycle.more_body = False
             cycle.message_event.set()
 
