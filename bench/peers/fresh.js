@@ -97,7 +97,9 @@ export default {
     w.str("request_id"); w.str(request.headers.get("x-request-id") || crypto.randomUUID());
     const envelope = w.buf.subarray(0, w.len);
 
-    const instance = new WebAssembly.Instance(wasm, { isolate: { log() {} } });
+    // The SDKs' allocators import isolate.out_of_memory (guest-sdk/ABI.md: it reports a failed grow; the
+    // guest traps after it).
+    const instance = new WebAssembly.Instance(wasm, { isolate: { log() {}, out_of_memory() { throw new Error("out of memory"); } } });
     const { memory, isolate_alloc, isolate_handle, _initialize } = instance.exports;
     if (_initialize) _initialize(); // a WASI reactor (the C SDK) runs its constructors first, as isolate does
     const ptr = isolate_alloc(envelope.length) >>> 0;
