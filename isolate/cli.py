@@ -47,6 +47,11 @@ def _config(data_dir: str | None, **overrides: Any) -> Config:
         _fail(f"{exc.kind}: {exc.detail}")
 
 
+compile_cache_option = click.option(
+    "--compile-cache", metavar="DIR", default=None,
+    help="Share compiled code with other data directories through DIR: a module compiled once is loaded from "
+         "there [env ISOLATE_COMPILE_CACHE; default: off]. Its code is run: keep it as private as a data directory.")
+
 data_dir_option = click.option(
     "--data-dir", envvar="ISOLATE_DATA_DIR", default=None,
     help="Data directory [env ISOLATE_DATA_DIR; default .isolate].",
@@ -198,6 +203,7 @@ def main() -> None:
 @click.option("--cache-size", default="64MiB", show_default=True, help="Bytes of responses the edge cache keeps.")
 @click.option("--module-cache-size", type=int, default=None,
               help="Pre-linked modules kept hot [env ISOLATE_MODULE_CACHE_SIZE; default 1024].")
+@compile_cache_option
 @click.option("--regions", "regions_file", type=click.Path(exists=True, dir_okay=False),
               help="Region table JSON (as GET /v1/regions prints it); replaces the manifest's.")
 @click.option("--simulate-regions", is_flag=True,
@@ -214,8 +220,8 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
           queue_limit: int,
           log_level: str, no_access_log: bool, log_format: str, region: str, node_name: str, no_cache: bool,
           cache_size: str,
-          module_cache_size: int | None, regions_file: str | None, simulate_regions: bool, cluster: str,
-          dev: bool) -> None:
+          module_cache_size: int | None, compile_cache: str | None, regions_file: str | None,
+          simulate_regions: bool, cluster: str, dev: bool) -> None:
     """Run the edge and admin listeners until interrupted."""
     from . import manifest as manifests
     from .http import build, run
@@ -230,7 +236,7 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
         from .simulate import simulate
 
         sys.exit(simulate(sys.argv[2:], manifest, data_dir, host, port, admin_port, admin_token))
-    config = _config(data_dir, module_cache_size=module_cache_size)
+    config = _config(data_dir, module_cache_size=module_cache_size, compile_cache=compile_cache)
     try:
         server = ServerConfig(
             host=host, port=port, admin_host=admin_host, admin_port=admin_port, admin_token=admin_token,
@@ -301,8 +307,9 @@ def serve(data_dir: str | None, host: str, port: int, admin_host: str, admin_por
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.option("--log-format", default="logfmt", show_default=True, type=click.Choice(["logfmt", "json"]))
 @click.option("--no-cache", is_flag=True, help="Turn the edge response cache off.")
+@compile_cache_option
 def dev(paths: tuple[str, ...], data_dir: str, host: str, port: int, admin_host: str, admin_port: int,
-        log_level: str, log_format: str, no_cache: bool) -> None:
+        log_level: str, log_format: str, no_cache: bool, compile_cache: str | None) -> None:
     """Serve PATHs (project directories or manifests; default ./isolate.toml, else this directory),
     rebuilding and redeploying on every save.
 
@@ -320,7 +327,7 @@ def dev(paths: tuple[str, ...], data_dir: str, host: str, port: int, admin_host:
     stderr.setFormatter(log_formatter(log_format, "", None))
     logging.basicConfig(level=log_level.upper(), handlers=[stderr])
     targets = [Path(p) for p in paths] or [Path("isolate.toml") if Path("isolate.toml").is_file() else Path(".")]
-    config = _config(data_dir)
+    config = _config(data_dir, compile_cache=compile_cache)
     try:
         server = ServerConfig(host=host, port=port, admin_host=admin_host, admin_port=admin_port, dev=True,
                               cache=not no_cache, log_format=log_format)

@@ -326,6 +326,10 @@ class Config:
     memory_budget: int = field(default_factory=default_memory_budget)
     """Bytes of guest linear memory all concurrent isolates of this process may reserve together:
     each request reserves its memory limit before it is instantiated, or fails as overloaded."""
+    compile_cache: str | os.PathLike[str] | None = None
+    """A directory of compiled code shared by data directories (nodes on one machine, `isolate dev`
+    restarts): a module compiled once is loaded from there. Off (None) by default; it must be as trusted
+    as the data directory, since its code is run. Kept as a str: `--workers` sends the Config as JSON."""
     native: bool = True
     """Run requests on the native path (isolate/engine/_fastpath.c) when it was built; False, or a
     build without it, takes the ctypes path: the same semantics, about 2× the host overhead."""
@@ -337,6 +341,12 @@ class Config:
             raise InvalidConfig(f"data_dir must be a path, got {self.data_dir!r}") from None
         if "\0" in str(self.data_dir):
             raise InvalidConfig(f"data_dir may not contain NUL: {str(self.data_dir)!r}")
+        if self.compile_cache is not None:
+            cache = self.compile_cache
+            path = os.fspath(cache) if isinstance(cache, (str, os.PathLike)) else None
+            if not isinstance(path, str) or not path or "\0" in path:
+                raise InvalidConfig(f"compile_cache must be a directory path or None, got {cache!r}")
+            object.__setattr__(self, "compile_cache", path)
         if not isinstance(self.limits, Limits):
             raise InvalidConfig(f"limits must be a Limits, got {type(self.limits).__name__}")
         limits = self.limits
@@ -441,6 +451,7 @@ _ENV_FIELDS: dict[str, Any] = {
     "kv_store_size": parse_size,
     "memory_budget": parse_size,
     "native": parse_bool,
+    "compile_cache": lambda text: text or None,  # empty: off
 }
 """Every `Config` field read from an `ISOLATE_<NAME>` variable, and how its text is parsed."""
 

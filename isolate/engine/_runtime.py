@@ -22,6 +22,7 @@ from ..config import MAX_STACK_CEILING, Config, GiB, KiB, MiB
 from ..errors import InvalidConfig, InvalidModule, IsolateError
 from . import _hostcalls, _native, _raw, _shutdown
 from ._budget import MemoryBudget, budget_for
+from ._compile_cache import CompileCache
 from ._component import ComponentPlan, inspect_component, instantiate_component, is_component
 from ._linker import ModuleShape, build_linker, inspect_module
 from ._ticker import EpochTicker
@@ -124,6 +125,8 @@ class Runtime:
         self.budget: MemoryBudget = budget_for(config)
         """Shared by every engine of one Config: guest memory reserved by the isolates running now."""
         self.log_records = config.log_records
+        self.compile_cache = CompileCache(Path(config.compile_cache)) if config.compile_cache is not None else None
+        """Compiled code shared with other data directories (`Config.compile_cache`), or None."""
         _shutdown.register(self)
 
     def interrupt(self) -> None:
@@ -147,7 +150,7 @@ class Runtime:
 
     def compile(self, wasm: bytes) -> tuple[wasmtime.Module | wc.Component, ModuleShape, float]:
         """Validate, compile and check `wasm` (an ABI v1 module or a wasi:http component); returns
-        the compile time in seconds."""
+        the compile time in seconds (the load time when the compile cache had it)."""
         if len(wasm) < 8 or wasm[:4] != WASM_MAGIC:
             raise InvalidModule("not a WebAssembly binary: missing the \\0asm magic number")
         component = is_component(wasm)
@@ -156,6 +159,13 @@ class Runtime:
                 f"unknown WebAssembly binary version {wasm[4:8].hex()}: expected a core module (01000000) or a "
                 "component (0d000100)"
             )
+        cache, digest = self.compile_cache, ""
+        if cache is not None:
+            started = time.perf_counter()
+            digest = hashlib.sha256(wasm).hexdigest()
+            cached = cache.load(self.engine, digest, self.fingerprint, component)
+            if cached is not None:  # the same bytes were validated and compiled by this wasmtime and engine
+                return cached, self.inspect(cached), time.perf_counter() - started
         with _COMPILE_SLOTS:
             started = time.perf_counter()
             try:
@@ -168,7 +178,10 @@ class Runtime:
                 # The compiler's heap peaks at hundreds of times the module (1.6 MB of wasm: 1.1 GB)
                 # and glibc would keep it all: RSS stayed at 1 GB after the compile without this.
                 _native.trim_heap()
-        return code, self.inspect(code), elapsed
+        shape = self.inspect(code)  # checked first: only code this host accepts is cached
+        if cache is not None:
+            cache.store(digest, self.fingerprint, code)
+        return code, shape, elapsed
 
     def inspect(self, code: wasmtime.Module | wc.Component) -> ModuleShape:
         if isinstance(code, wc.Component):
