@@ -8,6 +8,7 @@ answers exactly as before, and the server log has the frames in both modes.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,7 +68,10 @@ def _debug_build(tmp_path: Path, sample: str | None = None, source: str | None =
 
 
 def _apps(tmp_path: Path, dev: bool) -> Apps:
-    apps = build_apps(Config(data_dir=tmp_path / "data", pool_instances=16),
+    # The test session's compile cache (conftest.py), which every server a test starts uses too: the
+    # components' debug builds take ~10 s of a core each to compile, and are the same bytes run after run.
+    apps = build_apps(Config(data_dir=tmp_path / "data", pool_instances=16,
+                             compile_cache=os.environ.get("ISOLATE_COMPILE_CACHE") or None),
                       ServerConfig(admin_token=TOKEN, threads=2, dev=dev))
     apps.state.ready = True
     return apps
