@@ -81,6 +81,8 @@ REQUESTS = [
     (_request("GET /hello HTTP/1.1", "Connection: close"), False),  # the connection closes: ASGI
     (_request("GET /hello HTTP/1.0"), False),
     (_request("GET /hello HTTP/1.1", "X-Isolate-Forwarded-By: n1"), False),  # a (claimed) hop: ASGI
+    # an upgrade: answered as plain HTTP, then the connection closes, which the answer must say
+    (_request("GET /hello HTTP/1.1", "Connection: Upgrade", "Upgrade: websocket"), False),
 ]
 
 
@@ -150,6 +152,65 @@ def test_a_failing_answer_now_is_uvicorns_json_500_and_the_connection_closes() -
             (status, fields, body), at_once = await _answer(app, _request("GET / HTTP/1.1"))
             assert at_once and status == 500 and json.loads(body)["error"] == "internal"
             assert ("connection", "close") in fields and ("x-request-id", "same-id") in fields
+            (status, fields, body), _ = await _answer(app, _request("HEAD / HTTP/1.1"))
+            assert status == 500 and body == b"" and ("connection", "close") in fields
+
+    asyncio.run(main())
+
+
+def test_nothing_pipelined_behind_a_failed_answer_now_runs() -> None:
+    calls: list[str] = []
+
+    class Broken:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            calls.append("asgi " + scope["path"])
+
+        def answer_now(self, scope: Any) -> Any:
+            calls.append(scope["path"])
+            raise RuntimeError("boom")
+
+    async def main() -> None:
+        conn = Connection(Broken(), listener())
+        conn.send(_request("GET /boom HTTP/1.1") + _request("DELETE /account HTTP/1.1") + _request("GET /x HTTP/1.1"))
+        await asyncio.sleep(0.01)
+        assert calls == ["/boom"] and conn.transport.closed
+        assert bytes(conn.transport.written).count(b"HTTP/1.1 ") == 1
+
+    asyncio.run(main())
+
+
+def test_answers_made_at_once_respect_back_pressure(edges: tuple[Apps, Apps]) -> None:
+    """A read of many pipelined requests makes at most _MAX_HELD answers at once, and none while the
+    client is not reading (writing paused): the rest wait as ASGI cycles, which wait on the client."""
+    fast, _ = edges
+
+    async def main() -> None:
+        for _ in range(300):
+            await _answer(fast.edge, _request("GET /echo/0 HTTP/1.1"))
+            if fast.dispatcher.is_inline("echo"):
+                break
+        conn = Connection(fast.edge, listener())
+        conn.send(b"".join(_request(f"GET /echo/{n} HTTP/1.1") for n in range(40)))
+        assert conn.protocol.pipeline or conn.protocol.tasks  # past the bound, they queue as cycles
+        for _ in range(5000):
+            await asyncio.sleep(0.001)
+            if bytes(conn.transport.written).count(b"HTTP/1.1 200") == 40:
+                break
+        raw = bytes(conn.transport.written)
+        assert raw.count(b"HTTP/1.1 200") == 40
+        positions = [raw.index(b"/echo/%d\xa5query" % n) for n in range(40)]
+        assert positions == sorted(positions)
+
+        paused = Connection(fast.edge, listener())
+        paused.protocol.pause_writing()  # as the transport says when the client reads nothing
+        paused.send(_request("GET /echo/1 HTTP/1.1"))
+        assert paused.protocol.tasks  # an ASGI cycle, which waits for the client before answering
+        paused.protocol.resume_writing()
+        for _ in range(5000):
+            await asyncio.sleep(0.001)
+            if b"HTTP/1.1 200" in paused.transport.written:
+                break
+        assert b"HTTP/1.1 200" in paused.transport.written
 
     asyncio.run(main())
 

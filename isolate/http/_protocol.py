@@ -33,7 +33,7 @@ from ..errors import (
     RequestTimeout,
     UriTooLong,
 )
-from ._errors import Reply, new_request_id, raw_response, request_id_of, send_error
+from ._errors import Reply, new_request_id, raw_response, render, request_id_of, send_error
 
 log = logging.getLogger("isolate.server")
 
@@ -45,6 +45,7 @@ _HOST_CHARS = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.-
 _DEFAULT_PORTS = {b"http": b":80", b"https": b":443"}
 _CLOSE = (b"connection", b"close")
 _JOIN_LIMIT = 16384  # body bytes copied behind a head into one buffer; larger bodies go by writev
+_MAX_HELD = 32  # answers made at once and held for one flush; later pipelined requests of that read wait
 
 
 class _Refusal(Exception):
@@ -627,8 +628,12 @@ class HttpProtocol(HttpToolsProtocol):
         existing_cycle = self.cycle
         keep_alive = version != "1.0" and parser.should_keep_alive()
         idle = existing_cycle is None or existing_cycle.response_complete
+        # Not for an upgrade (the connection closes after its answer, which must say so), nor while the
+        # client is not reading its answers (back-pressure, as `_Cycle.send` waits on it), nor past
+        # _MAX_HELD answers held for this iteration's flush (one read of pipelined requests).
         if (idle and keep_alive and self._answer_now is not None and app is self.app and not self._has_body
-                and not self._transfer_encoding and self._answered_now()):
+                and not self._transfer_encoding and not parser.should_upgrade() and not self.flow.write_paused
+                and (self._out is None or len(self._out) < _MAX_HELD) and self._answered_now()):
             return
         self.cycle = _Cycle(
             scope=self.scope,
@@ -671,12 +676,18 @@ class HttpProtocol(HttpToolsProtocol):
                     scope["method"] == "HEAD" or length is None and status in (204, 304))):
                 raise RuntimeError("answer_now gave an answer that is not framed by its Content-Length")
         except Exception:
+            # As uvicorn answers an app that raised (`_Cycle.send_500_response`): a 500 that closes the
+            # connection; and nothing read after it is run (the parser stops here).
             self.logger.error("Exception in ASGI application\n", exc_info=True)
+            error = InternalError("internal error: the application failed; the server log has the traceback")
+            status, headers, body = render(error, request_id_of(self.headers), head_only=scope["method"] == "HEAD",
+                                           extra=[_CLOSE])
+            content = _head(status, headers)[0]
+            content.append(b"\r\n")
             self._closing = True
-            self.write(raw_response(InternalError("internal error: the application failed; the server log has "
-                                                  "the traceback"), request_id_of(self.headers)))
+            self.write(b"".join(content) + body)
             self.transport.close()
-            return True
+            raise _Refusal(error) from None  # `_refuse` then does nothing more: the connection is closing
         content.append(b"\r\n")
         if body:
             content.append(body)
