@@ -305,3 +305,34 @@ def test_the_native_ticker_advances_the_epoch_and_stops() -> None:
     ticker.close()
     ticker.close()  # idempotent
     assert threads() == running - 1
+
+
+_TICKER_IN_GARBAGE = """
+import gc
+import wasmtime
+from isolate.engine import _hostcalls, _raw
+from isolate.engine._ticker import EpochTicker
+
+for _ in range(20):
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    engine = wasmtime.Engine(config)
+    holder = {"ticker": EpochTicker(engine, 0.0001, _hostcalls.FASTPATH, _raw.engine_pointer(engine)),
+              "engine": engine}
+    holder["self"] = holder  # a cycle, as a traceback's frames make: gc finalizes the Engine first
+    del engine, holder
+    gc.collect()
+print("done")
+"""
+
+
+@pytest.mark.skipif(_hostcalls.FASTPATH is None, reason="the native path is not built")
+def test_a_native_ticker_never_outlives_its_engine() -> None:
+    """An unclosed ticker in garbage: the collector deletes the Engine before the ticker's capsule stops
+    the thread, which then ticked freed memory (a segfault) until the ticker held an engine of its own."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _TICKER_IN_GARBAGE], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert (done.returncode, done.stdout.strip()) == (0, "done"), done.stderr[-2000:]

@@ -75,6 +75,8 @@ typedef void *(*define_unchecked_fn)(void *linker, const char *module, size_t mo
                                      size_t name_len, const void *functype, host_callback callback, void *env,
                                      void (*finalizer)(void *));
 typedef void (*increment_epoch_fn)(void *engine);
+typedef void *(*engine_clone_fn)(void *engine);
+typedef void (*engine_delete_fn)(void *engine);
 
 static struct {
     store_new_fn store_new;
@@ -94,6 +96,8 @@ static struct {
     trap_new_fn trap_new;
     define_unchecked_fn define_unchecked;
     increment_epoch_fn increment_epoch;
+    engine_clone_fn engine_clone;
+    engine_delete_fn engine_delete;
 } api;
 
 static const char *const API_NAMES[] = {
@@ -102,7 +106,7 @@ static const char *const API_NAMES[] = {
     "wasmtime_instance_pre_instantiate", "wasmtime_instance_export_get", "wasmtime_func_call_unchecked",
     "wasmtime_memory_data", "wasmtime_memory_data_size", "wasmtime_caller_context",
     "wasmtime_caller_export_get", "wasmtime_trap_new", "wasmtime_linker_define_func_unchecked",
-    "wasmtime_engine_increment_epoch",
+    "wasmtime_engine_increment_epoch", "wasmtime_engine_clone", "wasm_engine_delete",
 };
 #define API_COUNT (sizeof(API_NAMES) / sizeof(API_NAMES[0]))
 _Static_assert(sizeof(api) == API_COUNT * sizeof(void *), "one address per API name");
@@ -981,6 +985,8 @@ static void ticker_halt(ticker *t) {
     if (!t->joined) {
         pthread_join(t->thread, NULL);
         t->joined = true;
+        api.engine_delete(t->engine); /* the thread's own reference: the engine outlives the thread */
+        t->engine = NULL;
     }
 }
 
@@ -1013,7 +1019,9 @@ static PyObject *ticker_start(PyObject *self, PyObject *args) {
     ticker *t = PyMem_RawCalloc(1, sizeof *t);
     if (t == NULL)
         return PyErr_NoMemory();
-    t->engine = (void *)(uintptr_t)engine;
+    /* A reference of the ticker's own: Python may finalize its Engine first (gc runs every __del__
+     * of a garbage cycle before any capsule destructor), the thread must still find a live engine. */
+    t->engine = api.engine_clone((void *)(uintptr_t)engine);
     t->tick_ns = (int64_t)(tick * 1e9);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
@@ -1023,6 +1031,7 @@ static PyObject *ticker_start(PyObject *self, PyObject *args) {
     pthread_mutex_init(&t->lock, NULL);
     int rc = pthread_create(&t->thread, NULL, tick_loop, t);
     if (rc != 0) {
+        api.engine_delete(t->engine);
         pthread_cond_destroy(&t->wake);
         pthread_mutex_destroy(&t->lock);
         PyMem_RawFree(t);
