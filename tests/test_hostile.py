@@ -11,6 +11,7 @@ from pathlib import Path
 
 import guests as g
 import pytest
+import wasmtime
 from conftest import HostFactory
 
 from isolate import Config, GuestError, Host, InvalidConfig, Limits, LogRecord, Overloaded, StorageError
@@ -103,6 +104,23 @@ def test_several_clocks_wait_for_the_earliest_and_report_what_is_due(host: Host)
     subs = [clock(5 * SECOND, userdata=1), clock(1_000_000, userdata=2), clock(3 * SECOND, userdata=3)]
     host.deploy("poll", g.wasm(poller(subs)), limits={"timeout": 1})
     assert answer(host.invoke("poll").body) == (0, [(2, 0, 0)])
+
+
+def test_a_cut_sleep_leaves_no_error_behind_for_other_wasm_calls(host: Host) -> None:
+    """poll_oneoff's interruption is this request's trap, and nothing more: it once stayed in wasmtime-py's
+    process-wide LAST_EXCEPTION, and the next trapping wasm call anywhere in the process raised it."""
+    host.deploy("sleepy", g.wasm(poller([clock(5 * SECOND)])), limits={"timeout": 0.1})
+    with pytest.raises(GuestError) as info:
+        host.invoke("sleepy")
+    assert info.value.kind == "timeout"
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    trap = wasmtime.Instance(store, wasmtime.Module(engine, '(module (func (export "f") unreachable))'),
+                             []).exports(store)["f"]
+    with pytest.raises(wasmtime.Trap) as trapped:
+        trap(store)  # type: ignore[operator]
+    assert trapped.value.trap_code is wasmtime.TrapCode.UNREACHABLE
+    assert "poll_oneoff" not in str(trapped.value)
 
 
 @pytest.mark.parametrize("subscription,relative_to", [

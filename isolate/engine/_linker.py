@@ -3,6 +3,8 @@ deploy-time check that a module imports only these and exports what ABI v1 requi
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import math
 import re
 import struct
@@ -22,7 +24,7 @@ from ..abi import (
     HOST_NAMESPACE,
 )
 from ..errors import InvalidModule
-from . import _hostcalls, _output, _shutdown
+from . import _hostcalls, _output, _raw, _shutdown
 from ._hostcalls import IO_FUNCTIONS, SIGNATURES, signature
 
 WASI_NAMESPACE = "wasi_snapshot_preview1"
@@ -69,7 +71,7 @@ _ESUCCESS, _EBADF, _EFAULT, _EINVAL = 0, 8, 21, 28
 _MAX_SUBSCRIPTIONS = 4096  # parsing is host CPU time too; libc's poll and sleep use one or two
 
 
-def _poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int, nevents_ptr: int) -> int:
+def _poll_oneoff(caller: int, in_ptr: int, out_ptr: int, count: int, nevents_ptr: int) -> int:
     """WASI `poll_oneoff`, waiting at most until the request's deadline (wasmtime's sleeps as asked).
 
     File subscriptions are ready at once (stdin is empty, stdout and stderr take anything; other
@@ -80,10 +82,11 @@ def _poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int,
     count &= 0xFFFFFFFF
     if not 0 < count <= _MAX_SUBSCRIPTIONS:
         return _EINVAL
-    memory = caller.get(EXPORT_MEMORY)
-    if not isinstance(memory, wasmtime.Memory):
+    try:
+        memory = _hostcalls.Call(caller, "poll_oneoff")
+    except _hostcalls._GuestFault:  # the module exports no memory
         return _EFAULT
-    size = memory.data_len(caller)
+    size = memory.size
     in_ptr, out_ptr, nevents_ptr = in_ptr & 0xFFFFFFFF, out_ptr & 0xFFFFFFFF, nevents_ptr & 0xFFFFFFFF
     if in_ptr + count * 48 > size or out_ptr + count * 32 > size or nevents_ptr + 4 > size:
         return _EFAULT
@@ -92,7 +95,7 @@ def _poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int,
     ready: list[tuple[int, int, int]] = []  # userdata, errno, event type
     timers: list[tuple[float, int]] = []  # due (perf_counter), userdata
     for userdata, tag, ident, timeout, _precision, flags in _SUBSCRIPTION.iter_unpack(
-            bytes(memory.read(caller, in_ptr, in_ptr + count * 48))):
+            memory.read("subscriptions", in_ptr, count * 48)):
         if tag == _CLOCK:
             if ident not in (_REALTIME, _MONOTONIC):
                 return _EINVAL  # as wasmtime: CPU-time clocks cannot be waited on
@@ -114,8 +117,8 @@ def _poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int,
         now = time.perf_counter()
         ready = [(userdata, _ESUCCESS, _CLOCK) for at, userdata in timers if at <= now]
     out = b"".join(_EVENT.pack(userdata, errno, kind, 0, 0) for userdata, errno, kind in ready)
-    memory.write(caller, out, out_ptr)
-    memory.write(caller, len(ready).to_bytes(4, "little"), nevents_ptr)
+    memory.write("events", out_ptr, out, len(out))
+    memory.write("nevents", nevents_ptr, len(ready).to_bytes(4, "little"), 4)
     return _ESUCCESS
 
 
@@ -127,11 +130,35 @@ def _wait_until(capture: _output.Capture | None, due: float) -> None:
         _interrupt(capture, why)
 
 
+class _Interrupted(Exception):
+    """A wait cut short; the raw callback turns it into a trap."""
+
+
 def _interrupt(capture: _output.Capture | None, why: str) -> None:
     """Fail the guest from a host call; `_isolate._failure` reads `why` off the capture."""
     if capture is not None:
         capture.interrupted = why
-    raise wasmtime.WasmtimeError(f"{WASI_NAMESPACE}.poll_oneoff interrupted: {why}")
+    raise _Interrupted(f"{WASI_NAMESPACE}.poll_oneoff interrupted: {why}")
+
+
+_POLL_ARGS = struct.Struct("<" + f"i{_raw.VAL_RAW_SIZE - 4}x" * 4)
+
+
+def _poll_oneoff_raw(_env: int, caller: int, values: int, _count: int) -> int:
+    """poll_oneoff as a raw callback: an exception never crosses into wasmtime-py's trampoline, whose
+    process-wide `LAST_EXCEPTION` nothing on this host's call paths ever consumes."""
+    try:
+        result = _poll_oneoff(caller, *_POLL_ARGS.unpack(ctypes.string_at(values, _POLL_ARGS.size)))
+        ctypes.c_int32.from_address(values).value = result
+        return 0
+    except _Interrupted as exc:
+        return _hostcalls._trap(str(exc))
+    except BaseException as exc:  # a host bug: fail this request, never the process
+        logging.getLogger(__name__).exception("host function %s.poll_oneoff failed", WASI_NAMESPACE)
+        return _hostcalls._trap(f"{WASI_NAMESPACE}.poll_oneoff failed in the host: {type(exc).__name__}")
+
+
+_POLL_CALLBACK = _raw.HOST_CALLBACK(_poll_oneoff_raw)  # kept for the life of the process
 
 
 def build_linker(engine: wasmtime.Engine, native: bool = False) -> wasmtime.Linker:
@@ -139,7 +166,7 @@ def build_linker(engine: wasmtime.Engine, native: bool = False) -> wasmtime.Link
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
     linker.allow_shadowing = True  # replace wasmtime's poll_oneoff, which sleeps as long as asked
-    linker.define_func(WASI_NAMESPACE, "poll_oneoff", FuncType([_I32] * 4, [_I32]), _poll_oneoff, access_caller=True)
+    _raw.define_unchecked(linker, WASI_NAMESPACE, "poll_oneoff", FuncType([_I32] * 4, [_I32]), _POLL_CALLBACK)
     linker.allow_shadowing = False
     _hostcalls.define(linker, native)
     return linker
