@@ -495,7 +495,7 @@ def _component_invoke_us(wasm: bytes, iterations: int, budget_s: float) -> float
     with tempfile.TemporaryDirectory() as tmp, Host(Config(data_dir=Path(tmp))) as host:
         # A generous deadline: one run starved of the CPU on a busy machine (a Python guest once took
         # 152 ms of wall time) must not make the whole row unavailable; the median is what is reported.
-        host.deploy("bench", wasm, limits={"timeout": "5s"})
+        host.deploy("bench", wasm, limits={"timeout": 5.0})
         request = Request(method="GET", path="/")
         response = host.invoke("bench", request)
         if response.status != 200:
