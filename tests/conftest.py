@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from origin import Origin, closed_port
 
 from isolate import Config, Host
 from isolate.build import cache_dir
@@ -80,6 +81,19 @@ def _prune(root: Path) -> None:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
                 path.with_suffix(".json").unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[Origin]:
+    """A real HTTP origin on 127.0.0.1 for a module's outbound calls (tests/origin.py)."""
+    with Origin() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def down() -> int:
+    """A loopback port nothing listens on: a call to it is refused."""
+    return closed_port()
 
 
 @pytest.fixture

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import msgpack
+import pytest
 import wasmtime
 
 RESPONSE_AT = 1024  # where the canned response lives in guest memory
@@ -211,3 +216,22 @@ def io_call(call: str, data: bytes = b"") -> str:
     at = RESPONSE_AT + len(body) - 4
     return module(f"(i32.store (i32.const {at}) {call}) {returns(body)}", response=body, imports=IO_IMPORTS,
                   extra=f'(data (i32.const 200) "{data_string(data)}")' if data else "")
+
+
+COMPONENTS = Path(__file__).resolve().parent / "components"
+"""Hand-written wasi:http guests (WAT) and build.mjs, which makes components of them with jco."""
+
+
+def jco_component(name: str, out_dir: Path) -> Path:
+    """tests/components/`name`.wat built into a component with jco (guest-sdk/javascript's, else bench/peers');
+    the test is skipped when node or jco is not installed."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: jco, which builds the component, runs on it (make toolchains)")
+    out = out_dir / f"{name}.wasm"
+    built = subprocess.run(["node", str(COMPONENTS / "build.mjs"), str(COMPONENTS / f"{name}.wat"), str(out)],
+                           capture_output=True, text=True, timeout=120)
+    if built.returncode == 3:  # build.mjs: no jco in any node_modules it knows
+        pytest.skip(f"jco is not installed (make toolchains installs guest-sdk/javascript): {built.stderr.strip()}")
+    assert built.returncode == 0, built.stderr or built.stdout
+    assert out.read_bytes()[:8] == b"\0asm\x0d\0\x01\0", "not a component"
+    return out

@@ -11,14 +11,13 @@ component under `wasmtime serve` (the reference, no allow-list) answers the case
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from live import ROOT, LiveServer
+from guests import jco_component
+from live import LiveServer
 from origin import Origin, closed_port
 from wasmtime_serve import serving
 
@@ -26,35 +25,10 @@ from isolate import Host, Request, Response
 from isolate.config import Config
 from isolate.errors import Timeout
 
-COMPONENTS = ROOT / "tests" / "components"
-GUEST = COMPONENTS / "outbound-http.wat"
-
 
 @pytest.fixture(scope="module")
 def component(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """The guest built from source with jco (guest-sdk/javascript's, else bench/peers')."""
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed: jco, which builds the component, runs on it (make toolchains)")
-    out = tmp_path_factory.mktemp("component") / "outbound-http.wasm"
-    built = subprocess.run(["node", str(COMPONENTS / "build.mjs"), str(GUEST), str(out)], capture_output=True,
-                           text=True, timeout=120)
-    if built.returncode == 3:  # build.mjs: no jco in any node_modules it knows
-        pytest.skip(f"jco is not installed (make toolchains installs guest-sdk/javascript): {built.stderr.strip()}")
-    assert built.returncode == 0, built.stderr or built.stdout
-    wasm = out.read_bytes()
-    assert wasm[:8] == b"\0asm\x0d\0\x01\0", "not a component"
-    return wasm
-
-
-@pytest.fixture(scope="module")
-def origin() -> Iterator[Origin]:
-    with Origin() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def down() -> int:
-    return closed_port()
+    return jco_component("outbound-http", tmp_path_factory.mktemp("component")).read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,16 @@ transfer-encoding, x-request-id, ...) are not compared.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-from live import ROOT, LiveServer
+from guests import jco_component
+from live import LiveServer
 from wasmtime_serve import serving
 
-COMPONENTS = ROOT / "tests" / "components"
-GUEST = COMPONENTS / "portable-http.wat"
 GUEST_HEADERS = ("x-guest", "x-method", "x-path-with-query", "x-echo", "content-type", "x-body-length")
 """Every header the guest may set; nothing else of a response is compared but its status and body."""
 HELLO = b"hello from a portable wasi:http component\n"
@@ -81,17 +78,7 @@ def send(client: httpx.Client, case: Case) -> httpx.Response:
 
 @pytest.fixture(scope="module")
 def component(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The guest built from source with jco (guest-sdk/javascript's, else bench/peers')."""
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed: jco, which builds the component, runs on it (make toolchains)")
-    out = tmp_path_factory.mktemp("component") / "portable-http.wasm"
-    built = subprocess.run(["node", str(COMPONENTS / "build.mjs"), str(GUEST), str(out)], capture_output=True,
-                           text=True, timeout=120)
-    if built.returncode == 3:  # build.mjs: no jco in any node_modules it knows
-        pytest.skip(f"jco is not installed (make toolchains installs guest-sdk/javascript): {built.stderr.strip()}")
-    assert built.returncode == 0, built.stderr or built.stdout
-    assert out.read_bytes()[:8] == b"\0asm\x0d\0\x01\0", "not a component"
-    return out
+    return jco_component("portable-http", tmp_path_factory.mktemp("component"))
 
 
 @pytest.fixture(scope="module")

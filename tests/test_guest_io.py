@@ -26,17 +26,6 @@ SECRET = "s3cr3t-value-7f3a9c"  # grepped for in every output below
 
 
 @pytest.fixture(scope="module")
-def origin() -> Iterator[Origin]:
-    with Origin() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def down() -> int:
-    return closed_port()
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, origin: Origin, down: int) -> Iterator[LiveServer]:
     """One server with each language's features guest behind host `<language>.test`."""
     with LiveServer(tmp_path_factory.mktemp("io") / "data") as live, live.admin() as admin:
