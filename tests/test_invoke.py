@@ -228,3 +228,5 @@ def test_module_cache_evicts_and_reloads(make_host: HostFactory) -> None:
     stats = host.statistics().module_cache
     assert (stats.size, stats.capacity) == (2, 2)
     assert (stats.hits, stats.misses, stats.evictions) == (3, 1, 2)
+    host.invoke("a")
+    assert host.statistics().module_cache.hits == host.statistics().module_cache.hits == 4  # reads count no hit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,26 +25,32 @@ class CacheStatistics:
 class ModuleCache(Generic[V]):
     """Thread-safe LRU; a miss calls `load` outside the lock so one slow load blocks no hits.
 
-    An OrderedDict rather than cachetools' LRUCache: a hit is two C calls (~0.15 µs) instead of
-    Python-level bookkeeping (~0.45 µs), and every request makes one.
+    An OrderedDict rather than cachetools' LRUCache: a hit is two C calls (~0.12 µs) instead of
+    Python-level bookkeeping (~0.45 µs), and every request makes one. A hit takes no lock (the lock's
+    round trip was 0.3 µs, a thirtieth of a request): under the GIL each of those C calls is atomic,
+    and so is `next()` on the hit counter, so a hit interleaves with a put only between whole calls.
     """
 
     def __init__(self, capacity: int) -> None:
         self._lru: OrderedDict[str, V] = OrderedDict()
         self._capacity = capacity
         self._lock = threading.Lock()
-        self.hits = 0
+        self._hits = itertools.count()  # read by `statistics`, whose own next() calls are taken off
+        self._hit_reads = 0
         self.misses = 0
         self.evictions = 0
 
     def get(self, key: str, load: Callable[[str], V]) -> V:
         lru = self._lru
-        with self._lock:
-            found: V = lru.get(key, _MISSING)
-            if found is not _MISSING:
+        found: V = lru.get(key, _MISSING)
+        if found is not _MISSING:
+            try:
                 lru.move_to_end(key)
-                self.hits += 1
-                return found
+            except KeyError:
+                pass  # evicted by another thread since the get: the value found is still whole and usable
+            next(self._hits)
+            return found
+        with self._lock:
             self.misses += 1
         value = load(key)
         self.put(key, value)
@@ -59,4 +66,6 @@ class ModuleCache(Generic[V]):
 
     def statistics(self) -> CacheStatistics:
         with self._lock:
-            return CacheStatistics(self.hits, self.misses, self.evictions, len(self._lru), self._capacity)
+            hits = next(self._hits) - self._hit_reads
+            self._hit_reads += 1
+            return CacheStatistics(hits, self.misses, self.evictions, len(self._lru), self._capacity)
