@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import json
 import os
@@ -54,6 +55,11 @@ from .errors import BuildError, InvalidConfig
 LANGUAGES = ("c", "rust", "assemblyscript", "python", "javascript")
 WASM_TARGET = "wasm32-unknown-unknown"
 SDK_CRATE = "isolate_sdk"
+# Rust guests are built for speed: opt-level 3 and bulk memory (memcpy and memset as single wasm
+# instructions, where the precompiled standard library otherwise copies byte by byte). Against opt-level
+# "s" they measured 10.5 -> 9.6 µs per request (samples/echo, `isolate bench`), for 3.5 KB more code.
+_BULK_MEMORY = "target-feature=+bulk-memory"
+RUST_CODEGEN = ("-C", "opt-level=3", "-C", _BULK_MEMORY)
 SDK_ALLOCATOR = "allocator"
 """The Rust SDK's default feature that makes its heap the global allocator."""
 DEFAULT_STACK_SIZE = 32 * 1024
@@ -442,7 +448,7 @@ class Rust:
                 *(f for crate in crates for f in _files(crate, ["src/**/*.rs", "Cargo.toml", "build.rs"]))]
 
     def recipe(self, project: Path, stack: int, debug: bool) -> dict[str, Any]:
-        return {"stack_size": stack, "sdk_features": sdk_features(_manifest(project))}
+        return {"stack_size": stack, "sdk_features": sdk_features(_manifest(project)), "codegen": list(RUST_CODEGEN)}
 
     def compile(self, project: Path, output: Path, stack: int, debug: bool) -> Compiled:
         rustc = find_rustc()
@@ -456,12 +462,13 @@ class Rust:
                debug: bool) -> Compiled:
         """The fast path: two rustc calls, the SDK's rlib kept between builds; no cargo, no Cargo.lock."""
         edition = str((manifest.get("package") or {}).get("edition", "2021"))
-        flags = ["--target", WASM_TARGET, "-C", "opt-level=s", "--error-format=json"]
+        flags = ["--target", WASM_TARGET, *RUST_CODEGEN, "--error-format=json"]
         sdk = sdk_root() / "rust"
         features = sdk_features(manifest)
-        # One rlib per compiler (a rustc refuses rlibs another version wrote) and per feature set; debug
-        # builds share it, since the name section is made at the final link from the rlib's symbols.
-        deps = project / "build" / ".sdk" / re.sub(r"[^\w.-]", "_", "-".join([rustc.release, *features]))
+        # One rlib per compiler (a rustc refuses rlibs another version wrote), per feature set and per codegen;
+        # debug builds share it, since the name section is made at the final link from the rlib's symbols.
+        codegen = hashlib.sha256(" ".join(RUST_CODEGEN).encode()).hexdigest()[:8]
+        deps = project / "build" / ".sdk" / re.sub(r"[^\w.-]", "_", "-".join([rustc.release, *features, codegen]))
         deps.mkdir(parents=True, exist_ok=True)
         rlib = deps / f"lib{SDK_CRATE}.rlib"
         sdk_sources = _files(sdk, ["src/**/*.rs"])
@@ -505,7 +512,7 @@ class Rust:
                              "cargo (Debian: apt-get install cargo) or set ISOLATE_CARGO", dependencies=names)
         env = {**os.environ, "RUSTC": rustc.path}
         if "profile" not in manifest:  # the fast path's settings, unless the project chose its own
-            env.update(CARGO_PROFILE_RELEASE_OPT_LEVEL="s", CARGO_PROFILE_RELEASE_STRIP="symbols")
+            env.update(CARGO_PROFILE_RELEASE_OPT_LEVEL="3", CARGO_PROFILE_RELEASE_STRIP="symbols")
         if debug:  # names kept whatever the project's profile strips (see _rustc)
             env.update(CARGO_PROFILE_RELEASE_STRIP="debuginfo")
         # `cargo rustc --lib`: the stack size goes to the handler's link alone, not to every crate.
@@ -513,7 +520,7 @@ class Rust:
         target = project / "build" / ("cargo-debug" if debug else "cargo")
         command = [cargo, "rustc", "--lib", "--offline", "--release", "--target", WASM_TARGET, "--message-format",
                    "json", "--target-dir", str(target), "--manifest-path",
-                   str(project / "Cargo.toml"), "--", "-C", f"link-arg=-zstack-size={stack}"]
+                   str(project / "Cargo.toml"), "--", "-C", _BULK_MEMORY, "-C", f"link-arg=-zstack-size={stack}"]
         try:
             result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
         except OSError as exc:
