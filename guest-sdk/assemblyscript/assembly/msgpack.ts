@@ -206,13 +206,15 @@ export class Writer {
   }
 
   string(s: string): void {
-    const bytes = String.UTF8.encode(s);
-    const n = bytes.byteLength;
+    // Encoded straight into the buffer: no ArrayBuffer per string (the stub runtime never frees one).
+    const n = String.UTF8.byteLength(s);
     if (n < 32) this.byte(0xa0 | n);
     else if (n < 0x100) { this.byte(0xd9); this.be(n, 1); }
     else if (n < 0x10000) { this.byte(0xda); this.be(n, 2); }
     else { this.byte(0xdb); this.be(n, 4); }
-    this.raw(changetype<usize>(bytes), n);
+    this.reserve(n);
+    String.UTF8.encodeUnsafe(changetype<usize>(s), s.length, this.data + <usize>this.length);
+    this.length += n;
   }
 
   bin(body: Uint8Array): void {
