@@ -64,6 +64,26 @@ def test_upload_route_call(admin: AsgiClient, edge: AsgiClient) -> None:
     assert envelope["request_id"] == "abc-1"
 
 
+def test_the_edge_builds_the_request_the_guest_sees_field_by_field(apps: Apps) -> None:
+    """The edge makes each Request without __init__ (`construct`, by field order): it must be the one the
+    keywords make, with the Python fallback and the native one alike."""
+    from isolate.abi import Request
+    from isolate.engine import _hostcalls
+    from isolate.routing import Match, Route
+
+    scope = {"method": "PATCH", "path": "/a/b", "query_string": b"x=1&y=%20"}
+    headers = [(b"host", b"edge.test"), (b"x-k", b"v\xe9")]
+    match = Match(Route(path="/a/:id", module="m"), {"id": "b"})
+    made = apps.edge._request(scope, headers, b"body", match, "eu", "req-1")
+    assert made == Request(method="PATCH", path="/a/b", query="x=1&y=%20", headers=[("host", "edge.test"),
+                           ("x-k", "v\xe9")], body=b"body", params={"id": "b"}, region="local",
+                           client_region="eu", request_id="req-1")
+    values = ("GET", "/", "", [], b"", {}, "local", None, "r")
+    assert _hostcalls._construct(Request, *values) == Request(**dict(zip(Request.__slots__, values, strict=True)))
+    with pytest.raises(ValueError):
+        _hostcalls._construct(Request, "GET")  # every field, or none made
+
+
 def test_unknown_route_is_404_json(edge: AsgiClient) -> None:
     response = edge.get("/nowhere")
     assert response.status_code == 404

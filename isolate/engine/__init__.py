@@ -2,6 +2,7 @@
 
 from ._budget import MemoryBudget, MemoryBudgetStatistics
 from ._component import is_component, run_component
+from ._hostcalls import construct
 from ._isolate import Outcome, instantiate_once, run
 from ._linker import BLOCKING_IMPORTS, HOST_FUNCTIONS, WASI_NAMESPACE, ModuleShape
 from ._runtime import Prepared, Runtime, wat_to_wasm
@@ -12,6 +13,7 @@ __all__ = [
     "BLOCKING_IMPORTS",
     "HOST_FUNCTIONS",
     "WASI_NAMESPACE",
+    "construct",
     "MemoryBudget",
     "MemoryBudgetStatistics",
     "ModuleShape",
