@@ -135,3 +135,67 @@ def test_guest_workers_leave_the_loop_a_cpu_while_it_is_busy(monkeypatch: Any) -
 
     asyncio.run(main())
     assert dispatch._Placement(None).every is None  # one CPU: nothing to place
+
+
+
+def test_a_collection_inside_a_run_is_not_charged_to_the_guest(monkeypatch: Any) -> None:
+    """Python's collector may start inside any run (a full one took 12-18 ms of a server here): that is
+    not the guest holding the loop, inline or on the pool. A run that burns the CPU itself still is."""
+    import gc
+
+    clock = {"wall": 100.0, "cpu": 5.0}
+    monkeypatch.setattr(dispatch, "_wall", lambda: clock["wall"])
+    monkeypatch.setattr(dispatch, "_cpu", lambda: clock["cpu"])
+    d = Dispatcher(workers=1, queue_limit=0, inline_threshold=0.001)
+    assert dispatch._gc_phase in gc.callbacks
+
+    def guest(seconds: float, collecting: bool) -> Callable[[], None]:
+        def run() -> None:  # the collector's hook, as gc calls it, around what the run spends
+            if collecting:
+                dispatch._gc_phase("start", {})
+            clock["wall"] += seconds
+            clock["cpu"] += seconds
+            if collecting:
+                dispatch._gc_phase("stop", {})
+        return run
+
+    try:
+        d._streak["m"] = d._streak["busy"] = PROMOTE_AFTER  # both promoted to the inline path
+        asyncio.run(d.run("m", guest(0.020, collecting=True)))
+        assert d.is_inline("m")
+        asyncio.run(d.run("busy", guest(0.020, collecting=False)))
+        assert not d.is_inline("busy")
+        asyncio.run(d.run("pooled", guest(0.020, collecting=True)))  # on the pool: its worker's collection
+        assert d._streak["pooled"] == 1
+    finally:
+        d.close()
+
+
+def test_the_collector_hook_counts_real_collections_in_their_thread() -> None:
+    import gc
+
+    Dispatcher(workers=1, queue_limit=0, inline_threshold=0.001).close()  # installs the hook
+    before = dispatch._gc_seconds()
+    gc.collect()
+    assert dispatch._gc_seconds() > before
+    seen: list[float] = []
+    thread = threading.Thread(target=lambda: seen.append(dispatch._gc_seconds()))
+    thread.start()
+    thread.join()
+    assert seen == [0.0]  # another thread's own count: none of this thread's collections
+
+
+def test_a_serving_loop_freezes_what_was_built_before_it() -> None:
+    """`run_loop` freezes what exists when serving starts (full collections then walk only what came
+    since), and unfreezes it when serving ends."""
+    import gc
+
+    from isolate.http._server import run_loop
+
+    seen: list[int] = []
+
+    async def serve() -> None:
+        seen.append(gc.get_freeze_count())
+
+    run_loop(serve())
+    assert seen[0] > 1000 and gc.get_freeze_count() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -299,5 +300,12 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # pragma: no cover - uvicorn[standard] brings uvloop on Linux
         runner = asyncio.Runner()
-    with runner, logging_off_loop(), keep_recent():
-        runner.run(main)
+    # What is built by now (imports, modules, routes, registries) lives as long as the server: frozen,
+    # a full collection walks only what serving made since (it took 12-18 ms of a started server here).
+    gc.collect()
+    gc.freeze()
+    try:
+        with runner, logging_off_loop(), keep_recent():
+            runner.run(main)
+    finally:
+        gc.unfreeze()  # the process may go on (in-process embedders and tests): all collectable again
