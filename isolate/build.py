@@ -473,12 +473,17 @@ class Rust:
         rlib = deps / f"lib{SDK_CRATE}.rlib"
         sdk_sources = _files(sdk, ["src/**/*.rs"])
         warnings: list[str] = []
-        if not rlib.exists() or max(p.stat().st_mtime for p in sdk_sources) > rlib.stat().st_mtime:
-            cfgs = [arg for feature in features for arg in ("--cfg", f'feature="{feature}"')]
-            result = _run("rustc", [rustc.path, *flags, *cfgs, "--edition", "2021", "--crate-type", "rlib",
-                                    "--crate-name", SDK_CRATE, "-o", rlib, sdk / "src" / "lib.rs"],
-                          render=_render_rustc)
-            warnings += _rustc_json(result.stderr)[0]
+        # One build of the rlib at a time (builds of one project in parallel processes: `make unit`, two
+        # `isolate dev`): rustc writes its objects beside the rlib under fixed names, and a reader must
+        # not link a half-written rlib.
+        with open(deps / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not rlib.exists() or max(p.stat().st_mtime for p in sdk_sources) > rlib.stat().st_mtime:
+                cfgs = [arg for feature in features for arg in ("--cfg", f'feature="{feature}"')]
+                result = _run("rustc", [rustc.path, *flags, *cfgs, "--edition", "2021", "--crate-type", "rlib",
+                                        "--crate-name", SDK_CRATE, "-o", rlib, sdk / "src" / "lib.rs"],
+                              render=_render_rustc)
+                warnings += _rustc_json(result.stderr)[0]
         crate = _crate_name(project, manifest)
         # strip=symbols drops the name section too; a debug build keeps it (and only it: DWARF would
         # not change what a backtrace shows), so wasmtime names and demangles the frames.

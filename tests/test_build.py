@@ -139,6 +139,33 @@ def test_rust_warnings_are_kept(tmp_path: Path) -> None:
     assert len(result.warnings) == 1 and "unused variable: `shadowed_value`" in result.warnings[0]
 
 
+def test_the_rust_sdk_is_built_under_a_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Builds of one project in parallel processes share its SDK rlib: it is built (or found fresh)
+    while holding the lock beside it, and another process cannot take that lock meanwhile."""
+    import fcntl
+
+    import isolate.build as building
+
+    project = rust_project(tmp_path, "locked", "Ok(Response::text(req.path))")
+    real_run = building._run
+    held: list[bool] = []
+
+    def run(tool: str, command: Any, *args: Any, **kwargs: Any) -> Any:
+        if "rlib" in [str(part) for part in command]:
+            rlib = Path(command[command.index("-o") + 1])
+            with open(rlib.parent / ".lock", "w") as other:  # another process's attempt
+                try:
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held.append(False)
+                except BlockingIOError:
+                    held.append(True)
+        return real_run(tool, command, *args, **kwargs)
+
+    monkeypatch.setattr(building, "_run", run)
+    build(project)
+    assert held == [True]
+
+
 def test_assemblyscript_warnings_are_kept(tmp_path: Path) -> None:
     project = tmp_path / "aswarn"
     (project / "assembly").mkdir(parents=True)
