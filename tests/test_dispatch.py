@@ -149,21 +149,21 @@ def test_a_collection_inside_a_run_is_not_charged_to_the_guest(monkeypatch: Any)
     d = Dispatcher(workers=1, queue_limit=0, inline_threshold=0.001)
     assert dispatch._gc_phase in gc.callbacks
 
-    def guest(seconds: float, collecting: bool) -> Callable[[], None]:
+    def guest(seconds: float, collecting: bool, generation: int = 2) -> Callable[[], None]:
         def run() -> None:  # the collector's hook, as gc calls it, around what the run spends
             if collecting:
-                dispatch._gc_phase("start", {})
+                dispatch._gc_phase("start", {"generation": generation})
             clock["wall"] += seconds
             clock["cpu"] += seconds
             if collecting:
-                dispatch._gc_phase("stop", {})
+                dispatch._gc_phase("stop", {"generation": generation})
         return run
 
     try:
         d._streak["m"] = d._streak["busy"] = PROMOTE_AFTER  # both promoted to the inline path
         asyncio.run(d.run("m", guest(0.020, collecting=True)))
         assert d.is_inline("m")
-        asyncio.run(d.run("busy", guest(0.020, collecting=False)))
+        asyncio.run(d.run("busy", guest(0.020, collecting=True, generation=0)))  # a young one is not timed
         assert not d.is_inline("busy")
         asyncio.run(d.run("pooled", guest(0.020, collecting=True)))  # on the pool: its worker's collection
         assert d._streak["pooled"] == 1
@@ -175,14 +175,30 @@ def test_the_collector_hook_counts_real_collections_in_their_thread() -> None:
     import gc
 
     Dispatcher(workers=1, queue_limit=0, inline_threshold=0.001).close()  # installs the hook
-    before = dispatch._gc_seconds()
-    gc.collect()
-    assert dispatch._gc_seconds() > before
-    seen: list[float] = []
-    thread = threading.Thread(target=lambda: seen.append(dispatch._gc_seconds()))
-    thread.start()
-    thread.join()
-    assert seen == [0.0]  # another thread's own count: none of this thread's collections
+    counts: list[float] = []
+    ready, done = threading.Event(), threading.Event()
+
+    def other_thread() -> None:
+        counts.append(dispatch._gc_seconds())
+        ready.set()
+        done.wait()
+        counts.append(dispatch._gc_seconds())
+
+    enabled = gc.isenabled()
+    gc.disable()  # no collection but the one below, whichever thread allocates
+    try:
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        ready.wait()
+        before = dispatch._gc_seconds()
+        gc.collect()
+        assert dispatch._gc_seconds() > before
+        done.set()
+        thread.join()
+    finally:
+        if enabled:
+            gc.enable()
+    assert counts[0] == counts[1]  # this thread's collection is not the other thread's
 
 
 def test_a_serving_loop_freezes_what_was_built_before_it() -> None:
