@@ -259,22 +259,21 @@ class EdgeApp:
             dispatcher = self.dispatcher
             inline = dispatcher.is_inline(module)
             routed = _now()
+
+            def run() -> Response:  # the guest, on the loop: made only if it runs (not for a cache hit)
+                return dispatcher.run_inline(module, self.host.invoke, module,
+                                             self._request(scope, headers, b"", match, client_region, request_id))
+
             cache = self.cache
             if cache is None or not _cacheable(method, private, match):
                 if not inline:
                     return None
                 if cache is not None:
                     cache.bypass()
-                response = dispatcher.run_inline(module, self.host.invoke, module,
-                                                 self._request(scope, headers, b"", match, client_region, request_id))
+                response = run()
                 x_cache = _BYPASS
             else:
                 key, url = _cache_key(cache, scope, host, client_region)
-
-                def run() -> Response:
-                    return dispatcher.run_inline(module, self.host.invoke, module,
-                                                 self._request(scope, headers, b"", match, client_region, request_id))
-
                 fetched = cache.fetch_now(key, method, headers, run if inline else None, module, route, url)
                 if fetched is None:
                     return None
