@@ -119,10 +119,44 @@ def test_guest_faults_are_abi_violations(both: Host, handler: str, imports: str,
 
 
 def test_an_alloc_outside_memory_is_an_abi_violation(both: Host) -> None:
+    from isolate.abi import encode_request
+
     both.deploy("alloc", g.wasm(g.module(alloc="(i32.const 70000)")))
-    with pytest.raises(AbiViolation, match=r"isolate_alloc\(\d+\) returned 70000, outside guest memory") as info:
+    size = len(encode_request(Request(), {}))  # what the guest was asked to allocate: the envelope
+    with pytest.raises(AbiViolation, match=rf"isolate_alloc\({size}\) returned 70000, outside guest memory") as info:
         both.invoke("alloc")
     assert info.value.extra["phase"] == "alloc"
+
+
+def test_the_native_path_makes_a_capture_only_for_a_guest_that_logs(make_host: HostFactory) -> None:
+    # Given (limit, max_records) instead of a Capture, `invoke` makes one on the first log call (or ABI
+    # fault) and reports it; a guest that never needs one costs no Capture.
+    from isolate.abi import encode_request
+    from isolate.engine import _output
+
+    host = make_host(native=True)
+    fastpath = host._runtime.fastpath
+    log_twice = "(call $log (i32.const 2) (i32.const 200) (i32.const 2)) " * 2
+    reports = {}
+    for name, wat in (("quiet", g.HELLO),
+                      ("logs", g.module(f"{log_twice} {g.returns(g.response_bytes())}", imports=LOG_IMPORT,
+                                        extra='(data (i32.const 200) "hi")')),
+                      ("fault", g.module("(call $log (i32.const 1) (i32.const 65530) (i32.const 100)) (i64.const 0)",
+                                         imports=LOG_IMPORT))):
+        info = host.deploy(name, g.wasm(wat))
+        limits = host.module(name).limits
+        prepared = host._cache.get(f"{info.digest}/{limits.stack}", host._load)
+        reports[name] = fastpath.invoke(
+            prepared.runtime.engine_ptr, prepared.pre_ptr, encode_request(Request(), {}), limits.memory, 1000, 0,
+            prepared.shape.has_initialize, limits.response_size, (1000, 1), None, name)
+    assert reports["quiet"][0] == 0 and reports["quiet"][8] is None
+    made = reports["logs"][8]
+    assert reports["logs"][0] == 0 and isinstance(made, _output.Capture)
+    assert (made.limit, made.max_records) == (1000, 1)  # made with the arguments given
+    assert [r.message for r in made.records] == ["hi"] and made.full and made.dropped_records == 1
+    fault = reports["fault"][8]
+    assert reports["fault"][0] != 0 and isinstance(fault, _output.Capture)
+    assert "outside guest memory" in fault.abi_error
 
 
 def test_traps_timeouts_and_oversized_responses(both: Host) -> None:

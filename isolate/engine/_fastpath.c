@@ -121,10 +121,28 @@ static PyObject *s_stopping, *s_full, *s_drop, *s_add, *s_get, *s_put, *s_log_st
 typedef struct {
     wt_extern memory; /* the instance's `memory` export, once looked up */
     bool has_memory;
-    PyObject *capture; /* borrowed: the caller of `invoke` holds them for the whole call */
-    PyObject *cache;
+    /* The request's capture: borrowed when the caller of `invoke` made it; owned when `invoke` was
+     * given its arguments instead (`capture_args`) and made it on first use (NULL until then). */
+    PyObject *capture;
+    PyObject *capture_args;
+    PyObject *cache; /* borrowed: the caller of `invoke` holds them for the whole call */
     PyObject *namespace_;
 } request_state;
+
+static PyObject *capture_type; /* _output.Capture, from init: made on first use by `state_capture` */
+
+/* The request's capture, made now if it was left for its first use: most guests never log, and a
+ * Capture costs ~0.2 µs to make and finish. GIL held; NULL with an error set if it cannot be made. */
+static PyObject *state_capture(request_state *state) {
+    if (state->capture == NULL) {
+        if (capture_type == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "_fastpath.init was given no capture type");
+            return NULL;
+        }
+        state->capture = PyObject_Call(capture_type, state->capture_args, NULL);
+    }
+    return state->capture;
+}
 
 static __thread request_state *current;
 
@@ -135,7 +153,7 @@ enum {
     WASI_FAILED = 2,    /* a = error */
     FAILED = 3,         /* a = error, b = trap; phase in the tuple */
     LOST_EXPORT = 4,    /* an ABI export vanished after instantiation */
-    BAD_ALLOC = 5,      /* a = pointer isolate_alloc returned */
+    BAD_ALLOC = 5,      /* a = pointer isolate_alloc returned, b = the size asked for */
     TOO_LARGE = 6,      /* b = response length */
     BAD_RESPONSE = 7,   /* a = pointer, b = length */
     OVER_BUDGET = 8,    /* the memory budget refused the reservation; a = bytes reserved then */
@@ -713,11 +731,22 @@ static PyObject *budget_stats(PyObject *self, PyObject *capsule) {
 PyDoc_STRVAR(invoke_doc,
 "invoke(engine, pre, payload, memory_limit, ticks, wasi_config, has_initialize, response_size,\n"
 "       capture, cache, namespace[, budget, reserved])\n"
-"    -> (status, phase, output, memory_size, instantiate_ns, run_ns, a, b)\n\n"
-"With a `budget` (budget_new), `reserved` bytes of it are held while the store lives.\n"
-"Run one request in a fresh store. `wasi_config` (0 for none) is consumed. `output` is the\n"
-"response envelope when status is 0; `memory_size` is -1 when unknown; `a` and `b` carry the\n"
-"error and trap pointers (owned by the caller) or the offending pointer and length.");
+"    -> (status, phase, output, memory_size, instantiate_ns, run_ns, a, b, capture)\n\n"
+"Run one request (`payload`, its envelope) in a fresh store. `output` is the response envelope\n"
+"when status is 0.\n"
+"`capture` is the request's Capture, or the (limit, max_records) to make one with on first use;\n"
+"the last item is the capture, or None if none was made. With a `budget` (budget_new), `reserved`\n"
+"bytes of it are held while the store lives. `wasi_config` (0 for none) is consumed.\n"
+"`memory_size` is -1 when unknown; `a` and `b` carry the error and trap pointers (owned by the\n"
+"caller) or the offending pointer and length (BAD_ALLOC: the pointer and the size asked for).");
+
+/* The capture `invoke` reports: the caller's own, or the one made on first use, or None. Consumes
+ * the owned reference in `state`. */
+static PyObject *reported_capture(request_state *state, PyObject *given) {
+    if (state->capture_args == NULL)
+        return Py_NewRef(given);
+    return state->capture != NULL ? state->capture : Py_NewRef(Py_None);
+}
 
 static PyObject *invoke(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -739,6 +768,11 @@ static PyObject *invoke(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     int has_initialize = PyObject_IsTrue(args[6]);
     if (has_initialize < 0)
         return NULL;
+    bool lazy = PyTuple_CheckExact(args[8]);
+    if (lazy && capture_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastpath.init was given no capture type");
+        return NULL;
+    }
     Py_buffer payload;
     if (PyObject_GetBuffer(args[2], &payload, PyBUF_SIMPLE) < 0)
         return NULL;
@@ -748,7 +782,8 @@ static PyObject *invoke(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
 
-    request_state state = {.has_memory = false, .capture = args[8], .cache = args[9], .namespace_ = args[10]};
+    request_state state = {.has_memory = false, .capture = lazy ? NULL : args[8], .capture_args = lazy ? args[8] : NULL,
+                           .cache = args[9], .namespace_ = args[10]};
     int status = OK, phase = PHASE_INSTANTIATE;
     int64_t memory_size = -1, started = now_ns(), instantiated = started, finished = started;
     uint64_t a = 0, b = 0;
@@ -761,8 +796,8 @@ static PyObject *invoke(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             if (wasi_config)
                 api.wasi_config_delete((void *)(uintptr_t)wasi_config);
             PyBuffer_Release(&payload);
-            return Py_BuildValue("(iiOLLLKK)", OVER_BUDGET, PHASE_INSTANTIATE, Py_None, -1LL, 0LL, 0LL,
-                                 (unsigned long long)in_use, 0ULL);
+            return Py_BuildValue("(iiOLLLKKO)", OVER_BUDGET, PHASE_INSTANTIATE, Py_None, -1LL, 0LL, 0LL,
+                                 (unsigned long long)in_use, 0ULL, lazy ? Py_None : args[8]);
         }
     }
     void *store = api.store_new((void *)(uintptr_t)engine, NULL, NULL);
@@ -845,6 +880,7 @@ static PyObject *invoke(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (ptr + size > (uint64_t)memory_size) {
         status = BAD_ALLOC;
         a = ptr;
+        b = size;
         goto out;
     }
     if (size)
@@ -901,20 +937,25 @@ done_with_gil:
     if (held != NULL) /* the store, and the memory it could touch, are gone */
         budget_give(held, reserved);
     PyBuffer_Release(&payload);
+    PyObject *capture = reported_capture(&state, args[8]);
     PyObject *output;
     if (status == OK) {
-        if (copy == NULL)
+        if (copy == NULL) {
+            Py_DECREF(capture);
             return PyErr_NoMemory();
+        }
         output = PyBytes_FromStringAndSize((const char *)copy, (Py_ssize_t)copy_len);
         PyMem_RawFree(copy);
-        if (output == NULL)
+        if (output == NULL) {
+            Py_DECREF(capture);
             return NULL;
+        }
     } else {
         output = Py_NewRef(Py_None);
     }
-    return Py_BuildValue("(iiNLLLKK)", status, phase, output, (long long)memory_size,
+    return Py_BuildValue("(iiNLLLKKN)", status, phase, output, (long long)memory_size,
                          (long long)(instantiated - started), (long long)(finished - instantiated),
-                         (unsigned long long)a, (unsigned long long)b);
+                         (unsigned long long)a, (unsigned long long)b, capture);
 }
 
 PyDoc_STRVAR(instantiate_doc, "instantiate(engine, pre, memory_limit, ticks) -> (error, trap)\n\n"
@@ -1101,8 +1142,9 @@ static void *trap_text(const char *text) {
 static void *abi_trap(const char *text) {
     request_state *state = current;
     if (state != NULL && state->capture != Py_None) {
-        PyObject *message = PyUnicode_FromString(text);
-        if (message == NULL || PyObject_SetAttr(state->capture, s_abi_error, message) < 0)
+        PyObject *capture = state_capture(state);
+        PyObject *message = capture == NULL ? NULL : PyUnicode_FromString(text);
+        if (message == NULL || PyObject_SetAttr(capture, s_abi_error, message) < 0)
             PyErr_Clear();
         Py_XDECREF(message);
     }
@@ -1223,12 +1265,13 @@ static void *host_log(void *env, void *caller, wt_val_raw *values, size_t count)
     PyGILState_STATE gil = PyGILState_Ensure();
     /* A full capture takes nothing more: the record is counted, not even read. Otherwise `add`
      * keeps or counts it (a message is at most 16 KiB, so copying it first costs little). */
-    PyObject *full = PyObject_GetAttr(state->capture, s_full);
+    PyObject *capture = state_capture(state);
+    PyObject *full = capture ? PyObject_GetAttr(capture, s_full) : NULL;
     int over = full ? PyObject_IsTrue(full) : -1;
     Py_XDECREF(full);
     if (over > 0) {
         PyObject *n = PyLong_FromUnsignedLong(size);
-        PyObject *r = n ? PyObject_CallMethodOneArg(state->capture, s_drop, n) : NULL;
+        PyObject *r = n ? PyObject_CallMethodOneArg(capture, s_drop, n) : NULL;
         if (r == NULL)
             trap = host_failed("log");
         Py_XDECREF(r);
@@ -1242,7 +1285,7 @@ static void *host_log(void *env, void *caller, wt_val_raw *values, size_t count)
     } else {
         PyObject *name = (level >= 0 && level < PyTuple_GET_SIZE(log_levels)) ? PyTuple_GET_ITEM(log_levels, level)
                                                                                : s_info;
-        if (capture_add(state->capture, name, m.base + ptr, size) < 0)
+        if (capture_add(capture, name, m.base + ptr, size) < 0)
             trap = host_failed("log");
     }
     PyGILState_Release(gil);
@@ -1384,19 +1427,21 @@ static PyObject *define(PyObject *self, PyObject *args) {
     return NULL;
 }
 
-PyDoc_STRVAR(init_doc, "init(addresses, shutdown, levels, report_failure[, record_type, record_overhead])\n\n"
+PyDoc_STRVAR(init_doc, "init(addresses, shutdown, levels, report_failure[, record_type, record_overhead,\n"
+"     capture_type])\n\n"
 "Take the addresses of the C API functions (a mapping of name to address; see `names()`), the\n"
 "module whose `stopping` is read before each guest starts, the log level names by number, and\n"
 "report_failure(name, exception), called when a host function fails in the host; log calls make\n"
 "records of `record_type` (abi.LogRecord) charged `record_overhead` bytes each, as Capture.add does\n"
-"(without them, log calls go through Capture.add).");
+"(without them, log calls go through Capture.add). `capture_type` (_output.Capture) makes the\n"
+"captures `invoke` is asked to make on first use.");
 
 static PyObject *init(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *addresses, *shutdown, *levels, *report, *record = NULL;
+    PyObject *addresses, *shutdown, *levels, *report, *record = NULL, *capture = NULL;
     long long overhead = 0;
-    if (!PyArg_ParseTuple(args, "OOO!O|O!L", &addresses, &shutdown, &PyTuple_Type, &levels, &report, &PyType_Type,
-                          &record, &overhead))
+    if (!PyArg_ParseTuple(args, "OOO!O|O!LO!", &addresses, &shutdown, &PyTuple_Type, &levels, &report, &PyType_Type,
+                          &record, &overhead, &PyType_Type, &capture))
         return NULL;
     void *table[API_COUNT];
     for (size_t i = 0; i < API_COUNT; i++) {
@@ -1416,6 +1461,7 @@ static PyObject *init(PyObject *self, PyObject *args) {
     Py_XSETREF(log_levels, Py_NewRef(levels));
     Py_XSETREF(report_failure, Py_NewRef(report));
     Py_XSETREF(record_type, Py_XNewRef(record));
+    Py_XSETREF(capture_type, Py_XNewRef(capture));
     record_overhead = overhead;
     Py_RETURN_NONE;
 }
@@ -1449,7 +1495,10 @@ static PyObject *current_capture(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
     request_state *state = current;
-    return Py_NewRef(state != NULL ? state->capture : Py_None);
+    if (state == NULL)
+        Py_RETURN_NONE;
+    PyObject *capture = state_capture(state);
+    return capture == NULL ? NULL : Py_NewRef(capture);
 }
 
 static PyMethodDef methods[] = {

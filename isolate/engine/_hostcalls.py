@@ -334,7 +334,7 @@ def _load_fastpath() -> Any:
     except ImportError:  # installed without a C compiler: the ctypes path serves
         return None
     _fastpath.init({name: _raw.address(name) for name in _fastpath.names()}, _shutdown, _output.LEVELS, _report,
-                   LogRecord, _output.RECORD_OVERHEAD)
+                   LogRecord, _output.RECORD_OVERHEAD, _output.Capture)
     return _fastpath
 
 

@@ -64,12 +64,14 @@ def _scratch() -> _raw.Scratch:
 
 
 # What a request's run reports, whichever path ran it (`_fastpath.invoke` or `_invoke_ctypes`):
-# (status, phase, output, memory size or -1, instantiate ns, run ns, a, b). Statuses and phases are
-# numbered as in _fastpath.c; `a` and `b` carry error and trap pointers or the offending range.
+# (status, phase, output, memory size or -1, instantiate ns, run ns, a, b, capture). Statuses and
+# phases are numbered as in _fastpath.c; `a` and `b` carry error and trap pointers or the offending
+# range; the capture is None when the native path was asked to make one on first use and none was.
 _OK, _STOPPING, _WASI_FAILED, _FAILED, _LOST_EXPORT, _BAD_ALLOC, _TOO_LARGE, _BAD_RESPONSE, _OVER_BUDGET = range(9)
 _PHASES = ("instantiate", "initialize", "alloc", "handle")
-_Report = tuple[int, int, "bytes | None", int, int, int, int, int]
+_Report = tuple[int, int, "bytes | None", int, int, int, int, int, "_output.Capture | None"]
 _NO_CACHE = (None, None)
+_NO_LOGS: tuple[LogRecord, ...] = ()
 _new_tuple: Any = tuple.__new__
 
 
@@ -93,8 +95,11 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
     held = budget.native if fastpath is not None else None
     if held is None and not budget.reserve(reserved):
         raise _over_budget(reserved, budget.in_use, budget.total)
-    capture = _output.Capture(log_limit, runtime.log_records)
     waits = shape.uses_wasi or shape.uses_io
+    # The native path makes a request's capture on first use when nothing but its own host functions
+    # can need it (most guests never log); a guest that may wait, and the ctypes path, get one now.
+    capture: Any = (log_limit, runtime.log_records) if fastpath is not None and not waits else _output.Capture(
+        log_limit, runtime.log_records)
     # The host functions written in Python (I/O, WASI output and poll_oneoff; every one on the
     # ctypes path) find the request here; the native ones are handed it by `invoke`.
     current = _output.current if fastpath is None or waits else None
@@ -118,17 +123,19 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
                 runtime.engine_ptr, prepared.pre_ptr, payload, limits.memory, ticks, wasi, shape.has_initialize,
                 limits.response_size, capture, guest_cache, namespace, held, reserved)
         else:
-            report = _invoke_ctypes(prepared, s, payload, limits, ticks, wasi)
-        status, phase, out, memory, instantiate_ns, run_ns, a, b = report
+            report = _invoke_ctypes(prepared, s, payload, limits, ticks, wasi, capture)
+        status, phase, out, memory, instantiate_ns, run_ns, a, b, capture = report
         memory_size = None if memory < 0 else memory
         if status != _OK or (waits and capture.interrupted):
             if status == _OVER_BUDGET:  # `a`: what running isolates held when it refused
                 raise _over_budget(reserved, a, budget.total)
             # A host call refused to run past the deadline and the guest finished before its epoch
             # deadline caught up with it: still a timeout, its output was cut.
-            raise _refusal(report, capture, limits, memory_size, len(payload))
+            if capture is None:  # nothing made one: no record, no abi_error, no out_of_memory
+                capture = _output.Capture(log_limit, runtime.log_records)
+            raise _refusal(report, capture, limits, memory_size)
     except GuestError as exc:
-        exc.logs = capture.finish()
+        exc.logs = capture.finish() if isinstance(capture, _output.Capture) else _NO_LOGS
         raise
     finally:
         if current is not None:
@@ -139,15 +146,14 @@ def run(prepared: Prepared, payload: bytes, limits: Limits, log_limit: int,
             _output.unregister(capture)
     assert out is not None
     # tuple.__new__ skips NamedTuple's Python-level __new__ (~0.1 µs of every request)
-    outcome: Outcome = _new_tuple(Outcome, (out, capture.finish(), instantiate_ns / 1000, run_ns / 1000,
-                                            memory_size or 0))
+    outcome: Outcome = _new_tuple(Outcome, (out, capture.finish() if capture is not None else _NO_LOGS,
+                                            instantiate_ns / 1000, run_ns / 1000, memory_size or 0))
     return outcome
 
 
-def _refusal(report: _Report, capture: _output.Capture, limits: Limits, memory: int | None,
-             size: int) -> IsolateError:
+def _refusal(report: _Report, capture: _output.Capture, limits: Limits, memory: int | None) -> IsolateError:
     """The error for a run that did not produce a response, from what the run reported."""
-    status, phase_no, _, _, _, _, a, b = report
+    status, phase_no, _, _, _, _, a, b, _ = report
     phase = _PHASES[phase_no]
     if status == _STOPPING:
         return _stopped(phase)
@@ -156,7 +162,7 @@ def _refusal(report: _Report, capture: _output.Capture, limits: Limits, memory: 
     if status == _LOST_EXPORT:
         return AbiViolation("module lost a required export after instantiation")
     if status == _BAD_ALLOC:
-        return AbiViolation(f"isolate_alloc({size}) returned {a}, outside guest memory "
+        return AbiViolation(f"isolate_alloc({b}) returned {a}, outside guest memory "
                             f"({memory} bytes)", phase=phase)
     if status == _TOO_LARGE:
         return ResponseTooLarge(f"response of {b} bytes exceeds the {limits.response_size}-byte limit",
@@ -169,7 +175,7 @@ def _refusal(report: _Report, capture: _output.Capture, limits: Limits, memory: 
 
 
 def _invoke_ctypes(prepared: Prepared, s: _raw.Scratch, payload: bytes, limits: Limits, ticks: int,
-                   wasi: int) -> _Report:
+                   wasi: int, capture: _output.Capture) -> _Report:
     """The ctypes path (no `_fastpath` built, or `Config.native` off): what `_fastpath.invoke` does,
     one C API call at a time, reporting the same tuple."""
     runtime = prepared.runtime
@@ -186,7 +192,7 @@ def _invoke_ctypes(prepared: Prepared, s: _raw.Scratch, payload: bytes, limits: 
             a, b = int(a or 0), int(s.trap.value or 0)
             s.trap.value = None
         ran = now - instantiated if instantiated else 0
-        return status, phase, out, memory_size, (instantiated or now) - started, ran, a, b
+        return status, phase, out, memory_size, (instantiated or now) - started, ran, a, b, capture
 
     try:
         _raw.store_limiter(store, limits.memory, -1, 1, 1, 1)
@@ -229,7 +235,7 @@ def _invoke_ctypes(prepared: Prepared, s: _raw.Scratch, payload: bytes, limits: 
             return report(_FAILED, a=error)
         ptr = args[0].i32 & _U32
         if ptr + size > memory_size:
-            return report(_BAD_ALLOC, a=ptr)
+            return report(_BAD_ALLOC, a=ptr, b=size)
         ctypes.memmove(_raw.memory_data(ctx, s.p_memory_item) + ptr, payload, size)
         phase = 3
         args[0].i32 = ptr
