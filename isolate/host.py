@@ -29,7 +29,16 @@ from .capabilities import (
     parse_allowed_hosts,
 )
 from .config import Config, Limits
-from .engine import MemoryBudgetStatistics, Prepared, Runtime, is_stopping, run, run_component, wat_to_wasm
+from .engine import (
+    MemoryBudgetStatistics,
+    Prepared,
+    Runtime,
+    copies_data,
+    is_stopping,
+    run,
+    run_component,
+    wat_to_wasm,
+)
 from .engine import resume as engine_resume
 from .engine import shutdown as engine_shutdown
 from .errors import (
@@ -135,7 +144,9 @@ class Host:
         for problem in self._store.skipped:
             log.error("module metadata %s: the module answers `storage` until the file is fixed", problem)
         self._runtime = Runtime(self.config, engine_stack(self.config.limits.stack))
-        self._runtimes = {self._runtime.stack: self._runtime}  # engine stack size -> engine; made on demand
+        # (engine stack size, copies data) -> engine; made on demand
+        self._runtimes = {(self._runtime.stack, False): self._runtime}
+        self._copying: dict[str, bool] = {}  # wasm digest -> whether its data is copied (`copies_data`)
         self._cache: ModuleCache[Prepared] = ModuleCache(self.config.module_cache_size)
         self.guest_cache = GuestCache(self.config.guest_cache_entries, self.config.guest_cache_bytes,
                                       module_share=self.config.guest_cache_module_share)
@@ -172,7 +183,7 @@ class Host:
         # that happened to make it (see isolate.http._dispatch), and timeouts would fire late.
         for record in self._store.records():
             with contextlib.suppress(IsolateError):
-                self._runtime_for(self._effective(record.limits).stack)
+                self._engine_of(record)
         # Last: its flusher thread starts here, and must not outlive a Host that failed to start.
         self.usage = usage if usage is not None else Usage(self.config.data_dir / "usage")
 
@@ -181,7 +192,7 @@ class Host:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            for runtime in self._runtimes.values():
+            for runtime in set(self._runtimes.values()):
                 runtime.close()
             self.outbound.close()
             self.kv.close()
@@ -262,15 +273,16 @@ class Host:
         hosts = _check_hosts(allowed_hosts)
         stores = _check_stores(kv_stores)
         self._check_names(name, variables, secrets)
-        runtime = self._runtime_for(effective.stack)
-        module, shape, compile_s = runtime.compile(bytes(wasm))
+        wasm = bytes(wasm)
+        digest = sha256(wasm)
+        runtime = self._runtime_for(effective.stack, self._copies(digest, wasm))
+        module, shape, compile_s = runtime.compile(wasm)
         if shape.memory_min > effective.memory:
             raise InvalidModule(
                 f"module declares {shape.memory_min} bytes of initial memory, over its memory limit of "
                 f"{effective.memory} bytes",
                 limit="memory",
             )
-        digest = sha256(wasm)
         return StagedVersion(name, wasm, digest, len(wasm), compile_s * 1000, overrides, effective, variables, hosts,
                              stores, runtime.prepare(digest, module, shape), runtime.serialize(module),
                              runtime.fingerprint, runtime.stack, shape.may_block, shape.kind)
@@ -295,7 +307,7 @@ class Host:
         if sha256(wasm) != digest:
             raise StorageError(f"module bytes for {record.name!r} do not match their digest {digest[:12]}",
                                module=record.name)
-        runtime = self._runtime_for(self._effective(record.limits).stack)
+        runtime = self._runtime_for(self._effective(record.limits).stack, self._copies(digest, wasm))
         module, shape, _ = runtime.compile(wasm)
         with self._control:
             self._store.put_wasm(digest, wasm)
@@ -311,7 +323,7 @@ class Host:
             self._blocking.pop(record.name, None)  # unknown again: may block until it has run once
             self._waits.pop(record.name, None)
             with contextlib.suppress(IsolateError):  # made now, for the reason given in __init__
-                self._runtime_for(self._effective(record.limits).stack)
+                self._engine_of(record)
 
     def forget(self, name: str, next_version: int) -> None:
         """Delete `name` as a cluster did, its numbering to go on from `next_version`."""
@@ -350,7 +362,7 @@ class Host:
         self._check_names(record.name, changes.get("variables"), secrets)
         if limits is not None:
             changes["limits"] = self._overrides(limits, record.limits)
-            self._runtime_for(self._effective(changes["limits"]).stack)
+            self._engine_of(record, changes["limits"])
         return dataclasses.replace(record, **changes)
 
     @staticmethod
@@ -390,7 +402,7 @@ class Host:
             if limits is not None:
                 changes["limits"] = self._overrides(limits, self._store.get(name).limits)
                 # The engine for the new stack size must exist before the setting is stored.
-                self._runtime_for(self._effective(changes["limits"]).stack)
+                self._engine_of(self._store.get(name), changes["limits"])
             record = self._store.update(name, **changes)
             self._limits.pop(name, None)
             self._grants.pop(name, None)
@@ -413,6 +425,7 @@ class Host:
                     raise NotFound(f"module {name!r} has no version before {record.active}", module=name)
                 version = max(older)
             record.version(version)  # raises NotFound for an unknown version
+            self._engine_of(dataclasses.replace(record, active=version))  # made now, as in __init__
             self._blocking[name] = True  # the older code may wait in the host: learn again
             self._waits.pop(name, None)
             record = self._store.update(name, active=version)
@@ -442,7 +455,7 @@ class Host:
                 self._waits.pop(name, None)
             if record is not None:
                 with contextlib.suppress(IsolateError):  # made now, for the reason given in __init__
-                    self._runtime_for(self._effective(record.limits).stack)
+                    self._engine_of(record)
         if record is None:
             self.guest_cache.clear(name)
 
@@ -597,7 +610,7 @@ class Host:
             artifact_recompiles=self._recompiles,
             pool_instances=self.config.pool_instances,
             engine_fingerprint=self._runtime.fingerprint,
-            engines=len(self._runtimes),
+            engines=len(set(self._runtimes.values())),  # two keys may share one engine (`_runtime_for`)
             memory_budget=self._runtime.budget.statistics(),
             outbound=outbound,
             kv_operations=kv_operations,
@@ -674,22 +687,51 @@ class Host:
             raise InvalidConfig(f"{', '.join(map(repr, clash))} is both a variable and a secret of module "
                                 f"{name!r}; a guest reads both by name, so use distinct names")
 
-    def _runtime_for(self, stack: int) -> Runtime:
-        """The engine for a module's stack limit (created on first need; `InvalidConfig` if it cannot be)."""
-        stack = engine_stack(stack)
-        runtime = self._runtimes.get(stack)
+    def _runtime_for(self, stack: int, copies: bool) -> Runtime:
+        """The engine for a module's stack limit and way of initialising memory (engine._images), created
+        on first need; `InvalidConfig` if it cannot be.
+
+        Either engine runs any module (the way only decides speed), so where the address space has no
+        room for a second engine of a stack size, the one there is serves both kinds."""
+        key = (engine_stack(stack), copies)
+        runtime = self._runtimes.get(key)
         if runtime is None:
             with self._lock:
-                runtime = self._runtimes.get(stack)
+                runtime = self._runtimes.get(key)
                 if runtime is None:
-                    runtime = self._runtimes[stack] = Runtime(self.config, stack)
+                    other = self._runtimes.get((key[0], not copies))
+                    try:
+                        runtime = Runtime(self.config, key[0], copies)
+                    except InvalidConfig:
+                        if other is None:
+                            raise
+                        runtime = other
+                    self._runtimes[key] = runtime
         return runtime
+
+    def _copies(self, digest: str, wasm: bytes | None = None) -> bool:
+        """Whether the module `digest` (whose bytes are `wasm`, or stored) runs on an engine that copies
+        its initial data into each isolate (`copies_data`); remembered, since the bytes never change."""
+        copies = self._copying.get(digest)
+        if copies is None:
+            copies = self._copying[digest] = copies_data(self._store.read_wasm(digest) if wasm is None else wasm)
+        return copies
+
+    def _engine_of(self, record: ModuleRecord, overrides: Mapping[str, Any] | None = None) -> Runtime:
+        """The engine `record`'s active version runs on (with these limit overrides), made now if need be."""
+        stack = self._effective(record.limits if overrides is None else overrides).stack
+        return self._runtime_for(stack, self._copies(record.version().digest))
 
     def _load(self, key: str) -> Prepared:
         """Cache miss: map the verified artifact, or recompile from the stored `.wasm` and reseal."""
         digest, stack = key.split("/")
         try:
-            runtime = self._runtime_for(int(stack))
+            copies = self._copies(digest)
+        except StorageError:  # no readable .wasm: an intact artifact from the copying engine still serves
+            copies = self._store.verified_artifact(
+                digest, Runtime.fingerprint_of(self.config, int(stack), copies=True)) is not None
+        try:
+            runtime = self._runtime_for(int(stack), copies)
         except InvalidConfig as exc:  # a stored stack limit this process can no longer give an engine
             raise StorageError(f"the module's stored stack limit cannot run here: {exc.detail}") from None
         path = self._store.verified_artifact(digest, runtime.fingerprint)

@@ -3,6 +3,7 @@
 from ._budget import MemoryBudget, MemoryBudgetStatistics
 from ._component import is_component, run_component
 from ._hostcalls import construct
+from ._images import copies_data
 from ._isolate import Outcome, instantiate_once, run
 from ._linker import BLOCKING_IMPORTS, HOST_FUNCTIONS, WASI_NAMESPACE, ModuleShape
 from ._runtime import Prepared, Runtime, wat_to_wasm
@@ -14,6 +15,7 @@ __all__ = [
     "HOST_FUNCTIONS",
     "WASI_NAMESPACE",
     "construct",
+    "copies_data",
     "MemoryBudget",
     "MemoryBudgetStatistics",
     "ModuleShape",

@@ -138,8 +138,10 @@ def configure_pooling(
     max_memory_size: int,
     warm_slots: int,
     keep_resident: int,
+    copy_on_write: bool = True,
 ) -> None:
-    """Switch `config` to the pooling instance allocator (absent from wasmtime-py's Config)."""
+    """Switch `config` to the pooling instance allocator (absent from wasmtime-py's Config);
+    `copy_on_write`: initial memory mapped from images, else copied from data segments (_images.py)."""
     pooling = ffi.wasmtime_pooling_allocation_config_new()
     try:
         ffi.wasmtime_pooling_allocation_config_total_core_instances_set(pooling, c_uint32(instances))
@@ -159,7 +161,7 @@ def configure_pooling(
         ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pooling)
     finally:
         ffi.wasmtime_pooling_allocation_config_delete(pooling)
-    ffi.wasmtime_config_memory_init_cow_set(config.ptr(), True)
+    ffi.wasmtime_config_memory_init_cow_set(config.ptr(), copy_on_write)
 
 
 # -- host functions without wasmtime-py's per-call type checks and value boxing ----------------

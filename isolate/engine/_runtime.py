@@ -61,7 +61,8 @@ def _reserve_address_space(size: int) -> None:
             raise InvalidConfig(
                 f"no address space for another engine: its pool of isolates needs {size >> 30} GiB, "
                 f"{_address_reserved >> 30} of {budget >> 30} GiB are held by the engines already built "
-                "(one per distinct stack limit in use); use a stack limit already in use, or lower pool_instances"
+                "(one per distinct stack limit, and way of initialising memory, in use); use a stack limit already in "
+                "use, or lower pool_instances"
             )
         _address_reserved += size
 
@@ -87,10 +88,16 @@ class Prepared:
 
 
 class Runtime:
-    """Owns a wasmtime engine, its linker and epoch ticker: one per process and wasm stack size."""
+    """Owns a wasmtime engine, its linker and epoch ticker: one per process, wasm stack size and way of
+    initialising memory.
 
-    def __init__(self, config: Config, stack: int | None = None) -> None:
+    `copies`: for modules whose initial data is copied into each isolate (`_images.copies_data`):
+    memory images off, and the pool hands out the slot freed last, whichever module used it (one
+    warm slot). Otherwise memory images on, and each module keeps warm slots of its own."""
+
+    def __init__(self, config: Config, stack: int | None = None, copies: bool = False) -> None:
         self.config = config
+        self.copies = copies
         self.stack = config.limits.stack if stack is None else stack
         if type(self.stack) is not int or not 64 * KiB <= self.stack <= MAX_STACK_CEILING:
             raise InvalidConfig(f"wasm stack {self.stack!r} is outside {64 * KiB}..{MAX_STACK_CEILING} bytes")
@@ -104,8 +111,11 @@ class Runtime:
             wasm_config,
             instances=config.pool_instances,
             max_memory_size=config.max_memory_limit,
-            warm_slots=config.warm_slots,  # slot affinity: each hot module keeps a warm slot of its own
+            # Images: slot affinity, each hot module keeps a warm slot of its own. Copies: a slot serves any
+            # module, and with one warm slot the pool reuses the one freed last (warm in the CPU caches).
+            warm_slots=1 if copies else config.warm_slots,
             keep_resident=config.keep_resident,
+            copy_on_write=not copies,
         )
         reserved = config.pool_instances * SLOT_ADDRESS_SPACE
         _reserve_address_space(reserved)
@@ -121,7 +131,7 @@ class Runtime:
         """The native request path (`_fastpath`), or None: the ctypes path in _isolate.py."""
         self.linker = build_linker(self.engine, native=self.fastpath is not None)
         self.ticker = EpochTicker(self.engine, config.epoch_tick, self.fastpath, self.engine_ptr)
-        self.fingerprint = self._fingerprint(config, self.stack)
+        self.fingerprint = self.fingerprint_of(config, self.stack, copies)
         self.budget: MemoryBudget = budget_for(config)
         """Shared by every engine of one Config: guest memory reserved by the isolates running now."""
         self.log_records = config.log_records
@@ -135,9 +145,9 @@ class Runtime:
             _raw.increment_epoch(self.engine_ptr)
 
     @staticmethod
-    def _fingerprint(config: Config, stack: int) -> str:
+    def fingerprint_of(config: Config, stack: int, copies: bool = False) -> str:
         """Identifies compiled code: an artifact from another fingerprint is recompiled, never loaded."""
-        settings = {
+        settings: dict[str, Any] = {
             "wasmtime": version("wasmtime"),
             "machine": platform.machine(),
             "opt": "speed",
@@ -145,6 +155,8 @@ class Runtime:
             "max_wasm_stack": stack,
             "pooling_max_memory": config.max_memory_limit,
         }
+        if copies:  # compiled without memory images (kept out of the images' key: their artifacts stay valid)
+            settings["memory_init_cow"] = False
         blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

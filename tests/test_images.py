@@ -1,0 +1,116 @@
+"""Modules with little initial data run on an engine that copies it into each isolate; the others
+keep memory images (engine/_images.py). Both answer the same, survive restarts, and never mix."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import guests as g
+import pytest
+from conftest import HostFactory
+
+from isolate import StorageError
+from isolate.config import MAX_POOL_INSTANCES
+from isolate.engine import copies_data
+from isolate.engine._images import COPY_MAX_BYTES, COPY_MAX_SEGMENTS
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+def with_segments(count: int, size: int = 8, offset: str = "(i32.const {at})") -> bytes:
+    """The hello guest plus `count` more data segments of `size` bytes each, above its own data."""
+    segments = " ".join(f'(data {offset.format(at=8192 + i * (size + 8))} "{"x" * size}")' for i in range(count))
+    return g.wasm(g.module(memory="4", extra=segments))
+
+
+def test_small_data_is_copied_and_large_or_split_data_keeps_images() -> None:
+    assert copies_data(g.wasm(g.HELLO))  # two segments of a few bytes
+    assert copies_data(g.wasm("(module)"))  # no data at all
+    assert copies_data(with_segments(COPY_MAX_SEGMENTS - 2))
+    assert not copies_data(with_segments(COPY_MAX_SEGMENTS - 1))  # one over, with the guest's own two
+    assert not copies_data(with_segments(1, size=COPY_MAX_BYTES + 1))
+    # Offsets are read as expressions: an immediate that is the `end` byte (11), a global, arithmetic.
+    assert copies_data(with_segments(2, offset="(i32.const 11)"))
+    assert copies_data(g.wasm(g.module(extra='(global $base i32 (i32.const 8192)) (data (global.get $base) "ab")')))
+    assert copies_data(g.wasm(g.module(extra='(data (i32.add (i32.const 8192) (i32.const 11)) "ab")')))
+    passive = g.wasm(g.module(extra='(data "passive bytes")'))
+    assert copies_data(passive)
+
+
+def test_what_it_cannot_read_keeps_images() -> None:
+    hello = g.wasm(g.HELLO)
+    assert not copies_data(b"")
+    assert not copies_data(b"\0asm\x0d\x00\x01\x00")  # a component's header
+    inside_data = hello.index(g.response_bytes()) + 3
+    assert not copies_data(hello[:inside_data])  # cut short inside its data section
+    assert not copies_data(b"not wasm at all")
+
+
+@pytest.mark.parametrize("sample", ["router/build/router.wasm", "hello-py/build/hello-py.wasm"])
+def test_the_sdk_outputs_that_need_images_keep_them(sample: str) -> None:
+    # AssemblyScript writes a segment per static object (hundreds); a componentize-py snapshot is a
+    # component with megabytes of memory.
+    assert not copies_data((SAMPLES / sample).read_bytes())
+
+
+@pytest.mark.parametrize("sample", ["hello/build/hello.wasm", "echo/build/echo.wasm"])
+def test_c_and_rust_outputs_are_copied(sample: str) -> None:
+    assert copies_data((SAMPLES / sample).read_bytes())
+
+
+def test_each_module_runs_on_its_engine_and_both_survive_a_restart(make_host: HostFactory, tmp_path: Path) -> None:
+    small = g.wasm(g.module(response=g.response_bytes(body=b"copied")))
+    split = g.wasm(g.module(response=g.response_bytes(body=b"imaged"), memory="4",
+                            extra=" ".join(f'(data (i32.const {8192 + 16 * i}) "seg{i:03d}")' for i in range(40))))
+    first = make_host()
+    first.deploy("small", small)
+    first.deploy("split", split)
+    for _ in range(3):  # fresh isolates one after another, each module's data intact every time
+        assert first.invoke("small").body == b"copied" and first.invoke("split").body == b"imaged"
+    engines = {name: first._cache.get(f"{first.module(name).active.digest}/{first.module(name).limits.stack}",
+                                      first._load).runtime for name in ("small", "split")}
+    assert engines["small"].copies and not engines["split"].copies
+    assert engines["small"].fingerprint != engines["split"].fingerprint
+    first.close()
+
+    second = make_host()  # a restart: each module's artifact is found under its own engine's fingerprint
+    # Both engines made at start-up, not on a first request (see Host.__init__)
+    assert sorted(key[1] for key in second._runtimes) == [False, True]
+    assert second.invoke("small").body == b"copied" and second.invoke("split").body == b"imaged"
+    assert second.statistics().artifact_recompiles == 0
+
+
+def test_an_intact_artifact_serves_when_the_wasm_is_gone(make_host: HostFactory, tmp_path: Path) -> None:
+    first = make_host()
+    first.deploy("m", g.wasm(g.module(response=g.response_bytes(body=b"still here"))))
+    digest = first.module("m").active.digest
+    first.close()
+    (tmp_path / "data" / "wasm" / f"{digest}.wasm").unlink()
+    second = make_host()
+    assert second.invoke("m").body == b"still here"
+    assert second.statistics().artifact_recompiles == 0
+    (tmp_path / "data" / "compiled").rename(tmp_path / "data" / "compiled-gone")
+    third = make_host()
+    with pytest.raises(StorageError, match="missing"):
+        third.invoke("m")
+
+
+def test_a_rollback_to_code_of_the_other_kind_runs(make_host: HostFactory) -> None:
+    host = make_host()
+    host.deploy("m", g.wasm(g.module(response=g.response_bytes(body=b"v1"), memory="4",
+                                     extra=" ".join(f'(data (i32.const {8192 + 16 * i}) "s{i}")' for i in range(40)))))
+    host.deploy("m", g.wasm(g.module(response=g.response_bytes(body=b"v2"))))
+    assert host.invoke("m").body == b"v2"
+    host.rollback("m")
+    assert host.invoke("m").body == b"v1"
+
+
+def test_where_a_second_engine_has_no_room_one_engine_runs_both_kinds(make_host: HostFactory) -> None:
+    gc.collect()  # engines of earlier tests in this process, unreachable but not yet collected, hold theirs
+    host = make_host(pool_instances=MAX_POOL_INSTANCES)  # 40 TiB of the 64 TiB engines may reserve
+    host.deploy("small", g.wasm(g.module(response=g.response_bytes(body=b"copied"))))
+    assert host.invoke("small").body == b"copied"
+    stack = host.module("small").limits.stack
+    assert host._runtimes[(stack, True)] is host._runtimes[(stack, False)]
+    assert host.statistics().engines == 1
