@@ -14,6 +14,7 @@ from isolate import StorageError
 from isolate.config import MAX_POOL_INSTANCES
 from isolate.engine import copies_data
 from isolate.engine._images import COPY_MAX_BYTES, COPY_MAX_SEGMENTS
+from isolate.errors import Trap
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -114,3 +115,25 @@ def test_where_a_second_engine_has_no_room_one_engine_runs_both_kinds(make_host:
     stack = host.module("small").limits.stack
     assert host._runtimes[(stack, True)] is host._runtimes[(stack, False)]
     assert host.statistics().engines == 1
+
+
+@pytest.mark.parametrize("at", [40000, 1536 * 1024], ids=["resident part", "beyond keep_resident"])
+def test_a_slot_another_module_used_starts_zeroed(make_host: HostFactory, at: int) -> None:
+    # Copying modules share slots across tenants: what one wrote must never reach the next, in the part
+    # of a slot reset with memset (keep_resident) or beyond it.
+    grow = "(drop (memory.grow (i32.const 32)))"  # to 2 MiB + 64 KiB, whatever the first size
+    writer = g.module(f"{grow} (i32.store (i32.const {at}) (i32.const 0x41414141)) {g.returns(g.response_bytes())}")
+    reader = g.module(f"{grow} (if (i32.load (i32.const {at})) (then unreachable)) {g.returns(g.response_bytes())}")
+    host = make_host()
+    host.deploy("writer", g.wasm(writer))
+    host.deploy("reader", g.wasm(reader))
+    assert copies_data(g.wasm(writer)) and copies_data(g.wasm(reader))
+    for _ in range(20):
+        assert host.invoke("writer").status == 200
+        assert host.invoke("reader").status == 200  # traps if it sees the writer's bytes
+    # The reader's check works: in one isolate, written then read, it traps.
+    both = g.module(f"{grow} (i32.store (i32.const {at}) (i32.const 0x41414141)) "
+                    f"(if (i32.load (i32.const {at})) (then unreachable)) {g.returns(g.response_bytes())}")
+    host.deploy("both", g.wasm(both))
+    with pytest.raises(Trap):
+        host.invoke("both")
