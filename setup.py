@@ -1,6 +1,6 @@
 """Packaging: the metadata is in pyproject.toml; this adds guest-sdk/ to the wheel as `isolate._guest_sdk`
-and builds the native request path (isolate/engine/_fastpath.c) and the component host-function
-bridge (isolate/engine/_components.c)."""
+builds the native request path (isolate/engine/_fastpath.c), the component host-function bridge
+(isolate/engine/_components.c) and the response head's framing (isolate/http/_framing.c)."""
 
 from setuptools import Extension, find_namespace_packages, setup
 
@@ -15,5 +15,7 @@ setup(
     ext_modules=[Extension("isolate.engine._fastpath", ["isolate/engine/_fastpath.c"], optional=True,
                            extra_compile_args=["-O2"]),
                  Extension("isolate.engine._components", ["isolate/engine/_components.c"], optional=True,
+                           extra_compile_args=["-O2"]),
+                 Extension("isolate.http._framing", ["isolate/http/_framing.c"], optional=True,
                            extra_compile_args=["-O2"])],
 )

@@ -35,6 +35,11 @@ from ..errors import (
 )
 from ._errors import Reply, new_request_id, raw_response, render, request_id_of, send_error
 
+try:  # the same head in one C call (built by `pip install`; without a compiler, `_head` alone serves)
+    from . import _framing  # type: ignore[attr-defined]
+except ImportError:
+    _framing = None
+
 log = logging.getLogger("isolate.server")
 
 MIN_BODY_RATE = 1024  # bytes/s a request body must average once `head_timeout` has passed (a trickle is a 408)
@@ -166,8 +171,13 @@ def _head(status_code: int, headers: Any) -> tuple[list[bytes], int | None, bool
 
     Header names and values are checked with one regex search for all names and one for all values
     (each pattern is a character class, so a search over the concatenation finds a forbidden
-    character exactly when one of the parts has it).
+    character exactly when one of the parts has it). `_framing.head` makes the same head in C
+    (its lines as one bytes) and leaves to this code every head it would refuse or finds unusual.
     """
+    if _framing is not None:
+        made: tuple[list[bytes], int | None, bool, bool] | None = _framing.head(STATUS_LINE[status_code], headers)
+        if made is not None:
+            return made
     content = [STATUS_LINE[status_code]]
     names = []
     values = []
