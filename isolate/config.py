@@ -307,7 +307,8 @@ class Config:
     epoch_tick: float = DEFAULT_EPOCH_TICK
     pool_instances: int = DEFAULT_POOL_INSTANCES
     """Concurrent isolates per engine (≤ 10,000); each slot reserves ~4 GiB of address space. Of the idle
-    ones, `warm_slots` keep their module's memory and up to keep_resident bytes resident."""
+    ones, `warm_slots` keep their module's memory and up to keep_resident bytes resident (on engines with
+    memory images; where modules' data is copied, any slot serves any module: engine/_images.py)."""
     module_cache_size: int = DEFAULT_MODULE_CACHE_SIZE
     log_limit: int = DEFAULT_LOG_LIMIT
     """Bytes of guest output kept per request; each record is charged 32 bytes on top of its text."""

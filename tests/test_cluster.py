@@ -519,6 +519,8 @@ def test_an_entry_that_failed_to_apply_is_retried_and_reported_meanwhile(trio: T
     with member(trio, tmp_path / "data", "r") as apps:
         cluster = apps.node.cluster
         assert cluster is not None
+        # Caught up first: the modules earlier tests left in the cluster are applied before receiving breaks.
+        eventually(lambda: cluster.status()["synced"] is True, what="the new member caught up")
         real, broken = apps.host.receive, threading.Event()
         broken.set()
 

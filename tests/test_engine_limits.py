@@ -137,7 +137,6 @@ def test_a_large_wasm_stack_runs_on_threads_whatever_ulimit_says() -> None:
 
 
 def test_engines_beyond_the_address_space_are_refused_not_fatal(tmp_path: Path) -> None:
-    gc.collect()  # engines of earlier tests in this process, unreachable but not yet collected, hold theirs
     config = Config(data_dir=tmp_path, pool_instances=MAX_POOL_INSTANCES)
     first = Runtime(config)  # 10,000 slots of 4 GiB: 40 TiB of the 64 TiB engines may reserve
     try:
@@ -145,6 +144,21 @@ def test_engines_beyond_the_address_space_are_refused_not_fatal(tmp_path: Path) 
             Runtime(config, 1 << 20)
     finally:
         first.close()
+
+
+def test_engines_only_a_collection_would_free_give_their_address_space_back(tmp_path: Path) -> None:
+    config = Config(data_dir=tmp_path, pool_instances=MAX_POOL_INSTANCES)
+    gc.disable()  # nothing collects the first engine but the reservation itself
+    try:
+        first = Runtime(config)
+        first.close()
+        cycle: list[Any] = [first]
+        cycle.append(cycle)  # a closed host's engine, reachable only from a reference cycle
+        del first, cycle
+        second = Runtime(config, 1 << 20)  # 40 + 40 TiB do not fit: the first must have been collected
+        second.close()
+    finally:
+        gc.enable()
 
 
 def test_settings_wasmtime_would_abort_on_never_reach_it() -> None:

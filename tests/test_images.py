@@ -3,7 +3,6 @@ keep memory images (engine/_images.py). Both answer the same, survive restarts, 
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 
 import guests as g
@@ -108,7 +107,6 @@ def test_a_rollback_to_code_of_the_other_kind_runs(make_host: HostFactory) -> No
 
 
 def test_where_a_second_engine_has_no_room_one_engine_runs_both_kinds(make_host: HostFactory) -> None:
-    gc.collect()  # engines of earlier tests in this process, unreachable but not yet collected, hold theirs
     host = make_host(pool_instances=MAX_POOL_INSTANCES)  # 40 TiB of the 64 TiB engines may reserve
     host.deploy("small", g.wasm(g.module(response=g.response_bytes(body=b"copied"))))
     assert host.invoke("small").body == b"copied"
