@@ -132,7 +132,7 @@ def test_todo_rust(server: LiveServer, edge: httpx.Client) -> None:
 def test_failures_reach_the_client_as_diagnostics(edge: httpx.Client, path: str, status: int, kind: str,
                                                   extra: dict[str, object]) -> None:
     response = edge.get(path)
-    assert response.status_code == status
+    assert response.status_code == status, (response.text, response.headers.get("server-timing"))
     body = response.json()
     assert body["error"] == kind and body["request_id"] == response.headers["x-request-id"]
     for key, value in extra.items():
