@@ -88,6 +88,8 @@ def test_an_intact_artifact_serves_when_the_wasm_is_gone(make_host: HostFactory,
     first.close()
     (tmp_path / "data" / "wasm" / f"{digest}.wasm").unlink()
     second = make_host()
+    # Its engine is known from the sealed artifact, without the bytes, and made at start-up
+    assert (second.module("m").limits.stack, True) in second._runtimes
     assert second.invoke("m").body == b"still here"
     assert second.statistics().artifact_recompiles == 0
     (tmp_path / "data" / "compiled").rename(tmp_path / "data" / "compiled-gone")

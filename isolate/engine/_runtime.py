@@ -29,6 +29,7 @@ from ._linker import ModuleShape, build_linker, inspect_module
 from ._ticker import EpochTicker
 
 WASM_MAGIC = b"\0asm"
+_WASMTIME_VERSION = version("wasmtime")  # read once: the metadata lookup takes ~0.1 ms, a restart asks per module
 
 # wasmtime aborts the process when an engine cannot be built (the C API unwraps the error), so
 # every setting is checked here first. What it refuses, as measured on wasmtime 50:
@@ -155,7 +156,7 @@ class Runtime:
     def fingerprint_of(config: Config, stack: int, copies: bool = False) -> str:
         """Identifies compiled code: an artifact from another fingerprint is recompiled, never loaded."""
         settings: dict[str, Any] = {
-            "wasmtime": version("wasmtime"),
+            "wasmtime": _WASMTIME_VERSION,
             "machine": platform.machine(),
             "opt": "speed",
             "epoch_interruption": True,

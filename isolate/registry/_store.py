@@ -401,6 +401,10 @@ class ModuleStore:
             raise StorageError(f"cannot store compiled module: {exc}") from None
         return path
 
+    def has_artifact(self, digest: str, fingerprint: str) -> bool:
+        """Whether an artifact for `digest` was sealed for this engine (a stat: `verified_artifact` checks it)."""
+        return (self._compiled_root / fingerprint / f"{digest}.json").exists()
+
     def verified_artifact(self, digest: str, fingerprint: str) -> Path | None:
         """The artifact for `digest` if this host wrote it for this engine and it is intact, else None."""
         directory = self._compiled_root / fingerprint
