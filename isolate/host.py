@@ -33,7 +33,9 @@ from .engine import (
     MemoryBudgetStatistics,
     Prepared,
     Runtime,
+    address_space_free,
     copies_data,
+    engine_reservation,
     is_stopping,
     run,
     run_component,
@@ -691,30 +693,46 @@ class Host:
         """The engine for a module's stack limit and way of initialising memory (engine._images), created
         on first need; `InvalidConfig` if it cannot be.
 
-        Either engine runs any module (the way only decides speed), so where the address space has no
-        room for a second engine of a stack size, the one there is serves both kinds."""
+        Either engine runs any module (the way only decides speed). So a copying engine is made only
+        while the address space keeps room for an image engine of every stack size that has none yet
+        (one per stack size always fits, as before there were two kinds); otherwise the stack size's
+        image engine serves both kinds."""
         key = (engine_stack(stack), copies)
         runtime = self._runtimes.get(key)
         if runtime is None:
             with self._lock:
                 runtime = self._runtimes.get(key)
                 if runtime is None:
-                    other = self._runtimes.get((key[0], not copies))
-                    try:
-                        runtime = Runtime(self.config, key[0], copies)
-                    except InvalidConfig:
-                        if other is None:
-                            raise
-                        runtime = other
+                    image = (key[0], False)
+                    if copies and not self._room_for_copying():
+                        runtime = self._runtimes.get(image) or self._new_runtime(image)
+                    else:
+                        try:
+                            runtime = self._new_runtime(key)
+                        except InvalidConfig:  # taken meanwhile by another host of this process
+                            if not copies:
+                                raise
+                            runtime = self._runtimes.get(image) or self._new_runtime(image)
                     self._runtimes[key] = runtime
         return runtime
+
+    def _new_runtime(self, key: tuple[int, bool]) -> Runtime:
+        runtime = self._runtimes[key] = Runtime(self.config, key[0], key[1])
+        return runtime
+
+    def _room_for_copying(self) -> bool:
+        """Whether a copying engine leaves room for an image engine of each stack size without one."""
+        sizes = [1 << bits for bits in range(_MIN_STACK_BITS, engine_stack(self.config.max_stack_limit).bit_length())]
+        missing = sum(1 for size in sizes if (size, False) not in self._runtimes)
+        return address_space_free() >= engine_reservation(self.config) * (1 + missing)
 
     def _copies(self, digest: str, wasm: bytes | None = None, stack: int | None = None) -> bool:
         """Whether the module `digest` (whose bytes are `wasm`, or stored) runs on an engine that copies
         its initial data into each isolate (`copies_data`); remembered, since the bytes never change.
 
         Without the bytes, the engine its stored artifact was sealed for (for `stack`) says, so a
-        restart does not read and hash every module (1,006 modules: 165 ms); else the bytes do."""
+        restart does not read and hash every module; else the bytes do. Stored bytes that cannot be
+        read answer False (images: either engine runs any module), not remembered."""
         copies = self._copying.get(digest)
         if copies is None:
             if wasm is None and stack is not None:
@@ -722,7 +740,12 @@ class Host:
                     if self._store.has_artifact(digest, Runtime.fingerprint_of(self.config, stack, kind)):
                         self._copying[digest] = kind
                         return kind
-            copies = self._copying[digest] = copies_data(self._store.read_wasm(digest) if wasm is None else wasm)
+            if wasm is None:
+                try:
+                    wasm = self._store.read_wasm(digest)
+                except StorageError:  # whoever needs the bytes themselves reports it
+                    return False
+            copies = self._copying[digest] = copies_data(wasm)
         return copies
 
     def _engine_of(self, record: ModuleRecord, overrides: Mapping[str, Any] | None = None) -> Runtime:
@@ -734,12 +757,7 @@ class Host:
         """Cache miss: map the verified artifact, or recompile from the stored `.wasm` and reseal."""
         digest, stack = key.split("/")
         try:
-            copies = self._copies(digest, stack=int(stack))
-        except StorageError:  # no readable .wasm: an intact artifact from the copying engine still serves
-            copies = self._store.verified_artifact(
-                digest, Runtime.fingerprint_of(self.config, int(stack), copies=True)) is not None
-        try:
-            runtime = self._runtime_for(int(stack), copies)
+            runtime = self._runtime_for(int(stack), self._copies(digest, stack=int(stack)))
         except InvalidConfig as exc:  # a stored stack limit this process can no longer give an engine
             raise StorageError(f"the module's stored stack limit cannot run here: {exc.detail}") from None
         path = self._store.verified_artifact(digest, runtime.fingerprint)
@@ -798,6 +816,9 @@ class Host:
             kv_stores=tuple(record.kv_stores),
             secrets=tuple(self.secrets.names(record.name)),
         )
+
+
+_MIN_STACK_BITS = 16  # the smallest stack limit, 64 KiB (`Limits`), is 1 << 16
 
 
 def engine_stack(stack: int) -> int:

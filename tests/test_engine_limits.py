@@ -146,7 +146,11 @@ def test_engines_beyond_the_address_space_are_refused_not_fatal(tmp_path: Path) 
         first.close()
 
 
-def test_engines_only_a_collection_would_free_give_their_address_space_back(tmp_path: Path) -> None:
+def test_engines_only_a_collection_would_free_give_their_address_space_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from isolate.engine import _runtime
+
+    monkeypatch.setattr(_runtime, "_collected_at", -1e9)  # no collection for room in the last second
     config = Config(data_dir=tmp_path, pool_instances=MAX_POOL_INSTANCES)
     gc.disable()  # nothing collects the first engine but the reservation itself
     try:
@@ -159,6 +163,24 @@ def test_engines_only_a_collection_would_free_give_their_address_space_back(tmp_
         second.close()
     finally:
         gc.enable()
+
+
+def test_a_collection_for_room_is_made_at_most_once_a_second(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A module whose engine cannot be made asks again on every request: it must not collect every time.
+    from isolate.engine import _runtime
+
+    config = Config(data_dir=tmp_path, pool_instances=MAX_POOL_INSTANCES)
+    first = Runtime(config)
+    collections: list[int] = []
+    monkeypatch.setattr(_runtime, "_collected_at", -1e9)
+    monkeypatch.setattr(_runtime.gc, "collect", lambda: collections.append(1) or 0)
+    try:
+        for _ in range(3):
+            with pytest.raises(InvalidConfig, match="no address space"):
+                Runtime(config, 1 << 20)
+        assert collections == [1]
+    finally:
+        first.close()
 
 
 def test_settings_wasmtime_would_abort_on_never_reach_it() -> None:

@@ -3,13 +3,14 @@ keep memory images (engine/_images.py). Both answer the same, survive restarts, 
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import guests as g
 import pytest
 from conftest import HostFactory
 
-from isolate import StorageError
+from isolate import InvalidConfig, StorageError
 from isolate.config import MAX_POOL_INSTANCES
 from isolate.engine import copies_data
 from isolate.engine._images import COPY_MAX_BYTES, COPY_MAX_SEGMENTS
@@ -137,3 +138,28 @@ def test_a_slot_another_module_used_starts_zeroed(make_host: HostFactory, at: in
     host.deploy("both", g.wasm(both))
     with pytest.raises(Trap):
         host.invoke("both")
+
+
+def test_copying_engines_never_take_the_room_of_a_stack_size_without_an_engine(make_host: HostFactory) -> None:
+    # With 5,000 slots an engine reserves ~20 TiB of the 64 TiB: three fit. Before there were two kinds,
+    # three stack sizes could be served; copying engines must not lower that.
+    gc.collect()  # engines of earlier tests in this process, unreachable but not yet collected, hold theirs
+    host = make_host(pool_instances=5000)
+    small = g.wasm(g.module(response=g.response_bytes(body=b"small")))
+    for stack in (64 << 10, 128 << 10):
+        host.deploy(f"s{stack}", small, limits={"stack": stack})
+        assert host.invoke(f"s{stack}").body == b"small"
+    assert host.statistics().engines == 3  # the default stack size's, and one each: images, serving both
+    assert not any(runtime.copies for runtime in host._runtimes.values())
+    with pytest.raises(InvalidConfig, match="no address space for another engine"):
+        host.deploy("fourth", small, limits={"stack": 256 << 10})
+
+
+def test_a_module_of_many_sections_is_judged_at_once() -> None:
+    # Read before wasmtime validates it: a module made of a million empty custom sections must not
+    # hold the GIL for seconds; past a bound it simply keeps images.
+    hello = g.wasm(g.HELLO)
+    empty_custom = b"\x00\x01\x00"  # section 0, one byte long: a name of length 0
+    many = hello[:8] + empty_custom * 1_000_000 + hello[8:]
+    assert not copies_data(many)  # walked to its data section, it would say True
+    assert copies_data(hello[:8] + empty_custom * 10 + hello[8:])  # a few custom sections change nothing

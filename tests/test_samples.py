@@ -129,9 +129,22 @@ def test_todo_rust(server: LiveServer, edge: httpx.Client) -> None:
         ("/hello-js/oom", 500, "memory_limit", {"limit": "memory"}),
     ],
 )
-def test_failures_reach_the_client_as_diagnostics(edge: httpx.Client, path: str, status: int, kind: str,
-                                                  extra: dict[str, object]) -> None:
-    response = edge.get(path)
+def test_failures_reach_the_client_as_diagnostics(server: LiveServer, edge: httpx.Client, path: str, status: int,
+                                                  kind: str, extra: dict[str, object]) -> None:
+    module = path.split("/")[1]
+    if kind == "memory_limit" and module in ("hello-py", "hello-js"):
+        # An interpreter filling 64 MiB takes ~40 ms of a guest thread, which yields the CPU to everything
+        # else (http/_dispatch.py): on a machine the rest of the suite keeps busy it could take over the
+        # sample's 1 s. The time limit is not what this checks, so it is raised for this request.
+        with server.admin() as admin:
+            assert admin.patch(f"/v1/modules/{module}", json={"limits": {"timeout": "30s"}}).status_code == 200
+        try:
+            response = edge.get(path, timeout=60)
+        finally:
+            with server.admin() as admin:
+                assert admin.patch(f"/v1/modules/{module}", json={"limits": {"timeout": "1s"}}).status_code == 200
+    else:
+        response = edge.get(path)
     assert response.status_code == status, (response.text, response.headers.get("server-timing"))
     body = response.json()
     assert body["error"] == kind and body["request_id"] == response.headers["x-request-id"]

@@ -20,6 +20,8 @@ COPY_MAX_BYTES = 64 * 1024
 
 _DATA_SECTION = 11
 _CORE_VERSION = b"\x01\x00\x00\x00"
+_MAX_SECTIONS = 256  # a module has a dozen standard sections and some custom ones; past this, images
+
 
 
 def copies_data(wasm: bytes) -> bool:
@@ -30,20 +32,24 @@ def copies_data(wasm: bytes) -> bool:
         return False
     try:
         pos = 8
-        while pos < len(wasm):
+        # Read before wasmtime validates the module: bounded, so a module of millions of tiny sections
+        # costs microseconds here rather than seconds of the GIL.
+        for _ in range(_MAX_SECTIONS):
+            if pos >= len(wasm):
+                return True  # no data section: nothing to copy
             section = wasm[pos]
             size, pos = _uleb(wasm, pos + 1)
             if pos + size > len(wasm):  # cut short
                 return False
             if section == _DATA_SECTION:
-                return _small_data(wasm[pos:pos + size])
+                return _small_data(memoryview(wasm)[pos:pos + size])  # a view: no copy of the data
             pos += size
     except IndexError:
         return False
-    return True  # no data section: nothing to copy
+    return False  # more sections than any module this copies has
 
 
-def _small_data(section: bytes) -> bool:
+def _small_data(section: memoryview) -> bool:
     count, pos = _uleb(section, 0)
     if count > COPY_MAX_SEGMENTS:
         return False
@@ -74,7 +80,7 @@ _ARITHMETIC = (0x6A, 0x6B, 0x6C, 0x7C, 0x7D, 0x7E)  # extended constants: add, s
 _END = 0x0B
 
 
-def _skip_offset(section: bytes, pos: int) -> int:
+def _skip_offset(section: memoryview, pos: int) -> int:
     """The position after a segment's offset expression, or -1 for one this does not know."""
     while True:
         op = section[pos]
@@ -91,7 +97,7 @@ def _skip_offset(section: bytes, pos: int) -> int:
             return -1
 
 
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
+def _uleb(data: bytes | memoryview, pos: int) -> tuple[int, int]:
     """An unsigned LEB128 at `pos`: (its value, the position after it). IndexError past the end."""
     result = shift = 0
     while True:

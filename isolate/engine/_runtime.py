@@ -40,6 +40,8 @@ _WASMTIME_VERSION = version("wasmtime")  # read once: the metadata lookup takes 
 SLOT_ADDRESS_SPACE = 4 * GiB + 64 * MiB  # per pooled instance, rounded up from the measured 4 GiB + 32 MiB
 _address_lock = threading.Lock()
 _address_reserved = 0  # bytes of address space the pools of live engines hold
+_collected_at = -1e9  # when `_reserve_address_space` last collected garbage to make room
+_COLLECT_EVERY = 1.0
 
 # Compiling takes every core it is given (a 2 MB module of 200k functions pushed /hello's p99 to
 # 177 ms under 100 concurrent deploys): compiles run one at a time per spare core, one thread each.
@@ -55,17 +57,31 @@ def address_space_budget() -> int:
     return whole // 2
 
 
+def engine_reservation(config: Config) -> int:
+    """Bytes of address space one engine's pool of isolates reserves."""
+    return config.pool_instances * SLOT_ADDRESS_SPACE
+
+
+def address_space_free() -> int:
+    """Bytes of the engines' address-space budget no live engine holds."""
+    with _address_lock:
+        return address_space_budget() - _address_reserved
+
+
 def _reserve_address_space(size: int) -> None:
-    global _address_reserved
+    global _address_reserved, _collected_at
     budget = address_space_budget()
     for attempt in range(2):
         with _address_lock:
             if _address_reserved + size <= budget:
                 _address_reserved += size
                 return
-        if attempt == 0:
+        now = time.monotonic()
+        if attempt == 0 and now - _collected_at > _COLLECT_EVERY:
             # An engine gives its reservation back when collected: those of closed hosts still in a reference
-            # cycle are freed by a collection (made out of the lock, which their finalizers take).
+            # cycle are freed by a collection (made out of the lock, which their finalizers take). At most
+            # once a second: a module whose engine cannot be made is asked for again on every request.
+            _collected_at = now
             gc.collect()
     raise InvalidConfig(
         f"no address space for another engine: its pool of isolates needs {size >> 30} GiB, "

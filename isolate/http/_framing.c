@@ -85,7 +85,10 @@ static PyObject *head(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0)) ||
             !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 1)))
             Py_RETURN_NONE;
-        size += PyBytes_GET_SIZE(PyTuple_GET_ITEM(pair, 0)) + PyBytes_GET_SIZE(PyTuple_GET_ITEM(pair, 1)) + 4;
+        Py_ssize_t line = PyBytes_GET_SIZE(PyTuple_GET_ITEM(pair, 0)) + PyBytes_GET_SIZE(PyTuple_GET_ITEM(pair, 1));
+        if (line > PY_SSIZE_T_MAX - 4 - size) /* past any bytes object: Python's join says so */
+            Py_RETURN_NONE;
+        size += line + 4;
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, size);
     if (out == NULL)
