@@ -702,18 +702,15 @@ class Host:
         if runtime is None:
             with self._lock:
                 runtime = self._runtimes.get(key)
-                if runtime is None:
+                if runtime is None and (not copies or self._room_for_copying()):
+                    try:
+                        runtime = self._new_runtime(key)
+                    except InvalidConfig:  # for a copying one: taken meanwhile by another host of this process
+                        if not copies:
+                            raise
+                if runtime is None:  # a copying engine without room: the stack size's image engine
                     image = (key[0], False)
-                    if copies and not self._room_for_copying():
-                        runtime = self._runtimes.get(image) or self._new_runtime(image)
-                    else:
-                        try:
-                            runtime = self._new_runtime(key)
-                        except InvalidConfig:  # taken meanwhile by another host of this process
-                            if not copies:
-                                raise
-                            runtime = self._runtimes.get(image) or self._new_runtime(image)
-                    self._runtimes[key] = runtime
+                    runtime = self._runtimes[key] = self._runtimes.get(image) or self._new_runtime(image)
         return runtime
 
     def _new_runtime(self, key: tuple[int, bool]) -> Runtime:

@@ -19,10 +19,15 @@ from isolate.errors import Trap
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
-def with_segments(count: int, size: int = 8, offset: str = "(i32.const {at})") -> bytes:
-    """The hello guest plus `count` more data segments of `size` bytes each, above its own data."""
+def with_segments(count: int, size: int = 8, offset: str = "(i32.const {at})", body: bytes = b"hello") -> bytes:
+    """A guest answering `body`, with `count` more data segments of `size` bytes each above its own data."""
     segments = " ".join(f'(data {offset.format(at=8192 + i * (size + 8))} "{"x" * size}")' for i in range(count))
-    return g.wasm(g.module(memory="4", extra=segments))
+    return g.wasm(g.module(response=g.response_bytes(body=body), memory="4", extra=segments))
+
+
+def answering(body: bytes) -> bytes:
+    """A guest answering `body`: two small data segments, copied into each isolate."""
+    return g.wasm(g.module(response=g.response_bytes(body=body)))
 
 
 def test_small_data_is_copied_and_large_or_split_data_keeps_images() -> None:
@@ -61,9 +66,8 @@ def test_c_and_rust_outputs_are_copied(sample: str) -> None:
 
 
 def test_each_module_runs_on_its_engine_and_both_survive_a_restart(make_host: HostFactory, tmp_path: Path) -> None:
-    small = g.wasm(g.module(response=g.response_bytes(body=b"copied")))
-    split = g.wasm(g.module(response=g.response_bytes(body=b"imaged"), memory="4",
-                            extra=" ".join(f'(data (i32.const {8192 + 16 * i}) "seg{i:03d}")' for i in range(40))))
+    small = answering(b"copied")
+    split = with_segments(40, body=b"imaged")
     first = make_host()
     first.deploy("small", small)
     first.deploy("split", split)
@@ -84,7 +88,7 @@ def test_each_module_runs_on_its_engine_and_both_survive_a_restart(make_host: Ho
 
 def test_an_intact_artifact_serves_when_the_wasm_is_gone(make_host: HostFactory, tmp_path: Path) -> None:
     first = make_host()
-    first.deploy("m", g.wasm(g.module(response=g.response_bytes(body=b"still here"))))
+    first.deploy("m", answering(b"still here"))
     digest = first.module("m").active.digest
     first.close()
     (tmp_path / "data" / "wasm" / f"{digest}.wasm").unlink()
@@ -101,9 +105,8 @@ def test_an_intact_artifact_serves_when_the_wasm_is_gone(make_host: HostFactory,
 
 def test_a_rollback_to_code_of_the_other_kind_runs(make_host: HostFactory) -> None:
     host = make_host()
-    host.deploy("m", g.wasm(g.module(response=g.response_bytes(body=b"v1"), memory="4",
-                                     extra=" ".join(f'(data (i32.const {8192 + 16 * i}) "s{i}")' for i in range(40)))))
-    host.deploy("m", g.wasm(g.module(response=g.response_bytes(body=b"v2"))))
+    host.deploy("m", with_segments(40, body=b"v1"))
+    host.deploy("m", answering(b"v2"))
     assert host.invoke("m").body == b"v2"
     host.rollback("m")
     assert host.invoke("m").body == b"v1"
@@ -111,7 +114,7 @@ def test_a_rollback_to_code_of_the_other_kind_runs(make_host: HostFactory) -> No
 
 def test_where_a_second_engine_has_no_room_one_engine_runs_both_kinds(make_host: HostFactory) -> None:
     host = make_host(pool_instances=MAX_POOL_INSTANCES)  # 40 TiB of the 64 TiB engines may reserve
-    host.deploy("small", g.wasm(g.module(response=g.response_bytes(body=b"copied"))))
+    host.deploy("small", answering(b"copied"))
     assert host.invoke("small").body == b"copied"
     stack = host.module("small").limits.stack
     assert host._runtimes[(stack, True)] is host._runtimes[(stack, False)]
@@ -145,7 +148,7 @@ def test_copying_engines_never_take_the_room_of_a_stack_size_without_an_engine(m
     # three stack sizes could be served; copying engines must not lower that.
     gc.collect()  # engines of earlier tests in this process, unreachable but not yet collected, hold theirs
     host = make_host(pool_instances=5000)
-    small = g.wasm(g.module(response=g.response_bytes(body=b"small")))
+    small = answering(b"small")
     for stack in (64 << 10, 128 << 10):
         host.deploy(f"s{stack}", small, limits={"stack": stack})
         assert host.invoke(f"s{stack}").body == b"small"

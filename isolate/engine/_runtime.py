@@ -141,7 +141,7 @@ class Runtime:
             keep_resident=config.keep_resident,
             copy_on_write=not copies,
         )
-        reserved = config.pool_instances * SLOT_ADDRESS_SPACE
+        reserved = engine_reservation(config)
         _reserve_address_space(reserved)
         try:
             self.engine = wasmtime.Engine(wasm_config)
