@@ -58,7 +58,12 @@ def test_caches_per_module_and_a_deleted_module_leaves_no_series(server: LiveSer
         for _ in range(3):
             assert edge.get("/c").content == b"cached"
             edge.post("/v")
+        assert edge.get("/nowhere").status_code == 404  # no module ran: a series, but no guest figures
         text = admin.get("/metrics").text
+        assert ('isolate_requests_total{method="GET",module="-",region="",route="none",status="404",version=""} 1.0'
+                in text)
+        assert not [line for line in text.splitlines() if 'module="-"' in line and (
+            line.startswith("isolate_guest_memory") or line.startswith("isolate_instantiate_seconds"))]
         assert 'isolate_response_cache_requests_total{module="cached",result="miss"} 1.0' in text
         assert 'isolate_response_cache_requests_total{module="cached",result="hit"} 2.0' in text
         assert 'isolate_response_cache_requests_total{module="visits",result="bypass"} 3.0' in text

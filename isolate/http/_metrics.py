@@ -35,10 +35,6 @@ class _Histogram:
         self.counts = [0] * (len(bounds) + 1)  # the last bucket is +Inf
         self.total = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
-
     def cumulative(self) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         running = 0
@@ -48,16 +44,29 @@ class _Histogram:
         return out
 
 
-class _Series:
-    """What one (module, route, method, region) saw: its latency, its requests by (version, status),
-    and its x-cache results; one lookup per request finds all three."""
+class _Module:
+    """What one module's guest runs saw: their instantiate times, and their memory at the end of the
+    last one and at most; its series hold it, so a request finds it without a lookup of its own."""
 
-    __slots__ = ("latency", "requests", "cache")
+    __slots__ = ("instantiate", "memory", "peak_memory")
 
     def __init__(self) -> None:
+        self.instantiate = _Histogram(INSTANTIATE_BUCKETS)
+        self.memory: int | None = None  # None: no guest of it has run (a hit or a failure only)
+        self.peak_memory = 0
+
+
+class _Series:
+    """What one (module, route, method, region) saw: its latency, its requests by (version, status),
+    and its x-cache results; one lookup per request finds all three, and the module's `_Module`."""
+
+    __slots__ = ("latency", "requests", "cache", "module")
+
+    def __init__(self, module: _Module) -> None:
         self.latency = _Histogram(LATENCY_BUCKETS)
         self.requests: dict[tuple[int | None, int], int] = {}
         self.cache: dict[bytes, int] = {}
+        self.module = module
 
 
 def _cache_families(cache: str, what: str, counters: tuple[tuple[str, str, int], ...],
@@ -78,36 +87,46 @@ class Metrics:
         self.series: dict[tuple[str, str, str, str], _Series] = {}  # (module, route, method, region)
         self.forwards: dict[tuple[str, int], int] = {}
         self.failures: dict[tuple[str, str], int] = {}
-        self.instantiate: dict[str, _Histogram] = {}
-        self.memory: dict[str, int] = {}
-        self.peak_memory: dict[str, int] = {}
+        self.modules: dict[str, _Module] = {}
         self.registry = CollectorRegistry()
         self.registry.register(self)
         ProcessCollector(registry=self.registry)  # process_* (CPU, memory, open files, start time)
 
     def observe(self, module: str, status: int, seconds: float, info: Any, route: str = "none", method: str = "",
                 region: str = "", cache: bytes = b"") -> None:
+        # Written out rather than through `_Histogram.observe`: this runs for every request.
         if method not in METHODS:
             method = "other"
-        where = (module, route, method, region)
-        series = self.series.get(where)
+        series = self.series.get((module, route, method, region))
         if series is None:
-            series = self.series[where] = _Series()
-        series.latency.observe(seconds)
-        # A cache hit or a failure has no info: the version serving now.
-        key = (info["version"] if info is not None else
-               self._host.active_version(module) if module != NO_MODULE else None, status)
-        series.requests[key] = series.requests.get(key, 0) + 1
+            series = self._series(module, route, method, region)
+        latency = series.latency
+        latency.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency.total += seconds
+        requests = series.requests
+        if info is not None:
+            key = (info["version"], status)
+            requests[key] = requests.get(key, 0) + 1
+            figures = series.module
+            instantiate = figures.instantiate
+            value = info["instantiate_us"] / 1e6
+            instantiate.counts[bisect_left(INSTANTIATE_BUCKETS, value)] += 1
+            instantiate.total += value
+            memory = figures.memory = info["memory_bytes"]
+            if memory > figures.peak_memory:
+                figures.peak_memory = memory
+        else:  # a cache hit or a failure: the version serving now
+            key = (self._host.active_version(module) if module != NO_MODULE else None, status)
+            requests[key] = requests.get(key, 0) + 1
         if cache:
             series.cache[cache] = series.cache.get(cache, 0) + 1
-        if info is not None:
-            instantiate = self.instantiate.get(module)
-            if instantiate is None:
-                instantiate = self.instantiate[module] = _Histogram(INSTANTIATE_BUCKETS)
-            instantiate.observe(info["instantiate_us"] / 1e6)
-            memory = self.memory[module] = info["memory_bytes"]
-            if memory > self.peak_memory.get(module, 0):
-                self.peak_memory[module] = memory
+
+    def _series(self, module: str, route: str, method: str, region: str) -> _Series:
+        figures = self.modules.get(module)
+        if figures is None:
+            figures = self.modules[module] = _Module()
+        series = self.series[(module, route, method, region)] = _Series(figures)
+        return series
 
     def forwarded(self, region: str, status: int) -> None:
         self.forwards[(region, status)] = self.forwards.get((region, status), 0) + 1
@@ -121,10 +140,8 @@ class Metrics:
         for table in tables:
             for key in [k for k in list(table) if k[0] not in deployed and k[0] != NO_MODULE]:
                 table.pop(key, None)
-        per_module: tuple[dict[str, Any], ...] = (self.instantiate, self.memory, self.peak_memory)
-        for values in per_module:
-            for name in [m for m in list(values) if m not in deployed]:
-                values.pop(name, None)
+        for name in [m for m in list(self.modules) if m not in deployed and m != NO_MODULE]:
+            self.modules.pop(name, None)
 
     def collect(self) -> Iterator[Any]:
         deployed = set(self._host.module_names())
@@ -199,18 +216,20 @@ class Metrics:
         yield latency
         instantiate = HistogramMetricFamily("isolate_instantiate_seconds", "Store + instantiate time per request",
                                             labels=["module"])
-        for module, histogram in list(self.instantiate.items()):
-            instantiate.add_metric([module], histogram.cumulative(), histogram.total)
+        ran = [(module, figures, figures.memory) for module, figures in list(self.modules.items())
+               if figures.memory is not None]
+        for module, figures, _ in ran:
+            instantiate.add_metric([module], figures.instantiate.cumulative(), figures.instantiate.total)
         yield instantiate
-        for name, doc, values in (
-            ("isolate_guest_memory_bytes", "Guest linear memory at the end of its last request", self.memory),
-            ("isolate_guest_memory_peak_bytes", "Largest guest linear memory of any request since start",
-             self.peak_memory),
-        ):
-            memory = GaugeMetricFamily(name, doc, labels=["module"])
-            for module, value in list(values.items()):
-                memory.add_metric([module], value)
-            yield memory
+        memory = GaugeMetricFamily("isolate_guest_memory_bytes", "Guest linear memory at the end of its last request",
+                                   labels=["module"])
+        peak = GaugeMetricFamily("isolate_guest_memory_peak_bytes",
+                                 "Largest guest linear memory of any request since start", labels=["module"])
+        for module, figures, last in ran:
+            memory.add_metric([module], last)
+            peak.add_metric([module], figures.peak_memory)
+        yield memory
+        yield peak
         cache = stats.module_cache
         yield CounterMetricFamily("isolate_module_cache_hits", "Pre-linked module cache hits", value=cache.hits)
         yield CounterMetricFamily("isolate_module_cache_misses", "Pre-linked module cache misses", value=cache.misses)
