@@ -12,7 +12,7 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 .PHONY: install toolchains samples serve regions test lint typecheck unit bench bench-quick bench-plot bench-micro clean
 
 # The distribution is `isolate-edge` (PyPI's `isolate` is another project): drop an install made under the old name.
-$(STAMP): pyproject.toml setup.py isolate/engine/_fastpath.c isolate/engine/_components.c
+$(STAMP): pyproject.toml setup.py isolate/engine/_fastpath.c isolate/engine/_components.c isolate/http/_framing.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip uninstall --quiet --disable-pip-version-check -y isolate 2>/dev/null || true
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,sdk]'

@@ -1,5 +1,5 @@
 """Packaging: the metadata is in pyproject.toml; this adds guest-sdk/ to the wheel as `isolate._guest_sdk`
-builds the native request path (isolate/engine/_fastpath.c), the component host-function bridge
+and builds the native request path (isolate/engine/_fastpath.c), the component host-function bridge
 (isolate/engine/_components.c) and the response head's framing (isolate/http/_framing.c)."""
 
 from setuptools import Extension, find_namespace_packages, setup

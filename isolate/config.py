@@ -48,6 +48,7 @@ DEFAULT_GUEST_CACHE_MODULE_SHARE = 0.25  # of each guest cache bound, the most o
 
 # Hard ceilings, checked before any engine exists: wasmtime aborts the process (its C API does not
 # return the error) on engine settings it cannot honour, and some values would exhaust the machine.
+MIN_STACK = 64 * KiB  # the smallest wasm stack limit a module may have
 MAX_STACK_CEILING = 4 * MiB  # the calling thread's native stack must hold it plus host frames
 MAX_MEMORY_CEILING = 4 * GiB  # a 32-bit memory's whole range; wasmtime's pooling slot reservation
 MAX_POOL_INSTANCES = 10_000  # each pooled slot reserves ~4 GiB of address space: 40 TiB of 128
@@ -262,7 +263,7 @@ class Limits:
         _check_number("limits.timeout", self.timeout, 0.0, MAX_TIMEOUT_CEILING, open_low=True)
         object.__setattr__(self, "timeout", float(self.timeout))
         _check_int("limits.response_size", self.response_size, 16, MAX_RESPONSE_CEILING)
-        _check_int("limits.stack", self.stack, 64 * KiB, MAX_STACK_CEILING)
+        _check_int("limits.stack", self.stack, MIN_STACK, MAX_STACK_CEILING)
         _check_int("limits.outbound_requests", self.outbound_requests, 0, 1000)
         _check_int("limits.outbound_response_size", self.outbound_response_size, 0, MAX_RESPONSE_CEILING)
         _check_number("limits.outbound_timeout", self.outbound_timeout, 0.0, MAX_TIMEOUT_CEILING, open_low=True)

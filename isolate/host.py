@@ -28,7 +28,7 @@ from .capabilities import (
     check_store_name,
     parse_allowed_hosts,
 )
-from .config import Config, Limits
+from .config import MIN_STACK, Config, Limits
 from .engine import (
     MemoryBudgetStatistics,
     Prepared,
@@ -719,7 +719,8 @@ class Host:
 
     def _room_for_copying(self) -> bool:
         """Whether a copying engine leaves room for an image engine of each stack size without one."""
-        sizes = [1 << bits for bits in range(_MIN_STACK_BITS, engine_stack(self.config.max_stack_limit).bit_length())]
+        sizes = [1 << bits for bits in range(MIN_STACK.bit_length() - 1,
+                                             engine_stack(self.config.max_stack_limit).bit_length())]
         missing = sum(1 for size in sizes if (size, False) not in self._runtimes)
         return address_space_free() >= engine_reservation(self.config) * (1 + missing)
 
@@ -813,9 +814,6 @@ class Host:
             kv_stores=tuple(record.kv_stores),
             secrets=tuple(self.secrets.names(record.name)),
         )
-
-
-_MIN_STACK_BITS = 16  # the smallest stack limit, 64 KiB (`Limits`), is 1 << 16
 
 
 def engine_stack(stack: int) -> int:

@@ -23,7 +23,6 @@ _CORE_VERSION = b"\x01\x00\x00\x00"
 _MAX_SECTIONS = 256  # a module has a dozen standard sections and some custom ones; past this, images
 
 
-
 def copies_data(wasm: bytes) -> bool:
     """Whether a core module's initial data is small enough to copy into each isolate's memory.
 

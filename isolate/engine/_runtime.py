@@ -19,7 +19,7 @@ from typing import Any
 import wasmtime
 import wasmtime.component as wc
 
-from ..config import MAX_STACK_CEILING, Config, GiB, KiB, MiB
+from ..config import MAX_STACK_CEILING, MIN_STACK, Config, GiB, MiB
 from ..errors import InvalidConfig, InvalidModule, IsolateError
 from . import _hostcalls, _native, _raw, _shutdown
 from ._budget import MemoryBudget, budget_for
@@ -123,8 +123,8 @@ class Runtime:
         self.config = config
         self.copies = copies
         self.stack = config.limits.stack if stack is None else stack
-        if type(self.stack) is not int or not 64 * KiB <= self.stack <= MAX_STACK_CEILING:
-            raise InvalidConfig(f"wasm stack {self.stack!r} is outside {64 * KiB}..{MAX_STACK_CEILING} bytes")
+        if type(self.stack) is not int or not MIN_STACK <= self.stack <= MAX_STACK_CEILING:
+            raise InvalidConfig(f"wasm stack {self.stack!r} is outside {MIN_STACK}..{MAX_STACK_CEILING} bytes")
         wasm_config = wasmtime.Config()
         wasm_config.epoch_interruption = True
         wasm_config.cranelift_opt_level = "speed"
